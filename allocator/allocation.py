@@ -1,0 +1,228 @@
+"""Allocations: where one interval of a training job spends its compute.
+
+An :class:`Allocation` holds attention weights over the job's three compute axes:
+
+* **sample groups** -- ``sample_shares`` is a distribution over K groups of the
+  training set (group 0 holds the lowest last-seen losses, group K-1 the highest
+  and the never-seen samples); each minibatch is drawn in these proportions.
+  ``keep_fraction`` is the share of the drawn batch, highest loss first, that
+  receives a backward pass (the forward pass covers the whole drawn batch).
+* **layer groups** -- ``layer_gates[g]`` is the probability that layer group g
+  (contiguous, in forward order, the output head in the last group) is trained
+  at a step. A group that is not trained gets no weight gradient; a frozen
+  prefix of the network gets no backward pass at all.
+* **steps** -- how many optimizer steps the interval takes; ``0`` stops the job
+  and returns the rest of the budget.
+
+:class:`AllocationSpec` fixes the sizes (K, G, max steps) and maps a policy's
+action vector in ``[-1, 1]`` to an allocation and back. The mapping is centred:
+the zero action is uniform allocation (standard training), negative entries
+depart from it, so a freshly initialised policy starts from standard training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+# Softmax temperature of the sample-share entries: an action of +-1 gives a
+# ratio of e**6 (about 400) between two groups, enough to all but drop one.
+SHARE_SCALE = 3.0
+_SUM_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class AllocationSpec:
+    """The shape of a job's allocations: K sample groups, G layer groups, max steps.
+
+    Args:
+        sample_groups: K, the number of loss-quantile groups of the training set.
+        layer_groups: G, the number of contiguous layer groups of the model.
+        max_steps: optimizer steps of one interval at uniform allocation; the
+            action maps to ``0 .. max_steps`` (0 stops the job).
+        min_keep_fraction: the smallest keep fraction an action can ask for.
+
+    .. warning:: A policy only runs on jobs with the spec it was trained with;
+       ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
+    """
+
+    sample_groups: int = 4
+    layer_groups: int = 4
+    max_steps: int = 10
+    min_keep_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("sample_groups", "layer_groups", "max_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0.0 < self.min_keep_fraction <= 1.0:
+            raise ValueError(
+                f"min_keep_fraction must be in (0, 1], got {self.min_keep_fraction!r}"
+            )
+
+    @property
+    def action_size(self) -> int:
+        """Length of the action vector: K shares + keep + G gates + steps."""
+        return self.sample_groups + 1 + self.layer_groups + 1
+
+    def to_dict(self) -> dict:
+        return {
+            "sample_groups": int(self.sample_groups),
+            "layer_groups": int(self.layer_groups),
+            "max_steps": int(self.max_steps),
+            "min_keep_fraction": float(self.min_keep_fraction),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AllocationSpec":
+        known = {"sample_groups", "layer_groups", "max_steps", "min_keep_fraction"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown AllocationSpec field(s): {sorted(unknown)}")
+        return cls(**data)
+
+    def to_allocation(self, action: Sequence[float]) -> "Allocation":
+        """Map an action in ``[-1, 1]^action_size`` to an :class:`Allocation`.
+
+        Out-of-range entries are clipped; non-finite ones raise ``ValueError``.
+
+        * shares: ``softmax(3 * a[:K])`` (zero -> equal shares);
+        * keep: ``1`` for ``a >= 0``, falling linearly to ``min_keep_fraction`` at -1;
+        * gates: ``clip(1 + a, 0, 1)`` (zero or more -> always trained);
+        * steps: ``round(max_steps * clip(1 + a, 0, 1))`` (-1 -> stop).
+        """
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape[0] != self.action_size:
+            raise ValueError(
+                f"action must have {self.action_size} entries "
+                f"(K={self.sample_groups} shares, keep, G={self.layer_groups} gates, steps), "
+                f"got {a.shape[0]}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be finite, got {a.tolist()}")
+        a = np.clip(a, -1.0, 1.0)
+        k, g = self.sample_groups, self.layer_groups
+        logits = SHARE_SCALE * a[:k]
+        shares = np.exp(logits - logits.max())
+        shares /= shares.sum()
+        keep = 1.0 + min(a[k], 0.0) * (1.0 - self.min_keep_fraction)
+        gates = np.clip(1.0 + a[k + 1 : k + 1 + g], 0.0, 1.0)
+        steps = int(round(self.max_steps * min(1.0, 1.0 + a[k + 1 + g])))
+        return Allocation(
+            sample_shares=tuple(float(x) for x in shares),
+            keep_fraction=float(keep),
+            layer_gates=tuple(float(x) for x in gates),
+            steps=steps,
+        )
+
+    def to_action(self, allocation: "Allocation") -> np.ndarray:
+        """The action (float32, in ``[-1, 1]``) that maps back to ``allocation``.
+
+        Exact up to clipping: shares whose log-ratio exceeds the softmax range,
+        and keep fractions below ``min_keep_fraction``, map to the nearest action.
+        """
+        self.check(allocation)
+        shares = np.maximum(np.asarray(allocation.sample_shares, dtype=np.float64), 1e-12)
+        logits = np.log(shares) / SHARE_SCALE
+        logits -= logits.max()  # the largest share sits at 0, others below
+        if self.min_keep_fraction < 1.0:
+            keep = (allocation.keep_fraction - 1.0) / (1.0 - self.min_keep_fraction)
+        else:
+            keep = 0.0
+        gates = np.asarray(allocation.layer_gates, dtype=np.float64) - 1.0
+        steps = allocation.steps / self.max_steps - 1.0
+        action = np.concatenate([logits, [keep], gates, [steps]])
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def check(self, allocation: "Allocation") -> None:
+        """Raise ``ValueError`` if ``allocation`` does not fit this spec."""
+        if len(allocation.sample_shares) != self.sample_groups:
+            raise ValueError(
+                f"sample_shares has {len(allocation.sample_shares)} groups, "
+                f"the job's spec has {self.sample_groups}"
+            )
+        if len(allocation.layer_gates) != self.layer_groups:
+            raise ValueError(
+                f"layer_gates has {len(allocation.layer_gates)} groups, "
+                f"the job's spec has {self.layer_groups}"
+            )
+        if allocation.steps > self.max_steps:
+            raise ValueError(
+                f"steps={allocation.steps} exceeds the spec's max_steps={self.max_steps}"
+            )
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """How one interval spends compute: sample shares, keep fraction, layer gates, steps.
+
+    Args:
+        sample_shares: K non-negative shares summing to 1; share k of every
+            minibatch is drawn from loss-quantile group k (0 = lowest loss).
+        keep_fraction: in ``(0, 1]``; the highest-loss fraction of the drawn
+            batch that gets a backward pass (at least one sample is kept).
+        layer_gates: G probabilities in ``[0, 1]`` that each layer group is
+            trained at a step.
+        steps: optimizer steps in this interval; 0 stops the job.
+
+    Invalid values raise ``ValueError``.
+    """
+
+    sample_shares: tuple[float, ...]
+    keep_fraction: float
+    layer_gates: tuple[float, ...]
+    steps: int
+
+    def __post_init__(self) -> None:
+        shares = tuple(float(x) for x in self.sample_shares)
+        gates = tuple(float(x) for x in self.layer_gates)
+        object.__setattr__(self, "sample_shares", shares)
+        object.__setattr__(self, "layer_gates", gates)
+        if not shares:
+            raise ValueError("sample_shares must hold at least one group")
+        if not all(math.isfinite(x) and x >= 0.0 for x in shares):
+            raise ValueError(f"sample_shares must be finite and >= 0, got {shares}")
+        if abs(sum(shares) - 1.0) > _SUM_TOLERANCE:
+            raise ValueError(f"sample_shares must sum to 1, got {sum(shares):.6g}")
+        keep = float(self.keep_fraction)
+        if not (math.isfinite(keep) and 0.0 < keep <= 1.0):
+            raise ValueError(f"keep_fraction must be in (0, 1], got {self.keep_fraction!r}")
+        object.__setattr__(self, "keep_fraction", keep)
+        if not gates:
+            raise ValueError("layer_gates must hold at least one group")
+        if not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in gates):
+            raise ValueError(f"layer_gates must be in [0, 1], got {gates}")
+        steps = self.steps
+        if isinstance(steps, float) and steps.is_integer():
+            steps = int(steps)
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
+        object.__setattr__(self, "steps", int(steps))
+
+    @classmethod
+    def uniform(cls, spec: AllocationSpec) -> "Allocation":
+        """Standard training: equal shares, every sample and layer trained, full steps."""
+        k = spec.sample_groups
+        return cls(
+            sample_shares=(1.0 / k,) * k,
+            keep_fraction=1.0,
+            layer_gates=(1.0,) * spec.layer_groups,
+            steps=spec.max_steps,
+        )
+
+    @property
+    def stops(self) -> bool:
+        """True when this allocation ends the job (zero steps)."""
+        return self.steps == 0
+
+    def to_dict(self) -> dict:
+        return {
+            "sample_shares": list(self.sample_shares),
+            "keep_fraction": self.keep_fraction,
+            "layer_gates": list(self.layer_gates),
+            "steps": self.steps,
+        }

@@ -1,0 +1,81 @@
+"""The ``compute-allocator`` command: train, apply, evaluate, jobs, bench.
+
+This is the composition root. Each subcommand lives in its own module that
+defines ``add_arguments(parser)`` and ``run(args) -> int``; the module is
+imported only when its subcommand is used, so ``compute-allocator jobs`` never
+loads stable-baselines3. Bad input ends with one line on stderr and exit code 2;
+set ``COMPUTE_ALLOCATOR_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# name -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "agents.train_command",
+        "train an allocator policy with PPO over a distribution of training jobs",
+    ),
+    "apply": (
+        "allocator.apply_command",
+        "apply a trained policy to a training job (built-in or your own) and compare",
+    ),
+    "evaluate": (
+        "allocator.evaluation",
+        "run a policy and the baselines on the same jobs and seeds; write a report",
+    ),
+    "jobs": ("allocator.jobs.command", "list the built-in training jobs, one a line"),
+    "bench": ("allocator.bench", "measure the allocator's overhead against a plain PyTorch loop"),
+}
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compute-allocator",
+        description=(
+            "Learn where a training job's compute should go. Train a PPO allocator "
+            "policy over real training jobs, apply it to your own model and data, and "
+            "inspect everything in TensorBoard."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip().split("\n\n")[0],
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"compute-allocator {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as error:
+        if os.environ.get("COMPUTE_ALLOCATOR_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"compute-allocator {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The C/R-scaled objective J: validation loss weighted by the compute spent reaching it.
+
+With ``l_t`` the validation loss after interval t relative to the initial
+validation loss, ``C_t`` the FLOPs of interval t, ``R`` the budget, ``T`` the
+last interval and ``U = 1 - sum(C_t) / R`` the unused share of the budget::
+
+    J = sum_t (C_t / R) * l_t      # loss weighted by the share of compute spent reaching it
+      + U * (1 - s) * l_T          # unused budget counted at the final loss, credited by s
+      + w * l_T                    # weight on the final loss
+
+Lower is better. The reward of interval t is minus its increment of J, so an
+episode's return is ``-J``. Uniform training that spends the whole budget has
+``U = 0``; stopping at once scores ``(1 - s) + w`` (1.8 at the defaults).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Parameters of J and its per-interval increments.
+
+    Args:
+        s: credit for unused budget, in ``[0, 1]``; 0 counts unused budget as if
+            spent at the final loss, 1 counts it as free.
+        w: weight on the final relative loss, ``>= 0``.
+        divergence_loss: the relative loss charged from the interval in which a
+            job diverges (NaN or inf loss) to the end; above the initial loss (1)
+            so that diverging always scores worse than stopping at once.
+        max_relative_loss: relative losses are capped here so that one exploding
+            interval cannot dominate a batch of PPO rewards.
+    """
+
+    s: float = 0.2
+    w: float = 1.0
+    divergence_loss: float = 3.0
+    max_relative_loss: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.s) and 0.0 <= self.s <= 1.0):
+            raise ValueError(f"s must be in [0, 1], got {self.s!r}")
+        if not (math.isfinite(self.w) and self.w >= 0.0):
+            raise ValueError(f"w must be finite and >= 0, got {self.w!r}")
+        if not (math.isfinite(self.divergence_loss) and self.divergence_loss >= 1.0):
+            raise ValueError(f"divergence_loss must be >= 1, got {self.divergence_loss!r}")
+        if not (math.isfinite(self.max_relative_loss) and self.max_relative_loss >= 1.0):
+            raise ValueError(f"max_relative_loss must be >= 1, got {self.max_relative_loss!r}")
+
+    def relative_loss(self, val_loss: float, initial_val_loss: float, diverged: bool) -> float:
+        """``l = val_loss / initial_val_loss``, capped; ``divergence_loss`` when diverged."""
+        if diverged or not math.isfinite(val_loss):
+            return self.divergence_loss
+        ratio = val_loss / max(initial_val_loss, 1e-12)
+        return min(max(ratio, 0.0), self.max_relative_loss)
+
+    def interval_cost(self, compute_fraction: float, relative_loss: float) -> float:
+        """The increment of J for one interval: ``(C_t / R) * l_t``."""
+        return compute_fraction * relative_loss
+
+    def final_cost(self, unused_fraction: float, final_relative_loss: float) -> float:
+        """The terminal increment of J: ``U * (1 - s) * l_T + w * l_T``."""
+        unused = min(max(unused_fraction, 0.0), 1.0)
+        return unused * (1.0 - self.s) * final_relative_loss + self.w * final_relative_loss
+
+    def total(self, intervals: list[tuple[float, float]], final_relative_loss: float) -> float:
+        """J of a whole run from ``(compute_fraction, relative_loss)`` per interval."""
+        spent = sum(c for c, _ in intervals)
+        return sum(self.interval_cost(c, r) for c, r in intervals) + self.final_cost(
+            1.0 - spent, final_relative_loss
+        )
