@@ -71,3 +71,36 @@ class Objective:
         return sum(self.interval_cost(c, r) for c, r in intervals) + self.final_cost(
             1.0 - spent, final_relative_loss
         )
+
+
+class ObjectiveMeter:
+    """Accumulates J over a run, one interval at a time; the env's reward is minus each increment.
+
+    Before any interval the relative loss is 1 (the initial validation loss), so
+    a run that stops at once scores ``(1 - s) + w``.
+    """
+
+    def __init__(self, objective: Objective, initial_val_loss: float) -> None:
+        self.objective = objective
+        self.initial_val_loss = float(initial_val_loss)
+        self.value = 0.0
+        self.spent_fraction = 0.0
+        self.relative_loss = 1.0
+        self.finished = False
+
+    def add_interval(self, compute_fraction: float, val_loss: float, diverged: bool) -> float:
+        """Add interval t's ``(C_t / R) * l_t``; returns the increment."""
+        self.relative_loss = self.objective.relative_loss(val_loss, self.initial_val_loss, diverged)
+        self.spent_fraction += compute_fraction
+        increment = self.objective.interval_cost(compute_fraction, self.relative_loss)
+        self.value += increment
+        return increment
+
+    def finish(self) -> float:
+        """Add the terminal ``U (1 - s) l_T + w l_T``; returns the increment."""
+        if self.finished:
+            raise RuntimeError("the objective of this run is already final")
+        self.finished = True
+        increment = self.objective.final_cost(1.0 - self.spent_fraction, self.relative_loss)
+        self.value += increment
+        return increment

@@ -1,0 +1,588 @@
+"""Load a trained allocator policy from its safe on-disk format and run it.
+
+A policy directory written by :func:`agents.export.export_policy` holds two
+files that are all a user needs to apply a trained policy:
+
+* ``policy.safetensors`` -- the actor's weights (float32) and, when the agent
+  was trained on ``VecNormalize``d observations, the normalisation statistics
+  ``observation.mean`` and ``observation.var`` (float64, as VecNormalize keeps
+  them). No pickle, no code: safetensors holds named tensors only.
+* ``policy.json`` -- everything needed to rebuild the actor around them::
+
+    {
+      "format": "compute-allocator-policy",
+      "format_version": 1,
+      "kind": "mlp" | "attention",
+      "spec": {"sample_groups": K, "layer_groups": G, "max_steps": ..., "min_keep_fraction": ...},
+      "observation": {"size": N, "global": n_g, "per_sample_group": n_s,
+                      "per_layer_group": n_l, "features": {...names, optional...}},
+      "network": {"activation": "tanh", "hidden_sizes": [64, 64]}      # kind "mlp"
+                 {"activation": "tanh", "hidden_size": 64}             # kind "attention"
+      "normalization": {"observation": true, "clip_obs": 10.0, "epsilon": 1e-8,
+                        "reward": true},
+      "versions": {"torch": ..., "stable_baselines3": ..., "compute_allocator": ...},
+      "extra": {...}                                                   # free-form
+    }
+
+  with ``N = n_g + K * n_s + G * n_l`` (the observation is laid out as
+  ``[global | K x per-sample-group | G x per-layer-group]``, see
+  :mod:`allocator.stats`).
+
+Tensor names: ``actor.hidden.{i}.weight/bias`` and ``actor.output.weight/bias``
+for ``"mlp"`` (SB3's ``mlp_extractor.policy_net`` and ``action_net``); the
+``state_dict`` keys of :class:`AttentionActor` prefixed with ``actor.`` for
+``"attention"``.
+
+:class:`AllocatorPolicy` rebuilds the actor in plain PyTorch: applying a policy
+needs neither gymnasium nor stable-baselines3.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from allocator.allocation import Allocation, AllocationSpec
+
+FORMAT_NAME = "compute-allocator-policy"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "policy.safetensors"
+CONFIG_FILE = "policy.json"
+POLICY_KINDS = ("mlp", "attention")
+OBSERVATION_MEAN = "observation.mean"
+OBSERVATION_VAR = "observation.var"
+
+# Activations a policy may use, by the name written to policy.json.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+
+
+def activation_name(activation_fn: type[nn.Module] | str) -> str:
+    """The policy.json name of an activation class (``nn.Tanh`` -> ``"tanh"``).
+
+    Raises ``ValueError`` for activations the safe format cannot rebuild.
+    """
+    if isinstance(activation_fn, str):
+        if activation_fn in ACTIVATIONS:
+            return activation_fn
+    else:
+        for name, cls in ACTIVATIONS.items():
+            if activation_fn is cls:
+                return name
+    raise ValueError(
+        f"activation {activation_fn!r} is not supported by the policy format; "
+        f"use one of {sorted(ACTIVATIONS)} (torch.nn classes with default arguments)"
+    )
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def observation_layout_sizes(layout: Any) -> dict[str, int]:
+    """The three feature counts of an observation layout, as written to policy.json.
+
+    ``layout`` is an :class:`allocator.stats.ObservationLayout` (or any object with
+    ``global_size``, ``sample_group_size`` and ``layer_group_size``), a mapping with
+    those keys or with policy.json's ``global`` / ``per_sample_group`` /
+    ``per_layer_group``, or a tuple ``(n_global, n_per_sample_group, n_per_layer_group)``.
+    Returns ``{"global": n_g, "per_sample_group": n_s, "per_layer_group": n_l}``.
+    """
+    if isinstance(layout, Mapping):
+        if {"global", "per_sample_group", "per_layer_group"} <= set(layout):
+            values = (layout["global"], layout["per_sample_group"], layout["per_layer_group"])
+        elif {"global_size", "sample_group_size", "layer_group_size"} <= set(layout):
+            values = (
+                layout["global_size"],
+                layout["sample_group_size"],
+                layout["layer_group_size"],
+            )
+        else:
+            raise ValueError(
+                "an observation layout mapping needs the keys 'global', 'per_sample_group' "
+                f"and 'per_layer_group', got {sorted(layout)}"
+            )
+    elif isinstance(layout, (tuple, list)):
+        if len(layout) != 3:
+            raise ValueError(
+                "an observation layout tuple is (n_global, n_per_sample_group, "
+                f"n_per_layer_group), got {layout!r}"
+            )
+        values = tuple(layout)
+    elif all(hasattr(layout, a) for a in ("global_size", "sample_group_size", "layer_group_size")):
+        values = (layout.global_size, layout.sample_group_size, layout.layer_group_size)
+    else:
+        raise ValueError(f"cannot read an observation layout from {layout!r}")
+    names = ("global", "per_sample_group", "per_layer_group")
+    sizes = {}
+    for name, value in zip(names, values):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"observation layout {name!r} must be an integer >= 0, got {value!r}")
+        sizes[name] = int(value)
+    if sizes["per_sample_group"] < 1 or sizes["per_layer_group"] < 1:
+        raise ValueError(f"every sample group and layer group needs at least one feature: {sizes}")
+    return sizes
+
+
+def observation_size(sizes: Mapping[str, int], spec: AllocationSpec) -> int:
+    """Length of the flat observation: ``n_g + K * n_s + G * n_l``."""
+    return (
+        sizes["global"]
+        + spec.sample_groups * sizes["per_sample_group"]
+        + spec.layer_groups * sizes["per_layer_group"]
+    )
+
+
+class MlpActor(nn.Module):
+    """SB3's ``MlpPolicy`` actor: ``mlp_extractor.policy_net`` then ``action_net``.
+
+    Outputs the mean of the Gaussian action distribution (before clipping).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_sizes: Sequence[int],
+        output_size: int,
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        self.activation_name = activation
+        self.activation = _activation(activation)
+        sizes = [int(input_size), *(int(h) for h in hidden_sizes)]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.output = nn.Linear(sizes[-1], int(output_size))
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        x = observation
+        for layer in self.hidden:
+            x = self.activation(layer(x))
+        return self.output(x)
+
+
+class AttentionActor(nn.Module):
+    """The attention actor of DESIGN.md 5a: every group scored by weights shared across groups.
+
+    The flat observation ``[global | K x per-sample-group | G x per-layer-group]``
+    is split into groups. Each sample group's features go through one shared
+    encoder, each layer group's through another; a context vector is computed
+    from the global features and the mean of each group encoding (so every score
+    can see the whole job). Each sample group is then scored from its own
+    encoding plus the context by one shared head, each layer group likewise, and
+    a global head on the context gives keep fraction and steps. The output is in
+    action order ``[K share logits | keep | G gate logits | steps]``; the softmax
+    over shares and the gates' mapping are done by
+    :meth:`AllocationSpec.to_allocation`.
+
+    No weight depends on K or G: the same weights run with any number of groups
+    (set ``sample_groups`` / ``layer_groups``), and permuting the groups of the
+    observation permutes the outputs the same way.
+
+    Args:
+        global_size, sample_group_size, layer_group_size: the layout's feature counts.
+        sample_groups, layer_groups: K and G of the observations it will read.
+        hidden_size: width of the encodings, the context and the heads' hidden layer.
+        activation: a name from :data:`ACTIVATIONS`.
+    """
+
+    def __init__(
+        self,
+        global_size: int,
+        sample_group_size: int,
+        layer_group_size: int,
+        sample_groups: int,
+        layer_groups: int,
+        hidden_size: int = 64,
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        h = int(hidden_size)
+        if h < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {hidden_size!r}")
+        self.global_size = int(global_size)
+        self.sample_group_size = int(sample_group_size)
+        self.layer_group_size = int(layer_group_size)
+        self.sample_groups = int(sample_groups)
+        self.layer_groups = int(layer_groups)
+        self.hidden_size = h
+        self.activation_name = activation
+        self.activation = _activation(activation)
+        self.sample_encoder = nn.Linear(self.sample_group_size, h)
+        self.layer_encoder = nn.Linear(self.layer_group_size, h)
+        self.context = nn.Linear(self.global_size + 2 * h, h)
+        self.sample_hidden = nn.Linear(2 * h, h)
+        self.sample_score = nn.Linear(h, 1)
+        self.layer_hidden = nn.Linear(2 * h, h)
+        self.layer_score = nn.Linear(h, 1)
+        self.global_hidden = nn.Linear(h, h)
+        self.global_output = nn.Linear(h, 2)  # keep fraction, steps
+
+    @property
+    def input_size(self) -> int:
+        return (
+            self.global_size
+            + self.sample_groups * self.sample_group_size
+            + self.layer_groups * self.layer_group_size
+        )
+
+    def output_layers(self) -> tuple[nn.Linear, ...]:
+        """The layers that emit action means (SB3 initialises them with a small gain)."""
+        return (self.sample_score, self.layer_score, self.global_output)
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        if observation.shape[-1] != self.input_size:
+            raise ValueError(
+                f"observation has {observation.shape[-1]} features, the attention actor expects "
+                f"{self.input_size} ({self.global_size} global + {self.sample_groups} x "
+                f"{self.sample_group_size} per sample group + {self.layer_groups} x "
+                f"{self.layer_group_size} per layer group)"
+            )
+        act = self.activation
+        batch = observation.shape[:-1]
+        k, g = self.sample_groups, self.layer_groups
+        s0 = self.global_size
+        l0 = s0 + k * self.sample_group_size
+        global_features = observation[..., :s0]
+        samples = observation[..., s0:l0].reshape(*batch, k, self.sample_group_size)
+        layers = observation[..., l0:].reshape(*batch, g, self.layer_group_size)
+
+        sample_code = act(self.sample_encoder(samples))  # (..., K, h)
+        layer_code = act(self.layer_encoder(layers))  # (..., G, h)
+        context = act(
+            self.context(
+                torch.cat([global_features, sample_code.mean(-2), layer_code.mean(-2)], dim=-1)
+            )
+        )  # (..., h)
+
+        def score(code: torch.Tensor, hidden: nn.Linear, out: nn.Linear) -> torch.Tensor:
+            ctx = context.unsqueeze(-2).expand(*code.shape[:-1], self.hidden_size)
+            return out(act(hidden(torch.cat([code, ctx], dim=-1)))).squeeze(-1)
+
+        share_logits = score(sample_code, self.sample_hidden, self.sample_score)  # (..., K)
+        gate_logits = score(layer_code, self.layer_hidden, self.layer_score)  # (..., G)
+        keep_steps = self.global_output(act(self.global_hidden(context)))  # (..., 2)
+        return torch.cat(
+            [share_logits, keep_steps[..., :1], gate_logits, keep_steps[..., 1:]], dim=-1
+        )
+
+
+def build_actor(
+    kind: str, spec: AllocationSpec, sizes: Mapping[str, int], network: Mapping[str, Any]
+) -> nn.Module:
+    """Build an untrained actor of ``kind`` from policy.json's ``network`` section."""
+    activation = network.get("activation")
+    if not isinstance(activation, str):
+        raise ValueError(f"network.activation must be a string, got {activation!r}")
+    if kind == "mlp":
+        hidden = network.get("hidden_sizes")
+        if not isinstance(hidden, list) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
+        ):
+            raise ValueError(f"network.hidden_sizes must be a list of integers >= 1, got {hidden!r}")
+        return MlpActor(observation_size(sizes, spec), hidden, spec.action_size, activation)
+    if kind == "attention":
+        hidden_size = network.get("hidden_size")
+        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
+            raise ValueError(f"network.hidden_size must be an integer >= 1, got {hidden_size!r}")
+        return AttentionActor(
+            sizes["global"],
+            sizes["per_sample_group"],
+            sizes["per_layer_group"],
+            spec.sample_groups,
+            spec.layer_groups,
+            hidden_size=hidden_size,
+            activation=activation,
+        )
+    raise ValueError(f"unknown policy kind {kind!r}; known kinds: {list(POLICY_KINDS)}")
+
+
+class AllocatorPolicy:
+    """A trained allocator policy, loaded from a policy directory; a controller for ``run_job``.
+
+    Load it with :meth:`load`; then ``act(observation)`` gives the deterministic
+    :class:`Allocation` for one observation (the mean of the trained Gaussian,
+    clipped to ``[-1, 1]`` and mapped by the policy's :class:`AllocationSpec`).
+
+    Attributes:
+        spec: the :class:`AllocationSpec` the policy was trained with.
+        kind: ``"mlp"`` or ``"attention"``.
+        observation_size: length of the observations it reads.
+        metadata: the parsed ``policy.json`` (free-form extras under ``"extra"``).
+        name: ``"policy:<directory name>"``.
+
+    .. warning:: The observation must come from a job with the **same spec** as
+       the policy (same K, G and max steps): the layout of the observation, and
+       the meaning of each action entry, depend on it. ``reset(job)`` makes the
+       job adopt the policy's spec; call it (``run_job`` does) before the first
+       ``act``. Pass the job's **raw** observation: the policy applies the
+       VecNormalize statistics it was trained with itself.
+    """
+
+    def __init__(
+        self,
+        actor: nn.Module,
+        spec: AllocationSpec,
+        kind: str,
+        observation_mean: np.ndarray | None,
+        observation_var: np.ndarray | None,
+        clip_obs: float,
+        epsilon: float,
+        metadata: dict,
+        name: str = "policy",
+    ) -> None:
+        self.actor = actor.eval()
+        self.spec = spec
+        self.kind = kind
+        self.observation_size = int(metadata["observation"]["size"])
+        self._mean = observation_mean
+        self._var = observation_var
+        self._clip_obs = float(clip_obs)
+        self._epsilon = float(epsilon)
+        self.metadata = metadata
+        self.name = name
+
+    @property
+    def normalizes_observation(self) -> bool:
+        """True when observations are normalised with the shipped VecNormalize statistics."""
+        return self._mean is not None
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AllocatorPolicy":
+        """Load a policy from a policy directory (or its policy.json / policy.safetensors).
+
+        Reads only JSON and safetensors: no pickle, no code execution, no
+        stable-baselines3 or gymnasium. A damaged or mismatched policy (missing
+        file, invalid JSON, unknown format version, missing, extra or misshapen
+        tensors, a spec that does not match the observation size) raises
+        ``ValueError`` saying what is wrong.
+        """
+        directory = Path(path)
+        if directory.name in (CONFIG_FILE, WEIGHTS_FILE) and not directory.is_dir():
+            directory = directory.parent
+        if not directory.is_dir():
+            raise ValueError(f"policy directory {str(directory)!r} does not exist")
+        config_path = directory / CONFIG_FILE
+        weights_path = directory / WEIGHTS_FILE
+        for required in (config_path, weights_path):
+            if not required.is_file():
+                raise ValueError(
+                    f"{str(directory)!r} is not a policy directory: {required.name} is missing "
+                    f"(a policy directory holds {CONFIG_FILE} and {WEIGHTS_FILE}, "
+                    "written by agents.export.export_policy)"
+                )
+        try:
+            metadata = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{config_path} must hold a JSON object, got {type(metadata).__name__}")
+        spec, kind, sizes, actor, normalization = _parse_config(metadata, config_path)
+
+        tensors = _read_safetensors(weights_path)
+        expected = {f"actor.{key}": value for key, value in actor.state_dict().items()}
+        size = observation_size(sizes, spec)
+        if normalization["observation"]:
+            expected[OBSERVATION_MEAN] = torch.empty(size, dtype=torch.float64)
+            expected[OBSERVATION_VAR] = torch.empty(size, dtype=torch.float64)
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing tensor(s) {missing}")
+            if extra:
+                parts.append(f"unexpected tensor(s) {extra}")
+            raise ValueError(
+                f"{weights_path} does not match {CONFIG_FILE} (kind {kind!r}, "
+                f"normalization.observation={normalization['observation']}): " + "; ".join(parts)
+            )
+        for key, reference in expected.items():
+            tensor = tensors[key]
+            if tuple(tensor.shape) != tuple(reference.shape):
+                raise ValueError(
+                    f"tensor {key!r} in {weights_path} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(reference.shape)} for kind {kind!r} with spec "
+                    f"K={spec.sample_groups}, G={spec.layer_groups} and an observation of "
+                    f"{size} features: the weights do not match policy.json's spec, "
+                    "observation layout or network"
+                )
+            if not tensor.is_floating_point():
+                raise ValueError(f"tensor {key!r} in {weights_path} has dtype {tensor.dtype}, expected a float")
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"tensor {key!r} in {weights_path} holds NaN or inf values")
+        actor.load_state_dict(
+            {key[len("actor.") :]: tensors[key].to(torch.float32) for key in expected if key.startswith("actor.")}
+        )
+        mean = var = None
+        if normalization["observation"]:
+            mean = tensors[OBSERVATION_MEAN].to(torch.float64).numpy()
+            var = tensors[OBSERVATION_VAR].to(torch.float64).numpy()
+            if np.any(var < 0):
+                raise ValueError(f"tensor {OBSERVATION_VAR!r} in {weights_path} has negative variances")
+        return cls(
+            actor,
+            spec,
+            kind,
+            mean,
+            var,
+            normalization["clip_obs"],
+            normalization["epsilon"],
+            metadata,
+            name=f"policy:{directory.resolve().name}",
+        )
+
+    # ------------------------------------------------------------------ acting
+
+    def reset(self, job: Any) -> None:
+        """Prepare ``job`` for this policy: make it use the policy's spec.
+
+        Calls ``job.use_spec(self.spec)`` when the job has that method; otherwise
+        a job whose ``spec`` differs from the policy's raises ``ValueError``.
+        """
+        use_spec = getattr(job, "use_spec", None)
+        if callable(use_spec):
+            use_spec(self.spec)
+            return
+        job_spec = getattr(job, "spec", None)
+        if job_spec is not None and job_spec != self.spec:
+            raise ValueError(
+                f"the job's spec {job_spec} differs from the policy's {self.spec}, and the job "
+                "cannot adopt another (it has no use_spec method)"
+            )
+
+    def normalize(self, observation: Any) -> np.ndarray:
+        """The observation as the network sees it: VecNormalize's clipped standardisation.
+
+        ``clip((obs - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)`` in float64,
+        then float32, exactly as ``VecNormalize.normalize_obs``. Accepts one
+        observation ``(N,)`` or a batch ``(B, N)``.
+        """
+        obs = np.asarray(observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation)
+        if obs.ndim not in (1, 2) or obs.shape[-1] != self.observation_size:
+            raise ValueError(
+                f"observation has shape {obs.shape}, the policy expects ({self.observation_size},) "
+                f"or (batch, {self.observation_size}); it must come from a job with the policy's "
+                f"spec (K={self.spec.sample_groups}, G={self.spec.layer_groups})"
+            )
+        if not np.all(np.isfinite(obs)):
+            raise ValueError("observation holds NaN or inf values")
+        if self._mean is None:
+            return obs.astype(np.float32)
+        normalized = (obs - self._mean) / np.sqrt(self._var + self._epsilon)
+        return np.clip(normalized, -self._clip_obs, self._clip_obs).astype(np.float32)
+
+    @torch.no_grad()
+    def action(self, observation: Any) -> np.ndarray:
+        """The deterministic action for a raw observation: the Gaussian mean clipped to [-1, 1].
+
+        Returns float32 of shape ``(action_size,)``, or ``(B, action_size)`` for
+        a batch. Equals SB3's ``model.predict(vec_normalize.normalize_obs(obs),
+        deterministic=True)``.
+        """
+        normalized = torch.from_numpy(self.normalize(observation))
+        mean = self.actor(normalized).numpy()
+        return np.clip(mean, -1.0, 1.0).astype(np.float32)
+
+    def act(self, observation: Any) -> Allocation:
+        """The allocation for the next interval, given the job's raw observation."""
+        obs = np.asarray(observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation)
+        if obs.ndim != 1:
+            raise ValueError(f"act takes one observation of shape ({self.observation_size},), got {obs.shape}")
+        return self.spec.to_allocation(self.action(obs))
+
+    def __repr__(self) -> str:
+        return (
+            f"AllocatorPolicy(name={self.name!r}, kind={self.kind!r}, spec={self.spec}, "
+            f"observation_size={self.observation_size})"
+        )
+
+
+def _parse_config(
+    metadata: dict, config_path: Path
+) -> tuple[AllocationSpec, str, dict[str, int], nn.Module, dict]:
+    """Validate policy.json and build the (untrained) actor it describes."""
+    where = str(config_path)
+    if metadata.get("format") != FORMAT_NAME:
+        raise ValueError(f"{where}: 'format' must be {FORMAT_NAME!r}, got {metadata.get('format')!r}")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: unknown format_version {version!r}; this version of compute-allocator "
+            f"reads format_version {FORMAT_VERSION}"
+        )
+    for key in ("kind", "spec", "observation", "network", "normalization"):
+        if key not in metadata:
+            raise ValueError(f"{where}: missing key {key!r}")
+    kind = metadata["kind"]
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"{where}: unknown policy kind {kind!r}; known kinds: {list(POLICY_KINDS)}")
+    if not isinstance(metadata["spec"], dict):
+        raise ValueError(f"{where}: 'spec' must be an object, got {metadata['spec']!r}")
+    try:
+        spec = AllocationSpec.from_dict(metadata["spec"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: invalid spec {metadata['spec']!r}: {error}") from None
+    observation = metadata["observation"]
+    if not isinstance(observation, dict):
+        raise ValueError(f"{where}: 'observation' must be an object, got {observation!r}")
+    try:
+        sizes = observation_layout_sizes(observation)
+    except ValueError as error:
+        raise ValueError(f"{where}: invalid observation layout: {error}") from None
+    size = observation.get("size")
+    expected_size = observation_size(sizes, spec)
+    if size != expected_size:
+        raise ValueError(
+            f"{where}: observation size {size!r} does not match the spec and layout: "
+            f"{sizes['global']} global + K={spec.sample_groups} x {sizes['per_sample_group']} + "
+            f"G={spec.layer_groups} x {sizes['per_layer_group']} = {expected_size}"
+        )
+    network = metadata["network"]
+    if not isinstance(network, dict):
+        raise ValueError(f"{where}: 'network' must be an object, got {network!r}")
+    try:
+        actor = build_actor(kind, spec, sizes, network)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    normalization = metadata["normalization"]
+    if not isinstance(normalization, dict) or not isinstance(normalization.get("observation"), bool):
+        raise ValueError(
+            f"{where}: 'normalization' must be an object with a boolean 'observation', got {normalization!r}"
+        )
+    for key in ("clip_obs", "epsilon"):
+        value = normalization.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(f"{where}: normalization.{key} must be a number >= 0, got {value!r}")
+    return spec, kind, sizes, actor, normalization
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path} is not a readable safetensors file: {error}") from None

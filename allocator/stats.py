@@ -1,0 +1,250 @@
+"""Loss and gradient statistics of an interval, turned into a fixed-size observation.
+
+The observation is a float32 vector of scale-free features, the same size for
+every model and dataset, so one policy serves any job. Its layout is::
+
+    [ global (12) | K x per-sample-group (4) | G x per-layer-group (4) ]
+
+Global features (``GLOBAL_FEATURES``):
+
+==  ======================  ====================================================
+ 0  budget_used             share of the budget R spent so far, C/R
+ 1  log_train_loss          log(train loss of the last interval / initial val loss)
+ 2  log_val_loss            log(val loss / initial val loss)
+ 3  val_loss_change         change of log_val_loss over the last interval
+ 4  val_loss_above_best     log_val_loss minus its best value so far (>= 0)
+ 5  generalisation_gap      log_val_loss - log_train_loss
+ 6  unseen_fraction         share of training samples never drawn yet
+ 7  log_epochs              log(1 + samples drawn / training-set size)
+ 8  log_budget_epochs       log(samples the budget buys at uniform / set size)
+ 9  gradient_coherence      mean over layer groups of feature 2 below
+10  previous_keep_fraction  keep fraction of the previous allocation
+11  previous_steps          steps of the previous allocation / max_steps
+==  ======================  ====================================================
+
+Per sample group k (``SAMPLE_GROUP_FEATURES``), group 0 the lowest losses:
+``log_loss`` (mean log(last seen loss / initial val loss) of its seen
+samples), ``log_loss_spread`` (their standard deviation), ``staleness`` (mean
+optimizer steps since seen, over the budget's steps; 1 for never seen) and
+``previous_share`` (K times the previous share: 1 is uniform).
+
+Per layer group g (``LAYER_GROUP_FEATURES``), in forward order, head last:
+``log_grad_to_weight`` (log of RMS gradient norm over weight norm in the
+interval), its ``change``, ``gradient_coherence`` (``|sum g|^2 / (n sum |g|^2)``
+over the interval's n steps: 1 when every step pushes the same way, about 1/n
+when gradients are noise) and ``previous_gate``.
+
+Every feature is clipped to ``[-OBSERVATION_CLIP, OBSERVATION_CLIP]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from allocator.allocation import AllocationSpec
+
+OBSERVATION_CLIP = 10.0
+
+GLOBAL_FEATURES = (
+    "budget_used",
+    "log_train_loss",
+    "log_val_loss",
+    "val_loss_change",
+    "val_loss_above_best",
+    "generalisation_gap",
+    "unseen_fraction",
+    "log_epochs",
+    "log_budget_epochs",
+    "gradient_coherence",
+    "previous_keep_fraction",
+    "previous_steps",
+)
+SAMPLE_GROUP_FEATURES = ("log_loss", "log_loss_spread", "staleness", "previous_share")
+LAYER_GROUP_FEATURES = ("log_grad_to_weight", "change", "gradient_coherence", "previous_gate")
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """Where each feature sits in the observation vector of a given spec.
+
+    Use it to read an observation group by group::
+
+        layout = ObservationLayout(job.spec)
+        layout.sample_group_features(obs)[:, layout.sample_index("log_loss")]
+    """
+
+    spec: AllocationSpec
+
+    @property
+    def global_size(self) -> int:
+        return len(GLOBAL_FEATURES)
+
+    @property
+    def sample_group_size(self) -> int:
+        """Features per sample group."""
+        return len(SAMPLE_GROUP_FEATURES)
+
+    @property
+    def layer_group_size(self) -> int:
+        """Features per layer group."""
+        return len(LAYER_GROUP_FEATURES)
+
+    @property
+    def size(self) -> int:
+        return (
+            self.global_size
+            + self.spec.sample_groups * self.sample_group_size
+            + self.spec.layer_groups * self.layer_group_size
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "global": list(GLOBAL_FEATURES),
+            "per_sample_group": list(SAMPLE_GROUP_FEATURES),
+            "per_layer_group": list(LAYER_GROUP_FEATURES),
+            "size": self.size,
+        }
+
+    def global_index(self, name: str) -> int:
+        return GLOBAL_FEATURES.index(name)
+
+    def sample_index(self, name: str) -> int:
+        return SAMPLE_GROUP_FEATURES.index(name)
+
+    def layer_index(self, name: str) -> int:
+        return LAYER_GROUP_FEATURES.index(name)
+
+    def global_features(self, observation: np.ndarray) -> np.ndarray:
+        return np.asarray(observation)[: self.global_size]
+
+    def sample_group_features(self, observation: np.ndarray) -> np.ndarray:
+        """``(K, 4)`` array: one row per sample group."""
+        start = self.global_size
+        stop = start + self.spec.sample_groups * self.sample_group_size
+        return np.asarray(observation)[start:stop].reshape(self.spec.sample_groups, -1)
+
+    def layer_group_features(self, observation: np.ndarray) -> np.ndarray:
+        """``(G, 4)`` array: one row per layer group."""
+        start = self.global_size + self.spec.sample_groups * self.sample_group_size
+        return np.asarray(observation)[start:].reshape(self.spec.layer_groups, -1)
+
+
+@dataclass
+class IntervalStatistics:
+    """Host-side statistics of one interval, read from the device in one transfer."""
+
+    budget_used: float
+    train_loss: float  # mean per-sample loss of the samples drawn in the interval
+    val_loss: float
+    samples_drawn: int  # cumulative, whole run
+    training_set_size: int
+    budget_samples: int  # samples the whole budget draws at uniform allocation
+    unseen_fraction: float
+    group_log_loss: np.ndarray  # (K,)
+    group_log_loss_spread: np.ndarray  # (K,)
+    group_staleness: np.ndarray  # (K,)
+    layer_log_grad_to_weight: np.ndarray  # (G,) NaN where the group was not trained
+    layer_coherence: np.ndarray  # (G,) NaN where the group was not trained
+
+
+class ObservationBuilder:
+    """Turns each interval's statistics into the observation; keeps the history it needs."""
+
+    def __init__(self, spec: AllocationSpec, initial_val_loss: float) -> None:
+        self.layout = ObservationLayout(spec)
+        self.spec = spec
+        self._log_initial = float(np.log(max(initial_val_loss, 1e-12)))
+        self._previous_log_val = 0.0
+        self._best_log_val = 0.0
+        self._layer_ratio = np.zeros(spec.layer_groups)
+        self._layer_coherence = np.ones(spec.layer_groups)
+
+    def _relative_log(self, loss: float) -> float:
+        if not np.isfinite(loss) or loss <= 0:
+            return OBSERVATION_CLIP if not np.isfinite(loss) else -OBSERVATION_CLIP
+        return float(np.log(loss) - self._log_initial)
+
+    def initial(self, budget_samples: int, training_set_size: int, allocation) -> np.ndarray:
+        """The observation before any training: losses at their initial values."""
+        spec = self.spec
+        global_part = np.zeros(self.layout.global_size)
+        global_part[self.layout.global_index("unseen_fraction")] = 1.0
+        global_part[self.layout.global_index("log_budget_epochs")] = np.log(
+            max(budget_samples, 1) / max(training_set_size, 1)
+        )
+        global_part[self.layout.global_index("gradient_coherence")] = 1.0
+        samples = np.zeros((spec.sample_groups, self.layout.sample_group_size))
+        samples[:, self.layout.sample_index("staleness")] = 1.0
+        layers = np.zeros((spec.layer_groups, self.layout.layer_group_size))
+        layers[:, self.layout.layer_index("gradient_coherence")] = 1.0
+        return self._assemble(global_part, samples, layers, allocation)
+
+    def update(self, stats: IntervalStatistics, allocation) -> np.ndarray:
+        """The observation after an interval run under ``allocation``."""
+        layout = self.layout
+        log_val = self._relative_log(stats.val_loss)
+        log_train = self._relative_log(stats.train_loss)
+        self._best_log_val = min(self._best_log_val, log_val)
+
+        trained = np.isfinite(stats.layer_log_grad_to_weight)
+        new_ratio = np.where(trained, stats.layer_log_grad_to_weight, self._layer_ratio)
+        change = new_ratio - self._layer_ratio
+        self._layer_ratio = new_ratio
+        self._layer_coherence = np.where(
+            np.isfinite(stats.layer_coherence), stats.layer_coherence, self._layer_coherence
+        )
+
+        global_part = np.zeros(layout.global_size)
+        values = {
+            "budget_used": stats.budget_used,
+            "log_train_loss": log_train,
+            "log_val_loss": log_val,
+            "val_loss_change": log_val - self._previous_log_val,
+            "val_loss_above_best": log_val - self._best_log_val,
+            "generalisation_gap": log_val - log_train,
+            "unseen_fraction": stats.unseen_fraction,
+            "log_epochs": np.log1p(stats.samples_drawn / max(stats.training_set_size, 1)),
+            "log_budget_epochs": np.log(
+                max(stats.budget_samples, 1) / max(stats.training_set_size, 1)
+            ),
+            "gradient_coherence": float(np.mean(self._layer_coherence)),
+        }
+        for name, value in values.items():
+            global_part[layout.global_index(name)] = value
+        self._previous_log_val = log_val
+
+        samples = np.stack(
+            [
+                stats.group_log_loss - self._log_initial,
+                stats.group_log_loss_spread,
+                stats.group_staleness,
+                np.zeros(self.spec.sample_groups),  # previous share, filled in _assemble
+            ],
+            axis=1,
+        )
+        layers = np.stack(
+            [
+                self._layer_ratio,
+                change,
+                self._layer_coherence,
+                np.zeros(self.spec.layer_groups),  # previous gate, filled in _assemble
+            ],
+            axis=1,
+        )
+        return self._assemble(global_part, samples, layers, allocation)
+
+    def _assemble(self, global_part, samples, layers, allocation) -> np.ndarray:
+        layout = self.layout
+        global_part[layout.global_index("previous_keep_fraction")] = allocation.keep_fraction
+        global_part[layout.global_index("previous_steps")] = allocation.steps / self.spec.max_steps
+        samples[:, layout.sample_index("previous_share")] = (
+            np.asarray(allocation.sample_shares) * self.spec.sample_groups
+        )
+        layers[:, layout.layer_index("previous_gate")] = allocation.layer_gates
+        observation = np.concatenate([global_part, samples.reshape(-1), layers.reshape(-1)])
+        observation = np.nan_to_num(
+            observation, nan=0.0, posinf=OBSERVATION_CLIP, neginf=-OBSERVATION_CLIP
+        )
+        return np.clip(observation, -OBSERVATION_CLIP, OBSERVATION_CLIP).astype(np.float32)
