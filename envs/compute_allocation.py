@@ -1,0 +1,190 @@
+"""The Gymnasium environment: allocate a real training job's compute, one interval per step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from allocator.allocation import AllocationSpec
+from allocator.job import TrainingJob
+from allocator.objective import Objective, ObjectiveMeter
+from allocator.stats import OBSERVATION_CLIP, ObservationLayout
+
+
+class ComputeAllocationEnv(gym.Env):
+    """Decide where a real PyTorch training job spends its compute budget.
+
+    Each episode is one supervised training job (real forward and backward
+    passes on real data), drawn from a job distribution at ``reset``. Each step
+    applies one :class:`~allocator.Allocation` for one interval of optimizer
+    steps. The episode's return is ``-J``, the C/R-scaled objective.
+
+    ## Action space
+
+    ``Box(-1, 1, (K + 1 + G + 1,), float32)``, mapped by the job's
+    :class:`~allocator.AllocationSpec`. The zero action is standard training.
+
+    =========  ==================  ===========================================
+    entries    meaning             mapping
+    =========  ==================  ===========================================
+    0 .. K-1   sample shares       ``softmax(3 a)``: share of each minibatch
+                                   drawn from loss-quantile group k
+    K          keep fraction       1 for a >= 0, down to ``min_keep_fraction``
+                                   at -1: share of the batch (highest loss
+                                   first) that gets a backward pass
+    K+1..K+G   layer gates         ``clip(1 + a, 0, 1)``: probability each
+                                   layer group is trained at a step
+    K+G+1      steps               ``round(max_steps * clip(1 + a, 0, 1))``;
+                                   0 stops the job
+    =========  ==================  ===========================================
+
+    Out-of-range actions are clipped; non-finite ones raise ``ValueError``.
+
+    ## Observation space
+
+    ``Box(-10, 10, (12 + 4 K + 4 G,), float32)``: scale-free loss and gradient
+    statistics laid out as ``[global | K x per-sample-group | G x
+    per-layer-group]``; :mod:`allocator.stats` documents every feature and
+    :class:`~allocator.ObservationLayout` reads them group by group.
+
+    ## Reward
+
+    Minus the increment of J in the interval: ``-(C_t / R) * l_t``, where
+    ``l_t`` is the validation loss relative to the initial one; the last step
+    also carries ``-(U (1 - s) l_T + w l_T)`` for the unused budget U and the
+    final loss. The undiscounted return is ``-J``.
+
+    ## Episode end
+
+    ``terminated=True`` when the budget is spent, when the policy stops
+    (steps = 0), or when the job diverges (NaN or inf loss; charged at
+    ``divergence_loss`` relative loss, and ``info["diverged"]`` is True).
+    ``truncated`` only comes from the registered ``max_episode_steps`` limit.
+
+    ## Arguments
+
+    * ``split``: ``"train"`` or ``"heldout"``, the job distribution to sample.
+    * ``sample_groups``, ``layer_groups``, ``max_steps``, ``min_keep_fraction``:
+      the :class:`~allocator.AllocationSpec`.
+    * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
+    * ``jobs``: a job source replacing the built-in distribution: an object
+      with ``sample(rng, spec) -> TrainingJob``.
+    * ``num_threads``: torch threads for this env's process (default 1, so
+      several envs in subprocesses share the cores well).
+    * ``device``: device of the sampled jobs (default ``"cpu"``).
+
+    ``reset(seed=...)`` samples a job with ``self.np_random``;
+    ``reset(options={"job": job})`` runs a given :class:`~allocator.TrainingJob`
+    (its spec is set to the env's).
+
+    ``info`` holds ``allocation``, ``compute_used`` and ``compute_fraction``,
+    ``val_loss``, ``train_loss``, ``job``, ``diverged``, and at the end
+    ``objective`` (J).
+
+    ## Version history
+
+    * v0: first version.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        split: str = "train",
+        sample_groups: int = 4,
+        layer_groups: int = 4,
+        max_steps: int = 10,
+        min_keep_fraction: float = 0.1,
+        s: float = 0.2,
+        w: float = 1.0,
+        divergence_loss: float = 3.0,
+        jobs=None,
+        num_threads: int | None = 1,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.allocation_spec = AllocationSpec(
+            sample_groups=sample_groups,
+            layer_groups=layer_groups,
+            max_steps=max_steps,
+            min_keep_fraction=min_keep_fraction,
+        )
+        self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
+        self.layout = ObservationLayout(self.allocation_spec)
+        if jobs is None:
+            from allocator.jobs import JobDistribution
+
+            jobs = JobDistribution(split=split)
+        if not callable(getattr(jobs, "sample", None)):
+            raise ValueError("jobs must have sample(rng, spec) -> TrainingJob")
+        self.jobs = jobs
+        self.split = split
+        self.num_threads = num_threads
+        self.device = device
+        self.observation_space = spaces.Box(
+            -OBSERVATION_CLIP, OBSERVATION_CLIP, shape=(self.layout.size,), dtype=np.float32
+        )
+        self.action_space = spaces.Box(
+            -1.0, 1.0, shape=(self.allocation_spec.action_size,), dtype=np.float32
+        )
+        self.job: TrainingJob | None = None
+        self._meter: ObjectiveMeter | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        job = (options or {}).get("job")
+        if job is None:
+            job = self.jobs.sample(self.np_random, spec=self.allocation_spec)
+        elif not isinstance(job, TrainingJob):
+            raise ValueError(f"options['job'] must be a TrainingJob, got {type(job).__name__}")
+        job.use_spec(self.allocation_spec)
+        self.job = job
+        observation = job.observation()
+        self._meter = ObjectiveMeter(self.objective, job.initial_val_loss)
+        info = {
+            "job": job.name,
+            "compute_used": 0,
+            "compute_fraction": 0.0,
+            "budget": job.budget,
+            "val_loss": job.initial_val_loss,
+            "diverged": False,
+        }
+        return observation, info
+
+    def step(self, action):
+        if self.job is None or self._meter is None:
+            raise RuntimeError("call reset() before step()")
+        if self.job.done:
+            raise RuntimeError("the episode has ended; call reset()")
+        action = np.asarray(action, dtype=np.float64)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action must be finite, got {action.tolist()}")
+        allocation = self.allocation_spec.to_allocation(action)
+        report = self.job.advance(allocation)
+        reward = 0.0
+        if report.steps > 0 or report.diverged:
+            reward -= self._meter.add_interval(report.compute_fraction, report.val_loss, report.diverged)
+        terminated = report.done
+        info = {
+            "job": self.job.name,
+            "allocation": allocation,
+            "steps": report.steps,
+            "compute_used": report.compute_used,
+            "compute_fraction": report.compute_used / report.budget,
+            "budget": report.budget,
+            "val_loss": report.val_loss,
+            "train_loss": report.train_loss,
+            "val_accuracy": report.val_accuracy,
+            "diverged": report.diverged,
+        }
+        if terminated:
+            reward -= self._meter.finish()
+            info["objective"] = self._meter.value
+            info["stopped"] = report.stopped
+        return report.observation, float(reward), terminated, False, info
