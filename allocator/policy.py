@@ -39,14 +39,17 @@ needs neither gymnasium nor stable-baselines3.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -168,7 +171,7 @@ class MlpActor(nn.Module):
         self.activation_name = activation
         self.activation = _activation(activation)
         sizes = [int(input_size), *(int(h) for h in hidden_sizes)]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.output = nn.Linear(sizes[-1], int(output_size))
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
@@ -296,7 +299,9 @@ def build_actor(
         if not isinstance(hidden, list) or not all(
             isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
         ):
-            raise ValueError(f"network.hidden_sizes must be a list of integers >= 1, got {hidden!r}")
+            raise ValueError(
+                f"network.hidden_sizes must be a list of integers >= 1, got {hidden!r}"
+            )
         return MlpActor(observation_size(sizes, spec), hidden, spec.action_size, activation)
     if kind == "attention":
         hidden_size = network.get("hidden_size")
@@ -367,7 +372,7 @@ class AllocatorPolicy:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "AllocatorPolicy":
+    def load(cls, path: str | os.PathLike) -> AllocatorPolicy:
         """Load a policy from a policy directory (or its policy.json / policy.safetensors).
 
         Reads only JSON and safetensors: no pickle, no code execution, no
@@ -395,7 +400,9 @@ class AllocatorPolicy:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{config_path} is not valid JSON: {error}") from None
         if not isinstance(metadata, dict):
-            raise ValueError(f"{config_path} must hold a JSON object, got {type(metadata).__name__}")
+            raise ValueError(
+                f"{config_path} must hold a JSON object, got {type(metadata).__name__}"
+            )
         spec, kind, sizes, actor, normalization = _parse_config(metadata, config_path)
 
         tensors = _read_safetensors(weights_path)
@@ -427,26 +434,34 @@ class AllocatorPolicy:
                     "observation layout or network"
                 )
             if not tensor.is_floating_point():
-                raise ValueError(f"tensor {key!r} in {weights_path} has dtype {tensor.dtype}, expected a float")
+                raise ValueError(
+                    f"tensor {key!r} in {weights_path} has dtype {tensor.dtype}, expected a float"
+                )
             if not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"tensor {key!r} in {weights_path} holds NaN or inf values")
         actor.load_state_dict(
-            {key[len("actor.") :]: tensors[key].to(torch.float32) for key in expected if key.startswith("actor.")}
+            {
+                key[len("actor.") :]: tensors[key].to(torch.float32)
+                for key in expected
+                if key.startswith("actor.")
+            }
         )
         mean = var = None
         if normalization["observation"]:
             mean = tensors[OBSERVATION_MEAN].to(torch.float64).numpy()
             var = tensors[OBSERVATION_VAR].to(torch.float64).numpy()
             if np.any(var < 0):
-                raise ValueError(f"tensor {OBSERVATION_VAR!r} in {weights_path} has negative variances")
+                raise ValueError(
+                    f"tensor {OBSERVATION_VAR!r} in {weights_path} has negative variances"
+                )
         return cls(
             actor,
             spec,
             kind,
             mean,
             var,
-            normalization["clip_obs"],
-            normalization["epsilon"],
+            normalization.get("clip_obs") or 0.0,
+            normalization.get("epsilon") or 0.0,
             metadata,
             name=f"policy:{directory.resolve().name}",
         )
@@ -477,7 +492,9 @@ class AllocatorPolicy:
         then float32, exactly as ``VecNormalize.normalize_obs``. Accepts one
         observation ``(N,)`` or a batch ``(B, N)``.
         """
-        obs = np.asarray(observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation)
+        obs = np.asarray(
+            observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation
+        )
         if obs.ndim not in (1, 2) or obs.shape[-1] != self.observation_size:
             raise ValueError(
                 f"observation has shape {obs.shape}, the policy expects ({self.observation_size},) "
@@ -505,9 +522,13 @@ class AllocatorPolicy:
 
     def act(self, observation: Any) -> Allocation:
         """The allocation for the next interval, given the job's raw observation."""
-        obs = np.asarray(observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation)
+        obs = np.asarray(
+            observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation
+        )
         if obs.ndim != 1:
-            raise ValueError(f"act takes one observation of shape ({self.observation_size},), got {obs.shape}")
+            raise ValueError(
+                f"act takes one observation of shape ({self.observation_size},), got {obs.shape}"
+            )
         return self.spec.to_allocation(self.action(obs))
 
     def __repr__(self) -> str:
@@ -523,7 +544,9 @@ def _parse_config(
     """Validate policy.json and build the (untrained) actor it describes."""
     where = str(config_path)
     if metadata.get("format") != FORMAT_NAME:
-        raise ValueError(f"{where}: 'format' must be {FORMAT_NAME!r}, got {metadata.get('format')!r}")
+        raise ValueError(
+            f"{where}: 'format' must be {FORMAT_NAME!r}, got {metadata.get('format')!r}"
+        )
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -535,7 +558,9 @@ def _parse_config(
             raise ValueError(f"{where}: missing key {key!r}")
     kind = metadata["kind"]
     if kind not in POLICY_KINDS:
-        raise ValueError(f"{where}: unknown policy kind {kind!r}; known kinds: {list(POLICY_KINDS)}")
+        raise ValueError(
+            f"{where}: unknown policy kind {kind!r}; known kinds: {list(POLICY_KINDS)}"
+        )
     if not isinstance(metadata["spec"], dict):
         raise ValueError(f"{where}: 'spec' must be an object, got {metadata['spec']!r}")
     try:
@@ -565,11 +590,13 @@ def _parse_config(
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     normalization = metadata["normalization"]
-    if not isinstance(normalization, dict) or not isinstance(normalization.get("observation"), bool):
+    if not isinstance(normalization, dict) or not isinstance(
+        normalization.get("observation"), bool
+    ):
         raise ValueError(
             f"{where}: 'normalization' must be an object with a boolean 'observation', got {normalization!r}"
         )
-    for key in ("clip_obs", "epsilon"):
+    for key in ("clip_obs", "epsilon") if normalization["observation"] else ():
         value = normalization.get(key)
         if (
             isinstance(value, bool)
@@ -584,5 +611,5 @@ def _parse_config(
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
-    except Exception as error:  # safetensors raises its own error types for damaged files
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
