@@ -128,7 +128,8 @@ class AllocationSpec:
         self.check(allocation)
         shares = np.maximum(np.asarray(allocation.sample_shares, dtype=np.float64), 1e-12)
         logits = np.log(shares) / SHARE_SCALE
-        logits -= logits.max()  # the largest share sits at 0, others below
+        # softmax ignores a shift; centring the range keeps every reachable share in [-1, 1]
+        logits -= (logits.max() + logits.min()) / 2.0
         if self.min_keep_fraction < 1.0:
             keep = (allocation.keep_fraction - 1.0) / (1.0 - self.min_keep_fraction)
         else:

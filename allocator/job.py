@@ -354,6 +354,17 @@ class TrainingJob:
         self._ensure_started()
         return self._costs.step_flops(self.batch_size, self.kept_count(keep_fraction), tuple(bool(t) for t in trained))
 
+    def sample_groups(self) -> torch.Tensor:
+        """The current sample group (0 = lowest last-seen loss) of every training sample.
+
+        Groups are recomputed once per interval, at its end; never-seen samples
+        count as the highest losses.
+        """
+        self._ensure_started()
+        groups = torch.empty_like(self._order)
+        groups[self._order] = self._group_of_position
+        return groups
+
     def kept_count(self, keep_fraction: float) -> int:
         """Samples of a drawn batch that get the backward pass (at least one)."""
         return max(1, min(self.batch_size, int(round(keep_fraction * self.batch_size))))
@@ -484,8 +495,17 @@ class TrainingJob:
                 parameter.requires_grad_(flag)
         self._trained_state = trained
 
-    def draw_batch(self) -> torch.Tensor:
-        """Indices of one minibatch drawn by the current sample shares (for tests and tools)."""
+    def draw_batch(self, sample_shares: Sequence[float] | None = None) -> torch.Tensor:
+        """Indices of one minibatch drawn by ``sample_shares`` (default: the last interval's).
+
+        Meant for tests and tools: it draws from the job's own generator.
+        """
+        self._ensure_started()
+        if sample_shares is not None:
+            self.spec.check(Allocation(sample_shares, 1.0, (1.0,) * self.spec.layer_groups, 0))
+            self._prepare_sampling(sample_shares)
+        elif not hasattr(self, "_slot_start"):
+            self._prepare_sampling((1.0 / self.spec.sample_groups,) * self.spec.sample_groups)
         uniform = torch.rand(self.batch_size, generator=self._generator, device=self.device)
         positions = self._slot_start + (uniform * self._slot_size).long()
         return self._order[positions]

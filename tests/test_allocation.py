@@ -1,0 +1,78 @@
+"""Allocations: validation, the uniform allocation and the centred action mapping."""
+
+import numpy as np
+import pytest
+
+from allocator import Allocation, AllocationSpec
+
+SPEC = AllocationSpec(sample_groups=4, layer_groups=3, max_steps=10, min_keep_fraction=0.1)
+
+
+def test_zero_action_is_uniform_allocation():
+    allocation = SPEC.to_allocation(np.zeros(SPEC.action_size))
+    assert allocation == Allocation.uniform(SPEC)
+    assert allocation.sample_shares == (0.25,) * 4
+    assert allocation.keep_fraction == 1.0 and allocation.steps == 10
+
+
+def test_minus_one_action_stops_with_minimum_keep_and_all_groups_frozen():
+    allocation = SPEC.to_allocation(-np.ones(SPEC.action_size))
+    assert allocation.steps == 0 and allocation.stops
+    assert allocation.keep_fraction == pytest.approx(0.1)
+    assert allocation.layer_gates == (0.0, 0.0, 0.0)
+
+
+def test_action_round_trips_through_allocation():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        action = rng.uniform(-1, 1, SPEC.action_size)
+        allocation = SPEC.to_allocation(action)
+        again = SPEC.to_allocation(SPEC.to_action(allocation))
+        assert np.allclose(again.sample_shares, allocation.sample_shares, atol=1e-6)
+        assert again.keep_fraction == pytest.approx(allocation.keep_fraction, abs=1e-6)
+        assert np.allclose(again.layer_gates, allocation.layer_gates, atol=1e-6)
+        assert again.steps == allocation.steps
+
+
+def test_out_of_range_actions_are_clipped_and_non_finite_ones_rejected():
+    assert SPEC.to_allocation(np.full(SPEC.action_size, 5.0)) == SPEC.to_allocation(np.ones(SPEC.action_size))
+    with pytest.raises(ValueError, match="finite"):
+        SPEC.to_allocation(np.full(SPEC.action_size, np.nan))
+    with pytest.raises(ValueError, match="entries"):
+        SPEC.to_allocation(np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sample_shares=(0.5, 0.6), keep_fraction=1.0, layer_gates=(1.0,), steps=1), "sum to 1"),
+        (dict(sample_shares=(float("nan"), 1.0), keep_fraction=1.0, layer_gates=(1.0,), steps=1), "sample_shares"),
+        (dict(sample_shares=(1.0,), keep_fraction=0.0, layer_gates=(1.0,), steps=1), "keep_fraction"),
+        (dict(sample_shares=(1.0,), keep_fraction=1.0, layer_gates=(1.5,), steps=1), "layer_gates"),
+        (dict(sample_shares=(1.0,), keep_fraction=1.0, layer_gates=(1.0,), steps=-1), "steps"),
+        (dict(sample_shares=(1.0,), keep_fraction=1.0, layer_gates=(1.0,), steps=1.5), "steps"),
+    ],
+)
+def test_invalid_allocation_raises_value_error_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Allocation(**kwargs)
+
+
+def test_allocation_is_frozen():
+    allocation = Allocation.uniform(SPEC)
+    with pytest.raises(AttributeError):
+        allocation.steps = 3
+
+
+def test_spec_rejects_allocations_of_another_shape():
+    other = Allocation.uniform(AllocationSpec(sample_groups=2, layer_groups=3))
+    with pytest.raises(ValueError, match="sample_shares has 2 groups"):
+        SPEC.check(other)
+    with pytest.raises(ValueError, match="max_steps"):
+        SPEC.check(Allocation((0.25,) * 4, 1.0, (1.0,) * 3, 11))
+
+
+@pytest.mark.parametrize("field", ["sample_groups", "layer_groups", "max_steps"])
+def test_spec_rejects_non_positive_sizes(field):
+    with pytest.raises(ValueError, match=field):
+        AllocationSpec(**{field: 0})
