@@ -37,6 +37,20 @@ class CommandError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+class _Unavailable:
+    """Stands in for a command whose module cannot be imported."""
+
+    def __init__(self, name: str, error: ImportError) -> None:
+        self.__doc__ = f"unavailable: {error}"
+        self._message = f"the {name} command cannot be loaded ({error}); reinstall compute-allocator"
+
+    def add_arguments(self, parser) -> None:
+        pass
+
+    def run(self, args) -> int:
+        raise CommandError(self._message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compute-allocator",
@@ -49,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:  # a broken install: every other command still works
+            module = _Unavailable(name, error)
         command_parser = sub.add_parser(
             name,
             help=help_text,
