@@ -152,6 +152,10 @@ class TrainingJob:
         name: a label for reports and TensorBoard.
         val_samples: size of the fixed validation subset.
 
+    .. warning:: A group that is not trained gets no gradients, but its
+       modules still run in training mode: batch-norm running statistics keep
+       updating and dropout stays on.
+
     .. warning:: A job runs once. ``advance`` after the job is done raises
        ``RuntimeError``; build a new job (e.g. from a factory function) to
        train again. The model is not re-initialised by the job: the same seed
@@ -234,6 +238,7 @@ class TrainingJob:
 
         #: Optional ``selector(losses) -> scores`` of the drawn batch; the
         #: ``keep`` highest scores get the backward pass. ``None`` ranks by loss.
+        #: Called only when some samples are dropped (keep fraction < 1).
         self.sample_selector: Callable[[torch.Tensor], torch.Tensor] | None = None
 
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -264,10 +269,10 @@ class TrainingJob:
             return
         spec = self.spec
         example = self._train_x[:2]
-        self.layer_groups: list[LayerGroup] = split_layer_groups(self.model, example, spec.layer_groups)
+        self._layer_groups: list[LayerGroup] = split_layer_groups(self.model, example, spec.layer_groups)
         named = dict(self.model.named_parameters())
-        group_of = {name: g.index for g in self.layer_groups for name in g.parameter_names}
-        self._group_parameters = [[named[n] for n in g.parameter_names] for g in self.layer_groups]
+        group_of = {name: g.index for g in self._layer_groups for name in g.parameter_names}
+        self._group_parameters = [[named[n] for n in g.parameter_names] for g in self._layer_groups]
         self._costs = StepCostModel(self.model, group_of, self._train_x, self._train_y, self._loss_fn)
         everything = (True,) * spec.layer_groups
         self._uniform_step_flops = self._costs.step_flops(self.batch_size, self.batch_size, everything)
@@ -307,6 +312,12 @@ class TrainingJob:
         self._started = True
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def layer_groups(self) -> list[LayerGroup]:
+        """The model's layer groups (contiguous, forward order, head in the last)."""
+        self._ensure_started()
+        return self._layer_groups
 
     @property
     def compute_used(self) -> int:
@@ -626,7 +637,10 @@ class TrainingJob:
             rms_grad = np.sqrt(grad_sq / steps)
             ratio = np.where(steps > 0, np.log(np.maximum(rms_grad, 1e-30) / np.maximum(np.sqrt(weight_sq), 1e-30)), np.nan)
             coherence = np.where(steps > 0, sum_sq / (steps * np.maximum(grad_sq, 1e-30)), np.nan)
-            mean_log = np.where(counts > 0, log_sum / np.maximum(counts, 1), np.log(self.initial_val_loss))
+            mean_log = np.where(counts > 0, log_sum / np.maximum(counts, 1), np.nan)
+            # a group of never-seen samples ranks above every seen loss: give it the highest seen mean
+            fill = np.nanmax(mean_log) if np.any(counts > 0) else np.log(self.initial_val_loss)
+            mean_log = np.where(counts > 0, mean_log, fill)
             variance = np.where(counts > 1, log_sq_sum / np.maximum(counts, 1) - mean_log**2, 0.0)
         statistics = IntervalStatistics(
             budget_used=self._compute_used / self.budget,

@@ -76,6 +76,8 @@ class ComputeAllocationEnv(gym.Env):
     * ``num_threads``: torch threads for this env's process (default 1, so
       several envs in subprocesses share the cores well).
     * ``device``: device of the sampled jobs (default ``"cpu"``).
+    * ``render_mode``: ``None`` or ``"ansi"`` (``render()`` returns a line
+      describing the last interval).
 
     ``reset(seed=...)`` samples a job with ``self.np_random``;
     ``reset(options={"job": job})`` runs a given :class:`~allocator.TrainingJob`
@@ -90,7 +92,8 @@ class ComputeAllocationEnv(gym.Env):
     * v0: first version.
     """
 
-    metadata = {"render_modes": []}
+    # render_fps is declared only because Gymnasium's checker asks for it; ansi frames are text
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self,
@@ -105,8 +108,13 @@ class ComputeAllocationEnv(gym.Env):
         jobs=None,
         num_threads: int | None = 1,
         device: str = "cpu",
+        render_mode: str | None = None,
     ) -> None:
         super().__init__()
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.render_mode = render_mode
+        self._last_info: dict[str, Any] = {}
         self.allocation_spec = AllocationSpec(
             sample_groups=sample_groups,
             layer_groups=layer_groups,
@@ -155,6 +163,7 @@ class ComputeAllocationEnv(gym.Env):
             "val_loss": job.initial_val_loss,
             "diverged": False,
         }
+        self._last_info = info
         return observation, info
 
     def step(self, action):
@@ -187,4 +196,20 @@ class ComputeAllocationEnv(gym.Env):
             reward -= self._meter.finish()
             info["objective"] = self._meter.value
             info["stopped"] = report.stopped
+        self._last_info = info
         return report.observation, float(reward), terminated, False, info
+
+    def render(self) -> str | None:
+        """With ``render_mode="ansi"``: one line about the job and its last interval."""
+        if self.render_mode != "ansi":
+            return None
+        info = self._last_info
+        allocation = info.get("allocation")
+        if allocation is None:
+            return f"{info.get('job', '-')}: start, val loss {info.get('val_loss', float('nan')):.4f}"
+        shares = " ".join(f"{x:.2f}" for x in allocation.sample_shares)
+        gates = " ".join(f"{x:.2f}" for x in allocation.layer_gates)
+        return (
+            f"{info['job']}: {100 * info['compute_fraction']:5.1f}% of budget, val loss {info['val_loss']:.4f} | "
+            f"shares [{shares}] keep {allocation.keep_fraction:.2f} gates [{gates}] steps {allocation.steps}"
+        )
