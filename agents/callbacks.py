@@ -1,0 +1,370 @@
+"""stable-baselines3 callbacks of allocator training: what the agent chose, and how well it does.
+
+* :class:`EpisodeAllocationCallback` logs every finished episode: the
+  allocation the policy chose (averaged over the episode's intervals), the
+  compute it used, its final validation loss and its J.
+* :class:`HeldOutEvaluationCallback` runs the current policy (deterministic)
+  and ``uniform`` on the same few held-out jobs every N timesteps.
+* :class:`PeriodicCallback` is the base of anything done every N timesteps
+  (the checkpoints of :mod:`agents.training` are one).
+
+TensorBoard tags, beside SB3's own ``rollout/``, ``train/`` and ``time/``:
+
+==========================  ===================================================
+``allocation/*``            per episode, mean over its intervals:
+                            ``sample_share_k``, ``keep_fraction``,
+                            ``layer_gate_g``, ``steps`` (optimizer steps asked
+                            per interval)
+``episode/*``               per episode: ``J``, ``compute_fraction`` (share of
+                            the budget used), ``final_val_loss``,
+                            ``relative_val_loss`` (over the initial one),
+                            ``intervals``, ``stopped`` (the policy chose 0
+                            steps), ``diverged``
+``eval/*``                  per evaluation, means over the held-out jobs:
+                            ``J_policy``, ``J_uniform``, ``J_difference``
+                            (policy minus uniform; below 0 is better),
+                            ``wins`` (jobs where the policy's J is lower),
+                            ``compute_to_target_policy`` / ``_uniform`` (budget
+                            share to first reach uniform's best validation
+                            loss; never counts as ``NEVER_REACHED``),
+                            ``target_reached_policy``, ``final_val_loss_*``,
+                            ``compute_fraction_policy``
+==========================  ===================================================
+
+Every scalar's step is the agent's timestep count (``model.num_timesteps``),
+the same x-axis as SB3's scalars. :func:`allocation_layout` groups these
+charts in TensorBoard's *Custom Scalars* tab.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+
+from allocator.allocation import Allocation, AllocationSpec
+from allocator.objective import Objective
+
+# compute_to_target of a run that never reached uniform's best loss, in means.
+NEVER_REACHED = 1.5
+
+
+def tensorboard_writer(logger: Logger):
+    """The ``SummaryWriter`` behind an SB3 logger's TensorBoard output (None if it has none)."""
+    for output in logger.output_formats:
+        if isinstance(output, TensorBoardOutputFormat):
+            return output.writer
+    return None
+
+
+def allocation_layout(spec: AllocationSpec) -> dict:
+    """The Custom Scalars layout: one chart per allocation axis, J and compute side by side.
+
+    In the form ``SummaryWriter.add_custom_scalars`` takes:
+    ``{category: {chart: ["Multiline", [tag regexes]]}}``.
+    """
+    return {
+        "allocation (per episode)": {
+            "sample shares (group 0 = lowest loss)": [
+                "Multiline",
+                [r"allocation/sample_share_\d+"],
+            ],
+            "layer gates (forward order, head last)": ["Multiline", [r"allocation/layer_gate_\d+"]],
+            "keep fraction": ["Multiline", ["allocation/keep_fraction"]],
+            f"steps per interval (max {spec.max_steps})": ["Multiline", ["allocation/steps"]],
+        },
+        "outcome (per episode)": {
+            "J (lower is better)": ["Multiline", ["episode/J"]],
+            "compute used (share of budget)": ["Multiline", ["episode/compute_fraction"]],
+            "final validation loss (relative)": ["Multiline", ["episode/relative_val_loss"]],
+            "stopped / diverged": ["Multiline", ["episode/stopped", "episode/diverged"]],
+        },
+        "held-out evaluation": {
+            "J: policy vs uniform": ["Multiline", ["eval/J_policy", "eval/J_uniform"]],
+            "J difference (policy - uniform)": ["Multiline", ["eval/J_difference"]],
+            "compute to uniform's best loss": [
+                "Multiline",
+                ["eval/compute_to_target_policy", "eval/compute_to_target_uniform"],
+            ],
+            "wins over uniform": ["Multiline", ["eval/wins"]],
+        },
+    }
+
+
+class EpisodeAllocationCallback(BaseCallback):
+    """Log, per finished episode, the allocation chosen and what it bought.
+
+    Reads the env's ``info`` at every step: ``allocation`` (an
+    :class:`~allocator.Allocation`), ``compute_fraction``, ``val_loss``,
+    ``diverged``, and at the episode's end ``objective`` (J) and ``stopped``.
+    Works with any number of envs; an episode cut by the time limit is logged
+    without J.
+    """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self._episodes: list[_EpisodeAllocation] = []
+        self._writer = None
+        self.episodes_logged = 0
+
+    def _on_training_start(self) -> None:
+        self._writer = tensorboard_writer(self.logger)
+        self._episodes = [self._new_episode(i) for i in range(self.training_env.num_envs)]
+
+    def _new_episode(self, index: int) -> _EpisodeAllocation:
+        # The base VecEnv keeps each env's latest reset info (the auto-reset after
+        # an episode's end included); it carries the new job's initial val loss.
+        venv = self.training_env
+        while hasattr(venv, "venv"):
+            venv = venv.venv
+        reset_infos = getattr(venv, "reset_infos", None) or [{}] * (index + 1)
+        return _EpisodeAllocation(reset_infos[index].get("val_loss"))
+
+    def _on_step(self) -> bool:
+        infos: Sequence[dict] = self.locals["infos"]
+        dones = self.locals["dones"]
+        for index, (info, done) in enumerate(zip(infos, dones)):
+            episode = self._episodes[index]
+            episode.add(info)
+            if done:
+                self._log(episode.summary(info))
+                self._episodes[index] = self._new_episode(index)
+        return True
+
+    def _log(self, scalars: dict[str, float]) -> None:
+        self.episodes_logged += 1
+        if self._writer is None or not scalars:
+            return
+        for tag, value in scalars.items():
+            self._writer.add_scalar(tag, value, self.num_timesteps)
+
+
+class _EpisodeAllocation:
+    """Accumulates one episode's allocations (one per interval)."""
+
+    def __init__(self, initial_val_loss: float | None = None) -> None:
+        self.shares: list[tuple[float, ...]] = []
+        self.keep: list[float] = []
+        self.gates: list[tuple[float, ...]] = []
+        self.steps: list[int] = []
+        self.initial_val_loss = initial_val_loss
+
+    def add(self, info: dict) -> None:
+        allocation = info.get("allocation")
+        if isinstance(allocation, Allocation):
+            self.shares.append(allocation.sample_shares)
+            self.keep.append(allocation.keep_fraction)
+            self.gates.append(allocation.layer_gates)
+            self.steps.append(allocation.steps)
+
+    def summary(self, info: dict) -> dict[str, float]:
+        scalars: dict[str, float] = {"episode/intervals": float(len(self.steps))}
+        if self.steps:
+            for k, share in enumerate(np.mean(self.shares, axis=0)):
+                scalars[f"allocation/sample_share_{k}"] = float(share)
+            for g, gate in enumerate(np.mean(self.gates, axis=0)):
+                scalars[f"allocation/layer_gate_{g}"] = float(gate)
+            scalars["allocation/keep_fraction"] = float(np.mean(self.keep))
+            scalars["allocation/steps"] = float(np.mean(self.steps))
+        if "compute_fraction" in info:
+            scalars["episode/compute_fraction"] = float(info["compute_fraction"])
+        val_loss = info.get("val_loss")
+        if val_loss is not None and math.isfinite(val_loss):
+            scalars["episode/final_val_loss"] = float(val_loss)
+            if self.initial_val_loss:
+                scalars["episode/relative_val_loss"] = float(val_loss) / float(
+                    self.initial_val_loss
+                )
+        objective = info.get("objective")
+        if objective is not None:
+            scalars["episode/J"] = float(objective)
+        if "stopped" in info:
+            scalars["episode/stopped"] = float(bool(info["stopped"]))
+        if "diverged" in info:
+            scalars["episode/diverged"] = float(bool(info["diverged"]))
+        return scalars
+
+
+class PeriodicCallback(BaseCallback):
+    """Calls :meth:`_on_period` at the first rollout start after every ``every`` timesteps.
+
+    Periods are aligned to multiples of ``every`` (so a resumed run keeps the
+    same schedule), and the hook runs between rollouts: after the PPO update,
+    when model, optimizer and VecNormalize statistics agree with
+    ``num_timesteps``.
+
+    .. warning:: With ``n_steps * n_envs`` larger than ``every``, the hook
+       runs once per rollout, not once per ``every`` timesteps.
+    """
+
+    def __init__(self, every: int, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if every < 1:
+            raise ValueError(f"every must be >= 1 timestep, got {every!r}")
+        self.every = int(every)
+        self._period = 0
+
+    def _on_training_start(self) -> None:
+        self._period = self.model.num_timesteps // self.every
+
+    def _on_rollout_start(self) -> None:
+        period = self.model.num_timesteps // self.every
+        if period > self._period:
+            self._period = period
+            self.num_timesteps = self.model.num_timesteps
+            self._on_period()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_period(self) -> None:
+        """Override: what to do every ``every`` timesteps."""
+
+
+class CallOnPeriod(PeriodicCallback):
+    """Calls ``function()`` every ``every`` timesteps (see :class:`PeriodicCallback`)."""
+
+    def __init__(self, every: int, function: Callable[[], Any], verbose: int = 0) -> None:
+        super().__init__(every, verbose)
+        self.function = function
+
+    def _on_period(self) -> None:
+        self.function()
+
+
+class SB3Controller:
+    """A controller for ``allocator.run_job`` that acts with an SB3 model, as during training.
+
+    Normalises each raw observation with the VecNormalize observation
+    statistics (read only: evaluation never updates them), takes the model's
+    deterministic action and maps it with the spec.
+    """
+
+    name = "policy"
+
+    def __init__(self, model, vec_normalize, spec: AllocationSpec) -> None:
+        self.model = model
+        self.vec_normalize = vec_normalize
+        self.spec = spec
+
+    def reset(self, job) -> None:
+        job.use_spec(self.spec)
+
+    def act(self, observation) -> Allocation:
+        obs = np.asarray(observation, dtype=np.float32)
+        if self.vec_normalize is not None and self.vec_normalize.norm_obs:
+            obs = self.vec_normalize.normalize_obs(obs)
+        action, _ = self.model.predict(obs, deterministic=True)
+        return self.spec.to_allocation(action)
+
+
+class HeldOutEvaluation:
+    """The current policy and ``uniform`` on the same held-out jobs and seeds.
+
+    Each job is built twice from the same seed (once per controller) by
+    ``job_factory(index)``; uniform's results do not change while the agent
+    trains, so they are computed once and kept.
+
+    Args:
+        job_factory: ``job_factory(index) -> TrainingJob``, a fresh job each call,
+            the same job for the same index.
+        n_jobs: how many jobs.
+        spec: the allocation spec the agent was trained with.
+        objective: the J parameters of training.
+    """
+
+    def __init__(
+        self,
+        job_factory: Callable[[int], Any],
+        n_jobs: int,
+        spec: AllocationSpec,
+        objective: Objective,
+    ) -> None:
+        self.job_factory = job_factory
+        self.n_jobs = int(n_jobs)
+        self.spec = spec
+        self.objective = objective
+        self._uniform: list | None = None
+
+    def uniform_results(self) -> list:
+        from allocator.runner import run_job
+
+        if self._uniform is None:
+            self._uniform = []
+            for index in range(self.n_jobs):
+                job = self.job_factory(index)
+                job.use_spec(self.spec)
+                self._uniform.append(run_job(job, "uniform", objective=self.objective))
+        return self._uniform
+
+    def run(self, model, vec_normalize) -> dict[str, float]:
+        """Evaluate; returns the ``eval/*`` scalars."""
+        from allocator.runner import run_job
+
+        started = time.perf_counter()
+        uniform = self.uniform_results()
+        controller = SB3Controller(model, vec_normalize, self.spec)
+        policy = [
+            run_job(self.job_factory(i), controller, objective=self.objective)
+            for i in range(self.n_jobs)
+        ]
+        to_target_policy, to_target_uniform, reached = [], [], []
+        for mine, theirs in zip(policy, uniform):
+            target = theirs.best_val_loss
+            mine_fraction = mine.compute_to_reach(target)
+            reached.append(math.isfinite(mine_fraction))
+            to_target_policy.append(
+                mine_fraction if math.isfinite(mine_fraction) else NEVER_REACHED
+            )
+            to_target_uniform.append(theirs.compute_to_reach(target))
+        j_policy = np.array([r.objective for r in policy])
+        j_uniform = np.array([r.objective for r in uniform])
+        return {
+            "eval/J_policy": float(j_policy.mean()),
+            "eval/J_uniform": float(j_uniform.mean()),
+            "eval/J_difference": float((j_policy - j_uniform).mean()),
+            "eval/wins": float(np.sum(j_policy < j_uniform)),
+            "eval/compute_to_target_policy": float(np.mean(to_target_policy)),
+            "eval/compute_to_target_uniform": float(np.mean(to_target_uniform)),
+            "eval/target_reached_policy": float(np.mean(reached)),
+            "eval/final_val_loss_policy": float(np.mean([r.final_val_loss for r in policy])),
+            "eval/final_val_loss_uniform": float(np.mean([r.final_val_loss for r in uniform])),
+            "eval/compute_fraction_policy": float(np.mean([r.compute_fraction for r in policy])),
+            "eval/diverged_policy": float(np.mean([r.diverged for r in policy])),
+            "eval/seconds": time.perf_counter() - started,
+        }
+
+
+class HeldOutEvaluationCallback(PeriodicCallback):
+    """Every ``every`` timesteps, evaluate the current policy against ``uniform`` on held-out jobs.
+
+    The policy acts deterministically on observations normalised with the
+    training VecNormalize's current statistics, which the evaluation does not
+    update. Results go to TensorBoard under ``eval/`` and are kept in
+    :attr:`history` as ``(timesteps, scalars)``.
+    """
+
+    def __init__(self, evaluation: HeldOutEvaluation, every: int, verbose: int = 0) -> None:
+        super().__init__(every, verbose)
+        self.evaluation = evaluation
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def _on_period(self) -> None:
+        self.evaluate()
+
+    def evaluate(self) -> dict[str, float]:
+        """Run one evaluation now and log it at the current timestep."""
+        scalars = self.evaluation.run(self.model, self.model.get_vec_normalize_env())
+        step = self.model.num_timesteps
+        writer = tensorboard_writer(self.logger)
+        if writer is not None:
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, step)
+            writer.flush()
+        self.history.append((step, scalars))
+        return scalars

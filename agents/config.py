@@ -1,0 +1,341 @@
+"""The training configuration: typed sections, YAML presets, validation with clear errors.
+
+A configuration has three sections, each a dataclass whose fields are
+documented below::
+
+    env:       the job distribution, the allocation spec and the objective
+    ppo:       the PPO agent and its network
+    training:  timesteps, parallel envs, seed, checkpoints and evaluation
+
+It is resolved in this order, later ones overriding earlier ones:
+
+1. the preset (``agents/presets/NAME.yaml``; ``quick`` unless ``--preset`` says otherwise),
+2. the user's ``--config FILE`` (the same shape; any subset of keys),
+3. command-line flags (``--timesteps``, ``--seed``, ``--n-envs``).
+
+Files are read with ``yaml.safe_load``. An unknown section or key, a value of
+the wrong type or out of range raises ``ValueError`` naming the key and the
+file, e.g. ``quick.yaml: unknown key 'ppo.learnig_rate'``. The resolved
+configuration is written to the policy directory as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+DEFAULT_PRESET = "quick"
+POLICIES = ("mlp", "attention")
+SPLITS = ("train", "heldout")
+
+
+@dataclass
+class EnvConfig:
+    """The environment: which jobs the agent trains on, the allocation spec, the objective."""
+
+    split: str = "train"
+    """Job distribution the agent trains on: ``train`` (``heldout`` is kept for evaluation)."""
+    sample_groups: int = 4
+    """K, loss-quantile groups of each job's training set (the sample-share axis)."""
+    layer_groups: int = 4
+    """G, contiguous layer groups of each job's model (the layer-gate axis)."""
+    max_steps: int = 10
+    """Optimizer steps of one interval (one env step) at uniform allocation."""
+    min_keep_fraction: float = 0.1
+    """Smallest share of a drawn batch that can get the backward pass."""
+    s: float = 0.2
+    """Objective: credit for unused budget, in [0, 1]."""
+    w: float = 1.0
+    """Objective: weight on the final relative validation loss, >= 0."""
+
+    def validate(self, where: str) -> None:
+        _choice(where, "env.split", self.split, SPLITS)
+        for name in ("sample_groups", "layer_groups", "max_steps"):
+            _at_least(where, f"env.{name}", getattr(self, name), 1)
+        _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)
+        _in_range(where, "env.s", self.s, 0.0, 1.0)
+        _at_least(where, "env.w", self.w, 0.0)
+
+
+@dataclass
+class PPOConfig:
+    """The PPO agent (stable-baselines3) and its policy network."""
+
+    policy: str = "mlp"
+    """``mlp`` (SB3's MlpPolicy on the flat observation) or ``attention`` (per-group scores)."""
+    learning_rate: float = 3e-4
+    """Adam learning rate, constant."""
+    n_steps: int = 256
+    """Env steps per env per rollout; a rollout holds ``n_steps * n_envs`` transitions."""
+    batch_size: int = 64
+    """Minibatch size of the PPO update."""
+    n_epochs: int = 10
+    """Passes over each rollout in the PPO update."""
+    gamma: float = 1.0
+    """Discount. Episodes are short and their undiscounted return is -J: keep it at or near 1."""
+    gae_lambda: float = 0.95
+    """GAE lambda of the advantage estimate."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value-loss coefficient."""
+    clip_range: float = 0.2
+    """PPO's policy-ratio clip range."""
+    max_grad_norm: float = 0.5
+    """Gradient-norm clip of the PPO update."""
+    target_kl: float | None = None
+    """Stop a rollout's update early when the approximate KL exceeds this (null: never)."""
+    log_std_init: float = -1.0
+    """Initial log standard deviation of the Gaussian policy. About -1 (std 0.37) keeps a
+    fresh policy, whose mean is the zero action (standard training), from stopping at once."""
+    net_arch: list = field(default_factory=lambda: [64, 64])
+    """Hidden layer sizes of the actor and critic (for ``attention``: of the critic)."""
+    attention_hidden_size: int = 64
+    """``attention`` only: width of the actor's group encodings and heads."""
+    normalize_reward: bool = True
+    """Scale rewards with VecNormalize's running return statistics (observations are always normalised)."""
+
+    def validate(self, where: str) -> None:
+        _choice(where, "ppo.policy", self.policy, POLICIES)
+        _in_range(where, "ppo.learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        for name in ("n_steps", "batch_size", "n_epochs", "attention_hidden_size"):
+            _at_least(where, f"ppo.{name}", getattr(self, name), 1)
+        if self.n_steps < 2:
+            raise ValueError(f"{where}: ppo.n_steps must be >= 2, got {self.n_steps!r}")
+        _in_range(where, "ppo.gamma", self.gamma, 0.0, 1.0, low_open=True)
+        _in_range(where, "ppo.gae_lambda", self.gae_lambda, 0.0, 1.0)
+        _at_least(where, "ppo.ent_coef", self.ent_coef, 0.0)
+        _at_least(where, "ppo.vf_coef", self.vf_coef, 0.0)
+        _in_range(where, "ppo.clip_range", self.clip_range, 0.0, 1.0, low_open=True)
+        _at_least(where, "ppo.max_grad_norm", self.max_grad_norm, 0.0)
+        if self.target_kl is not None:
+            _at_least(where, "ppo.target_kl", self.target_kl, 0.0)
+        _in_range(where, "ppo.log_std_init", self.log_std_init, -10.0, 2.0)
+        if not self.net_arch or not all(
+            isinstance(width, int) and not isinstance(width, bool) and width >= 1
+            for width in self.net_arch
+        ):
+            raise ValueError(
+                f"{where}: ppo.net_arch must be a non-empty list of layer sizes >= 1, "
+                f"got {self.net_arch!r}"
+            )
+
+
+@dataclass
+class TrainingConfig:
+    """How long to train, in how many envs, and when to checkpoint and evaluate."""
+
+    timesteps: int = 20_000
+    """Total env steps (intervals of training jobs) to train for, over all envs."""
+    n_envs: int = 1
+    """Parallel envs: SubprocVecEnv (one process each, 1 torch thread) when > 1."""
+    seed: int = 0
+    """Seeds PPO, the envs' job sampling and the network initialisation."""
+    checkpoint_every: int = 2_000
+    """Save a checkpoint (and export the policy) every this many timesteps."""
+    eval_every: int = 5_000
+    """Run the held-out evaluation every this many timesteps (0: only at the end)."""
+    eval_jobs: int = 4
+    """Held-out jobs of each evaluation (0: no evaluation); the same jobs and seeds every time."""
+    eval_seed: int = 12_345
+    """Seed of the held-out evaluation jobs."""
+
+    def validate(self, where: str) -> None:
+        _at_least(where, "training.timesteps", self.timesteps, 1)
+        _at_least(where, "training.n_envs", self.n_envs, 1)
+        _at_least(where, "training.seed", self.seed, 0)
+        _at_least(where, "training.checkpoint_every", self.checkpoint_every, 1)
+        _at_least(where, "training.eval_every", self.eval_every, 0)
+        _at_least(where, "training.eval_jobs", self.eval_jobs, 0)
+        _at_least(where, "training.eval_seed", self.eval_seed, 0)
+
+
+@dataclass
+class TrainConfig:
+    """A complete training configuration: ``env``, ``ppo`` and ``training`` sections."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def validate(self, where: str = "configuration") -> TrainConfig:
+        """Check every value; ``ValueError`` names the first bad key. Returns ``self``."""
+        self.env.validate(where)
+        self.ppo.validate(where)
+        self.training.validate(where)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def updated(self, data: Mapping[str, Any], where: str) -> TrainConfig:
+        """A copy with the sections and keys of ``data`` (same shape, any subset) replaced."""
+        if data is None:
+            return dataclasses.replace(self)
+        if not isinstance(data, Mapping):
+            raise ValueError(  # noqa: TRY004 - bad user input: the CLI reports ValueError
+                f"{where}: a configuration must be a mapping of sections "
+                f"({', '.join(SECTIONS)}), got {type(data).__name__}"
+            )
+        sections = {}
+        for section, values in data.items():
+            if section not in SECTIONS:
+                raise ValueError(
+                    f"{where}: unknown section {section!r}; the sections are {', '.join(SECTIONS)}"
+                )
+            current = getattr(self, section)
+            if values is None:
+                continue
+            if not isinstance(values, Mapping):
+                raise ValueError(  # noqa: TRY004
+                    f"{where}: section {section!r} must be a mapping of keys, "
+                    f"got {type(values).__name__}"
+                )
+            changes = {}
+            known = {f.name: f for f in dataclasses.fields(current)}
+            for key, value in values.items():
+                if key not in known:
+                    raise ValueError(
+                        f"{where}: unknown key '{section}.{key}'; the keys of {section} are "
+                        f"{', '.join(known)}"
+                    )
+                changes[key] = _coerce(where, f"{section}.{key}", value, known[key], current)
+            sections[section] = dataclasses.replace(current, **changes)
+        return dataclasses.replace(self, **sections)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped in ``agents/presets``."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | Path, what: str = "configuration file") -> Any:
+    """``yaml.safe_load`` of a file; a missing file or bad YAML raises ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        detail = " ".join(str(error).split())
+        raise ValueError(f"{path.name} is not valid YAML: {detail}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path.name} is not a UTF-8 text file") from None
+
+
+def load_preset(name: str) -> TrainConfig:
+    """The configuration of a shipped preset (``quick``, ``default``, ...)."""
+    presets = available_presets()
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+    path = PRESET_DIR / f"{name}.yaml"
+    return TrainConfig().updated(read_yaml(path, "preset"), path.name).validate(path.name)
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> TrainConfig:
+    """The preset (default ``quick``), then ``config_file``, then ``overrides``, validated.
+
+    ``overrides`` has the configuration's shape, e.g. ``{"training": {"seed": 3}}``;
+    entries whose value is ``None`` are left out (flags the user did not give).
+    """
+    config = load_preset(preset or DEFAULT_PRESET)
+    if config_file is not None:
+        path = Path(config_file)
+        config = config.updated(read_yaml(path), path.name).validate(path.name)
+    if overrides:
+        given = {
+            section: {key: value for key, value in values.items() if value is not None}
+            for section, values in overrides.items()
+        }
+        config = config.updated(given, "command line").validate("command line")
+    return config
+
+
+def config_from_yaml(path: str | Path) -> TrainConfig:
+    """A saved ``config.yaml`` (a complete, resolved configuration) read back."""
+    path = Path(path)
+    return TrainConfig().updated(read_yaml(path), path.name).validate(path.name)
+
+
+# ---------------------------------------------------------------------- value checks
+
+
+def _coerce(where: str, key: str, value: Any, spec: dataclasses.Field, section: Any) -> Any:
+    """``value`` checked against the field's type (ints are accepted where floats are)."""
+    kind = typing.get_type_hints(type(section))[spec.name]
+    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    if optional:
+        if value is None:
+            return None
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{where}: {key} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(number):
+                    return number
+        raise ValueError(f"{where}: {key} must be a finite number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: {key} must be a string, got {value!r}")
+    if kind is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ValueError(f"{where}: {key} must be a list, got {value!r}")
+    raise TypeError(f"unsupported configuration field type {kind!r} of {key}")  # pragma: no cover
+
+
+def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _at_least(where: str, key: str, value: Any, low: float) -> None:
+    if not value >= low:
+        raise ValueError(f"{where}: {key} must be >= {low:g}, got {value!r}")
+
+
+def _in_range(
+    where: str, key: str, value: Any, low: float, high: float, low_open: bool = False
+) -> None:
+    ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{where}: {key} must be in {bracket}{low:g}, {high:g}], got {value!r}")

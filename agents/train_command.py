@@ -1,0 +1,140 @@
+"""Train an allocator policy with PPO over a distribution of real training jobs.
+
+The configuration is a preset (``--preset``, default ``quick``), then your
+``--config FILE`` (YAML of the same shape: ``env``, ``ppo``, ``training``
+sections, any subset of keys), then the flags below. The policy directory
+``--out`` receives the exported policy (``policy.safetensors``,
+``policy.json``), ``config.yaml``, ``command.txt``, the SB3 checkpoint for
+``--resume`` and TensorBoard logs in ``tb/``::
+
+    compute-allocator train --preset quick --out runs/quick --n-envs 2
+    tensorboard --logdir runs/quick/tb
+    compute-allocator train --out runs/quick --resume --timesteps 60000
+
+``--resume`` continues the run in ``--out`` from its last checkpoint, with its
+saved ``config.yaml`` (``--timesteps``, ``--seed`` and ``--n-envs`` may change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+# Keep this module's imports light: `compute-allocator --help` imports it.
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="configuration preset from agents/presets: quick (about 10 minutes on 2 cores), "
+        "default (longer, stronger) [default: quick]",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="YAML configuration overriding the preset (sections env, ppo, training)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the policy directory to write")
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="total env steps (training.timesteps)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, metavar="N", help="random seed (training.seed)"
+    )
+    parser.add_argument(
+        "--n-envs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="parallel envs, one process each when > 1 (training.n_envs)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with its saved config.yaml",
+    )
+    parser.add_argument(
+        "--no-progress-bar",
+        dest="progress_bar",
+        action="store_false",
+        help="do not show the progress bar (e.g. when writing to a log file)",
+    )
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.timesteps is not None and args.timesteps < 1:
+        raise ValueError(
+            f"--timesteps must be a positive number of env steps, got {args.timesteps}"
+        )
+    if args.n_envs is not None and args.n_envs < 1:
+        raise ValueError(f"--n-envs must be >= 1, got {args.n_envs}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.resume and (args.preset is not None or args.config is not None):
+        raise ValueError(
+            "--resume continues with the run's saved config.yaml; --preset and --config "
+            "cannot be combined with it (--timesteps, --seed and --n-envs can)"
+        )
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed, rebuilt from the parsed flags (for command.txt)."""
+    words = ["compute-allocator", "train"]
+    for flag, value in (
+        ("--preset", args.preset),
+        ("--config", args.config),
+        ("--out", args.out),
+        ("--timesteps", args.timesteps),
+        ("--seed", args.seed),
+        ("--n-envs", args.n_envs),
+    ):
+        if value is not None:
+            words += [flag, str(value)]
+    if args.resume:
+        words.append("--resume")
+    return shlex.join(words)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.config import DEFAULT_PRESET, resolve_config
+    from agents.training import resume_config, train
+
+    _check_flags(args)
+    out_dir = Path(args.out)
+    overrides = {"timesteps": args.timesteps, "seed": args.seed, "n_envs": args.n_envs}
+    if args.resume:
+        config = resume_config(out_dir, overrides)
+        preset = None
+    else:
+        config = resolve_config(args.preset, args.config, {"training": overrides})
+        preset = args.preset or DEFAULT_PRESET
+    summary = train(
+        config,
+        out_dir,
+        resume=args.resume,
+        command=command_line(args),
+        progress_bar=args.progress_bar,
+        preset=preset,
+    )
+    print(
+        f"trained {summary.timesteps_this_run} timesteps ({summary.timesteps} in total, "
+        f"{summary.episodes} episodes) in {summary.wall_time:.0f} s "
+        f"({summary.timesteps_per_second:.1f} timesteps/s)"
+    )
+    if summary.evaluations:
+        step, scalars = summary.evaluations[-1]
+        print(
+            f"held-out evaluation at {step} timesteps: J policy {scalars['eval/J_policy']:.4f} "
+            f"vs uniform {scalars['eval/J_uniform']:.4f} "
+            f"(wins {int(scalars['eval/wins'])} of {config.training.eval_jobs})"
+        )
+    print(f"policy written to {out_dir}  (tensorboard --logdir {out_dir / 'tb'})")
+    return 0

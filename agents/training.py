@@ -1,0 +1,451 @@
+"""Train the allocator policy with PPO over a distribution of real training jobs.
+
+:func:`train` is the whole pipeline, top to bottom:
+
+1. the envs: ``ComputeAllocator/TrainingJob-v0`` over the configured job
+   split, each in a ``Monitor``, in a ``SubprocVecEnv`` (one process and one
+   torch thread per env) when ``n_envs > 1``, else a ``DummyVecEnv``;
+2. ``VecNormalize`` of observations (and rewards) -- its statistics are saved
+   beside the model and shipped with the exported policy;
+3. PPO (``MlpPolicy`` or :class:`agents.networks.AttentionAllocatorPolicy`,
+   on the CPU) seeded through SB3, logging to TensorBoard in ``DIR/tb``;
+4. callbacks: per-episode allocations, held-out evaluation against
+   ``uniform``, and checkpoints with a policy export every N timesteps;
+5. at the end, a final checkpoint and the exported policy.
+
+The policy directory ``DIR``::
+
+    policy.safetensors, policy.json   the deployable policy (agents.export; no pickle)
+    config.yaml                       the resolved configuration
+    command.txt                       the command line(s) that trained it
+    checkpoint/model.zip              the SB3 model (to resume)
+    checkpoint/vecnormalize.pkl       its VecNormalize statistics (SB3's pickle format)
+    checkpoint/state.json             timesteps and wall time at the checkpoint
+    tb/                               TensorBoard event files
+
+A checkpoint is written into a temporary directory that then replaces
+``checkpoint/`` by ``os.replace``, so a run killed at any moment leaves a
+complete checkpoint, at most one checkpoint interval old.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.config import TrainConfig, config_from_yaml
+
+CONFIG_FILE = "config.yaml"
+COMMAND_FILE = "command.txt"
+CHECKPOINT_DIR = "checkpoint"
+MODEL_FILE = "model.zip"
+VECNORMALIZE_FILE = "vecnormalize.pkl"
+STATE_FILE = "state.json"
+TENSORBOARD_DIR = "tb"
+_CHECKPOINT_TMP = ".checkpoint.tmp"
+_CHECKPOINT_OLD = ".checkpoint.old"
+# VecNormalize's observation clip; the exported policy applies the same.
+CLIP_OBSERVATION = 10.0
+
+
+@dataclass
+class TrainingSummary:
+    """What a call of :func:`train` did."""
+
+    out_dir: Path
+    timesteps: int  # the model's total timesteps at the end
+    timesteps_this_run: int
+    wall_time: float  # seconds of this call
+    episodes: int  # episodes finished in this call
+    evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+    @property
+    def timesteps_per_second(self) -> float:
+        return self.timesteps_this_run / self.wall_time if self.wall_time > 0 else math.nan
+
+
+# ---------------------------------------------------------------------- the envs
+
+
+def env_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments of ``gymnasium.make`` for the configured env."""
+    env = config.env
+    return {
+        "split": env.split,
+        "sample_groups": env.sample_groups,
+        "layer_groups": env.layer_groups,
+        "max_steps": env.max_steps,
+        "min_keep_fraction": env.min_keep_fraction,
+        "s": env.s,
+        "w": env.w,
+        "num_threads": 1,
+        "device": "cpu",
+    }
+
+
+def make_env(**kwargs):
+    """One ``ComputeAllocator/TrainingJob-v0`` env (importable, so subprocesses can build it)."""
+    import gymnasium
+
+    import envs
+
+    return gymnasium.make(envs.ENV_ID, **kwargs)
+
+
+def allocation_spec(config: TrainConfig):
+    from allocator.allocation import AllocationSpec
+
+    env = config.env
+    return AllocationSpec(
+        sample_groups=env.sample_groups,
+        layer_groups=env.layer_groups,
+        max_steps=env.max_steps,
+        min_keep_fraction=env.min_keep_fraction,
+    )
+
+
+def make_vec_env(config: TrainConfig, seed: int):
+    """The vectorised envs (Subproc when n_envs > 1), each wrapped in ``Monitor``."""
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    n_envs = config.training.n_envs
+    return sb3_make_vec_env(
+        make_env,
+        n_envs=n_envs,
+        seed=seed,
+        vec_env_cls=SubprocVecEnv if n_envs > 1 else DummyVecEnv,
+        env_kwargs=env_kwargs(config),
+    )
+
+
+# ---------------------------------------------------------------------- the agent
+
+
+def _policy_and_kwargs(config: TrainConfig) -> tuple[Any, dict]:
+    """The SB3 policy class (or name) and its ``policy_kwargs``."""
+    import torch
+
+    ppo = config.ppo
+    kwargs: dict[str, Any] = {"log_std_init": ppo.log_std_init, "activation_fn": torch.nn.Tanh}
+    if ppo.policy == "attention":
+        from agents.networks import AttentionAllocatorPolicy
+        from allocator.stats import ObservationLayout
+
+        kwargs.update(
+            layout=ObservationLayout(allocation_spec(config)),
+            hidden_size=ppo.attention_hidden_size,
+            net_arch=list(ppo.net_arch),
+        )
+        return AttentionAllocatorPolicy, kwargs
+    kwargs["net_arch"] = {"pi": list(ppo.net_arch), "vf": list(ppo.net_arch)}
+    return "MlpPolicy", kwargs
+
+
+def build_model(config: TrainConfig, venv):
+    """A fresh PPO agent for ``venv``, as configured."""
+    from stable_baselines3 import PPO
+
+    ppo = config.ppo
+    policy, policy_kwargs = _policy_and_kwargs(config)
+    return PPO(
+        policy,
+        venv,
+        learning_rate=ppo.learning_rate,
+        n_steps=ppo.n_steps,
+        batch_size=ppo.batch_size,
+        n_epochs=ppo.n_epochs,
+        gamma=ppo.gamma,
+        gae_lambda=ppo.gae_lambda,
+        ent_coef=ppo.ent_coef,
+        vf_coef=ppo.vf_coef,
+        clip_range=ppo.clip_range,
+        max_grad_norm=ppo.max_grad_norm,
+        target_kl=ppo.target_kl,
+        policy_kwargs=policy_kwargs,
+        seed=config.training.seed,
+        device="cpu",
+        verbose=0,
+    )
+
+
+def export(model, vec_normalize, config: TrainConfig, out_dir: Path, extra: dict) -> None:
+    """Write ``policy.safetensors`` + ``policy.json`` (the one call into agents.export)."""
+    from agents.export import export_policy
+
+    export_policy(model, vec_normalize, allocation_spec(config), out_dir, extra_metadata=extra)
+
+
+def make_logger(tensorboard_dir: Path, purge_step: int | None):
+    """An SB3 logger writing TensorBoard only; ``purge_step`` hides earlier events from it on.
+
+    A resumed run logs again the steps between its checkpoint and the moment
+    the earlier run was killed; ``purge_step`` (one past the checkpoint's
+    timestep) makes TensorBoard drop the earlier run's copies, so the curve
+    stays one line.
+    """
+    from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+    from torch.utils.tensorboard import SummaryWriter
+
+    class _TensorBoard(TensorBoardOutputFormat):
+        def __init__(self, folder: str) -> None:  # the parent's, with purge_step
+            self.writer = SummaryWriter(log_dir=folder, purge_step=purge_step)
+            self._is_closed = False
+
+    tensorboard_dir.mkdir(parents=True, exist_ok=True)
+    return Logger(folder=str(tensorboard_dir), output_formats=[_TensorBoard(str(tensorboard_dir))])
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def find_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint directory in ``out_dir`` (None if there is none).
+
+    Normally ``checkpoint/``; after a kill in the middle of replacing it, the
+    complete temporary or previous one.
+    """
+    for name in (CHECKPOINT_DIR, _CHECKPOINT_TMP, _CHECKPOINT_OLD):
+        directory = out_dir / name
+        if all((directory / f).is_file() for f in (MODEL_FILE, VECNORMALIZE_FILE, STATE_FILE)):
+            return directory
+    return None
+
+
+def save_checkpoint(model, vec_normalize, out_dir: Path, state: dict) -> Path:
+    """Write model, VecNormalize statistics and ``state.json``; swap them in atomically."""
+    temporary = out_dir / _CHECKPOINT_TMP
+    previous = out_dir / _CHECKPOINT_OLD
+    final = out_dir / CHECKPOINT_DIR
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    model.save(temporary / MODEL_FILE)
+    vec_normalize.save(str(temporary / VECNORMALIZE_FILE))
+    # written last: its presence marks the temporary checkpoint complete
+    (temporary / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(previous, ignore_errors=True)
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(temporary, final)
+    shutil.rmtree(previous, ignore_errors=True)
+    return final
+
+
+def read_checkpoint_state(checkpoint: Path) -> dict:
+    try:
+        return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"checkpoint {checkpoint} is damaged: {error}") from None
+
+
+# ---------------------------------------------------------------------- the policy directory
+
+
+def check_new_out_dir(out_dir: Path) -> None:
+    """``out_dir`` must not exist, or be an empty directory (else ``ValueError``)."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
+        if any(out_dir.iterdir()):
+            raise ValueError(
+                f"--out {str(out_dir)!r} exists and is not empty; pass --resume to continue the "
+                "run in it, or choose another directory"
+            )
+
+
+def resume_config(out_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The saved configuration of the run in ``out_dir``, with ``training`` overrides applied."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ValueError(f"--resume: {str(out_dir)!r} does not exist; nothing to resume")
+    if find_checkpoint(out_dir) is None:
+        raise ValueError(
+            f"--resume: no checkpoint in {str(out_dir)!r} (expected {CHECKPOINT_DIR}/{MODEL_FILE}, "
+            f"{VECNORMALIZE_FILE} and {STATE_FILE})"
+        )
+    if not (out_dir / CONFIG_FILE).is_file():
+        raise ValueError(f"--resume: {str(out_dir)!r} has no {CONFIG_FILE}")
+    config = config_from_yaml(out_dir / CONFIG_FILE)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return config.updated({"training": given}, "command line").validate("command line")
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _config_markdown(config: TrainConfig) -> str:
+    # TensorBoard renders text as markdown: indent to show YAML verbatim
+    return "\n".join("    " + line for line in config.to_yaml().splitlines())
+
+
+# ---------------------------------------------------------------------- train
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    progress_bar: bool = True,
+    preset: str | None = None,
+) -> TrainingSummary:
+    """Train (or resume training) an allocator policy; write the policy directory.
+
+    Args:
+        config: the resolved, validated configuration.
+        out_dir: the policy directory. It must not exist or be empty, unless
+            ``resume``, in which case it must hold a checkpoint.
+        resume: continue from the last checkpoint in ``out_dir``: model,
+            optimizer, VecNormalize statistics and timestep count, on the same
+            TensorBoard curve, until ``config.training.timesteps`` in total.
+        command: the command line, appended to ``command.txt``.
+        progress_bar: show SB3's progress bar.
+        preset: the preset name, recorded in the exported policy's metadata.
+
+    Raises ``ValueError`` for a non-empty ``out_dir`` without ``resume`` and
+    for ``resume`` without a checkpoint.
+    """
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.callbacks import (
+        CallOnPeriod,
+        EpisodeAllocationCallback,
+        HeldOutEvaluation,
+        HeldOutEvaluationCallback,
+        allocation_layout,
+        tensorboard_writer,
+    )
+    from allocator.objective import Objective
+
+    config.validate()
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    spec = allocation_spec(config)
+    training = config.training
+
+    checkpoint = None
+    previous_state: dict = {}
+    if resume:
+        checkpoint = find_checkpoint(out_dir)
+        if checkpoint is None:
+            raise ValueError(f"--resume: no checkpoint in {str(out_dir)!r}")
+        previous_state = read_checkpoint_state(checkpoint)
+    else:
+        check_new_out_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_text_atomically(out_dir / CONFIG_FILE, config.to_yaml())
+    if command:
+        with open(out_dir / COMMAND_FILE, "a", encoding="utf-8") as handle:
+            handle.write(command.rstrip("\n") + "\n")
+
+    start_timesteps = int(previous_state.get("num_timesteps", 0))
+    # a resumed run draws new jobs rather than replaying the first ones
+    venv = make_vec_env(config, seed=training.seed + start_timesteps)
+    if checkpoint is not None:
+        vec_normalize = VecNormalize.load(str(checkpoint / VECNORMALIZE_FILE), venv)
+        vec_normalize.training = True
+        model = PPO.load(checkpoint / MODEL_FILE, env=vec_normalize, device="cpu")
+        model.set_random_seed(training.seed + start_timesteps)
+        start_timesteps = model.num_timesteps
+    else:
+        vec_normalize = VecNormalize(
+            venv,
+            norm_obs=True,
+            norm_reward=config.ppo.normalize_reward,
+            clip_obs=CLIP_OBSERVATION,
+            gamma=config.ppo.gamma,
+        )
+        model = build_model(config, vec_normalize)
+    model.set_logger(
+        make_logger(
+            out_dir / TENSORBOARD_DIR, purge_step=start_timesteps + 1 if start_timesteps else None
+        )
+    )
+    writer = tensorboard_writer(model.logger)
+    writer.add_custom_scalars(allocation_layout(spec))
+    writer.add_text("config", _config_markdown(config), start_timesteps)
+    if command:
+        writer.add_text("command", command, start_timesteps)
+
+    wall_before = float(previous_state.get("wall_time", 0.0))
+
+    def metadata() -> dict:
+        return {
+            "preset": preset,
+            "timesteps": int(model.num_timesteps),
+            "seed": training.seed,
+            "config": config.to_dict(),
+        }
+
+    def checkpoint_now() -> None:
+        state = {
+            "num_timesteps": int(model.num_timesteps),
+            "wall_time": wall_before + time.perf_counter() - started,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        save_checkpoint(model, vec_normalize, out_dir, state)
+        export(model, vec_normalize, config, out_dir, metadata())
+
+    episodes = EpisodeAllocationCallback()
+    callbacks = [episodes, CallOnPeriod(training.checkpoint_every, checkpoint_now)]
+    evaluation_callback = None
+    if training.eval_jobs > 0:
+        from allocator.jobs import JobDistribution
+
+        heldout = JobDistribution("heldout")
+
+        def heldout_job(index: int):
+            rng = np.random.default_rng([training.eval_seed, index])
+            return heldout.sample(rng, spec=spec)
+
+        evaluation = HeldOutEvaluation(
+            heldout_job, training.eval_jobs, spec, Objective(s=config.env.s, w=config.env.w)
+        )
+        # eval_every 0: only the final evaluation
+        every = training.eval_every or (training.timesteps + 1)
+        evaluation_callback = HeldOutEvaluationCallback(evaluation, every)
+        callbacks.append(evaluation_callback)
+
+    remaining = training.timesteps - model.num_timesteps
+    try:
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(callbacks),
+                reset_num_timesteps=False,
+                progress_bar=progress_bar,
+            )
+            model.logger.dump(model.num_timesteps)  # the last update's train/ scalars
+        checkpoint_now()
+        if evaluation_callback is not None and (
+            not evaluation_callback.history
+            or evaluation_callback.history[-1][0] != model.num_timesteps
+        ):
+            evaluation_callback.init_callback(model)
+            evaluation_callback.evaluate()
+    finally:
+        writer.flush()
+        vec_normalize.close()
+        model.logger.close()
+    return TrainingSummary(
+        out_dir=out_dir,
+        timesteps=int(model.num_timesteps),
+        timesteps_this_run=int(model.num_timesteps) - start_timesteps,
+        wall_time=time.perf_counter() - started,
+        episodes=episodes.episodes_logged,
+        evaluations=evaluation_callback.history if evaluation_callback else [],
+    )

@@ -1,0 +1,114 @@
+"""`compute-allocator train`: flags, and bad input as one line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from allocator.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["train", *argv])
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("compute-allocator train: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_train_help_lists_the_contract_flags(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--preset", "--config", "--out", "--timesteps", "--seed", "--n-envs", "--resume"):
+        assert flag in out
+
+
+def test_unknown_preset(capsys, tmp_path):
+    code, err = run_main(capsys, "--preset", "huge", "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "unknown preset 'huge'", "quick")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_config_key(capsys, tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("ppo:\n  learning_rate: 0.001\n  n_step: 64\n")
+    code, err = run_main(capsys, "--config", str(config), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "mine.yaml", "unknown key 'ppo.n_step'")
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code, err = run_main(
+        capsys, "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out")
+    )
+    assert_one_line_error(code, err, "nope.yaml", "does not exist")
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--timesteps", "-100"), ("--timesteps", "0"), ("--n-envs", "0")]
+)
+def test_non_positive_counts(capsys, tmp_path, flag, value):
+    code, err = run_main(capsys, "--preset", "tiny", "--out", str(tmp_path / "out"), flag, value)
+    assert_one_line_error(code, err, flag)
+
+
+def test_existing_non_empty_out_without_resume(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, err = run_main(capsys, "--preset", "tiny", "--out", str(tmp_path))
+    assert_one_line_error(code, err, "not empty", "--resume")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_resume_without_checkpoint(capsys, tmp_path):
+    code, err = run_main(capsys, "--out", str(tmp_path), "--resume")
+    assert_one_line_error(code, err, "--resume", "no checkpoint")
+    code, err = run_main(capsys, "--out", str(tmp_path / "missing"), "--resume")
+    assert_one_line_error(code, err, "--resume", "does not exist")
+
+
+def test_resume_does_not_take_another_configuration(capsys, tmp_path):
+    code, err = run_main(capsys, "--out", str(tmp_path), "--resume", "--preset", "default")
+    assert_one_line_error(code, err, "--resume", "--preset")
+
+
+def test_console_script_reports_bad_input_without_traceback(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("training:\n  timesteps: 100\n  n_env: 2\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "allocator.cli",
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        (
+            "compute-allocator train: error: bad.yaml: unknown key 'training.n_env'; the keys of "
+            "training are timesteps, n_envs, seed, checkpoint_every, eval_every, eval_jobs, eval_seed"
+        )
+    ]
+    assert result.stdout == ""

@@ -1,0 +1,264 @@
+"""Training the allocator policy: the policy directory, TensorBoard logs, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from agents.config import TrainConfig, available_presets, load_preset, resolve_config
+from agents.training import find_checkpoint, save_checkpoint
+from allocator.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def vecnormalize_statistics(checkpoint: Path) -> tuple[float, np.ndarray]:
+    import pickle
+
+    with open(checkpoint / "vecnormalize.pkl", "rb") as handle:  # our own file, written by SB3
+        vec_normalize = pickle.load(handle)
+    return float(vec_normalize.obs_rms.count), np.array(vec_normalize.obs_rms.mean)
+
+
+def scalars(tensorboard_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(tensorboard_dir))
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One tiny training run (256 timesteps, 1 env, checkpoints every 64, eval every 128)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--preset", "tiny", "--out", str(out), "--no-progress-bar"]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def test_presets_load_and_validate():
+    assert {"quick", "default", "tiny"} <= set(available_presets())
+    for name in available_presets():
+        config = load_preset(name)
+        assert config.ppo.gamma >= 0.99, "the return must be (close to) -J"
+        assert config.ppo.log_std_init < 0
+    quick, default = load_preset("quick"), load_preset("default")
+    assert default.training.timesteps > quick.training.timesteps
+
+
+def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("ppo:\n  learning_rate: 1e-3\ntraining:\n  seed: 5\n  timesteps: 999\n")
+    config = resolve_config("tiny", path, {"training": {"timesteps": 128, "n_envs": None}})
+    assert config.ppo.learning_rate == pytest.approx(1e-3)  # YAML's "1e-3" string read as a number
+    assert config.training.seed == 5
+    assert config.training.timesteps == 128  # the flag wins
+    assert config.ppo.n_steps == load_preset("tiny").ppo.n_steps  # the rest from the preset
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ppo:\n  learnig_rate: 0.1\n", "ppo.learnig_rate"),
+        ("agent:\n  x: 1\n", "unknown section 'agent'"),
+        ("training:\n  timesteps: -3\n", "training.timesteps"),
+        ("ppo:\n  policy: transformer\n", "ppo.policy"),
+        ("ppo:\n  n_steps: many\n", "ppo.n_steps must be an integer"),
+        ("ppo:\n  net_arch: [64, 0]\n", "ppo.net_arch"),
+        ("- just a list\n", "must be a mapping"),
+    ],
+)
+def test_bad_configuration_names_the_bad_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        resolve_config("tiny", path)
+    assert "bad.yaml" in str(error.value)
+
+
+def test_resolved_configuration_round_trips_through_yaml():
+    config = load_preset("quick")
+    assert TrainConfig().updated(yaml.safe_load(config.to_yaml()), "x") == config
+
+
+# ---------------------------------------------------------------------- a training run
+
+
+def test_training_writes_a_complete_policy_directory(trained):
+    for name in ("policy.safetensors", "policy.json", "config.yaml", "command.txt"):
+        assert (trained / name).is_file(), name
+    for name in ("model.zip", "vecnormalize.pkl", "state.json"):
+        assert (trained / "checkpoint" / name).is_file(), name
+    assert any((trained / "tb").glob("events.out.tfevents.*"))
+    assert json.loads((trained / "checkpoint" / "state.json").read_text())["num_timesteps"] == 256
+    assert resolve_config("tiny").to_dict() == yaml.safe_load((trained / "config.yaml").read_text())
+    assert (trained / "command.txt").read_text().startswith("compute-allocator train --preset tiny")
+    assert json.loads((trained / "policy.json").read_text())["extra"]["timesteps"] == 256
+
+
+def test_exported_policy_acts_like_the_trained_agent(trained):
+    import pickle
+
+    from stable_baselines3 import PPO
+
+    from agents.callbacks import SB3Controller
+    from agents.training import allocation_spec
+    from allocator import AllocatorPolicy
+
+    policy = AllocatorPolicy.load(trained)
+    model = PPO.load(trained / "checkpoint" / "model.zip", device="cpu")
+    with open(trained / "checkpoint" / "vecnormalize.pkl", "rb") as handle:
+        vec_normalize = pickle.load(handle)
+    controller = SB3Controller(model, vec_normalize, allocation_spec(load_preset("tiny")))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        observation = (rng.standard_normal(policy.observation_size) * 2).astype(np.float32)
+        assert policy.act(observation) == controller.act(observation)
+
+
+def test_tensorboard_logs_allocation_compute_loss_and_evaluation(trained):
+    accumulator = scalars(trained / "tb")
+    tags = set(accumulator.Tags()["scalars"])
+    expected = {
+        "allocation/sample_share_0",
+        "allocation/sample_share_3",
+        "allocation/keep_fraction",
+        "allocation/layer_gate_0",
+        "allocation/layer_gate_3",
+        "allocation/steps",
+        "episode/compute_fraction",
+        "episode/final_val_loss",
+        "episode/relative_val_loss",
+        "episode/J",
+        "eval/J_policy",
+        "eval/J_uniform",
+        "eval/J_difference",
+        "eval/compute_to_target_policy",
+        "eval/compute_to_target_uniform",
+        "rollout/ep_rew_mean",
+        "train/value_loss",
+    }
+    assert expected <= tags, sorted(expected - tags)
+    evaluations = accumulator.Scalars("eval/J_policy")
+    assert [event.step for event in evaluations] == [128, 256]
+    shares = [accumulator.Scalars(f"allocation/sample_share_{k}")[0].value for k in range(4)]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+    for event in accumulator.Scalars("episode/J"):
+        assert 0.0 < event.value < 5.0
+    text_tags = set(accumulator.Tags()["tensors"])
+    assert "config/text_summary" in text_tags
+    assert "custom_scalars__config__" in text_tags
+
+
+def test_resume_continues_a_finished_run_to_more_timesteps(trained, tmp_path):
+    out = tmp_path / "more"
+    shutil.copytree(trained, out)
+    count, _ = vecnormalize_statistics(out / "checkpoint")
+    assert (
+        main(["train", "--out", str(out), "--resume", "--timesteps", "320", "--no-progress-bar"])
+        == 0
+    )
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["num_timesteps"] == 320
+    new_count, _ = vecnormalize_statistics(out / "checkpoint")
+    assert new_count >= count + 64  # continued from the checkpoint's statistics
+    assert (out / "command.txt").read_text().splitlines()[-1].endswith("--timesteps 320 --resume")
+
+
+# ---------------------------------------------------------------------- kill and resume
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    """SIGKILL during training; --resume reaches the same total with the saved statistics."""
+    config = tmp_path / "no-eval.yaml"
+    config.write_text("training:\n  eval_jobs: 0\n  checkpoint_every: 64\n  timesteps: 100000\n")
+    out = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "allocator.cli",
+        "train",
+        "--preset",
+        "tiny",
+        "--config",
+        str(config),
+    ]
+    process = subprocess.Popen(
+        command + ["--out", str(out), "--no-progress-bar"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while find_checkpoint(out) is None:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+
+    checkpoint = find_checkpoint(out)
+    saved_steps = json.loads((checkpoint / "state.json").read_text())["num_timesteps"]
+    count, mean = vecnormalize_statistics(checkpoint)
+    assert saved_steps >= 64 and count >= saved_steps
+
+    target = saved_steps + 64
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--resume",
+                "--timesteps",
+                str(target),
+                "--no-progress-bar",
+            ]
+        )
+        == 0
+    )
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["num_timesteps"] == target
+    new_count, new_mean = vecnormalize_statistics(out / "checkpoint")
+    # a fresh VecNormalize would hold only the ~64 new observations
+    assert new_count >= count + 64
+    assert not np.allclose(new_mean, mean)
+    accumulator = scalars(out / "tb")
+    steps = [event.step for event in accumulator.Scalars("rollout/ep_rew_mean")]
+    assert steps == sorted(steps) and steps[-1] == target  # one curve, continued
+
+
+def test_interrupted_checkpoint_swap_keeps_a_complete_checkpoint(tmp_path):
+    class Saves:
+        def __init__(self, text):
+            self.text = text
+
+        def save(self, path):
+            Path(path).write_text(self.text)
+
+    save_checkpoint(Saves("one"), Saves("one"), tmp_path, {"num_timesteps": 1})
+    save_checkpoint(Saves("two"), Saves("two"), tmp_path, {"num_timesteps": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert (find_checkpoint(tmp_path) / "model.zip").read_text() == "two"
+    # killed between moving the old checkpoint aside and moving the new one in
+    os.replace(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")
+    assert find_checkpoint(tmp_path).name == ".checkpoint.old"
+    (tmp_path / ".checkpoint.tmp").mkdir()  # an incomplete temporary one is ignored
+    assert find_checkpoint(tmp_path).name == ".checkpoint.old"
