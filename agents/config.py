@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -284,7 +285,8 @@ def config_from_yaml(path: str | Path) -> TrainConfig:
 def _coerce(where: str, key: str, value: Any, spec: dataclasses.Field, section: Any) -> Any:
     """``value`` checked against the field's type (ints are accepted where floats are)."""
     kind = typing.get_type_hints(type(section))[spec.name]
-    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    optional = union and type(None) in typing.get_args(kind)
     if optional:
         if value is None:
             return None
