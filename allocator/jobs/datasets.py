@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -98,7 +98,7 @@ def _check_fraction(name: str, value: float) -> None:
 def _flip_labels(y: np.ndarray, fraction: float, num_classes: int, rng: np.random.Generator):
     """Give exactly ``round(fraction * N)`` samples a label drawn from the *other* classes."""
     y = y.copy()
-    flip = rng.choice(len(y), size=int(round(fraction * len(y))), replace=False)
+    flip = rng.choice(len(y), size=round(fraction * len(y)), replace=False)
     # An offset in 1..C-1 never lands on the true class, so the noise rate is exact.
     y[flip] = (y[flip] + rng.integers(1, num_classes, size=len(flip))) % num_classes
     return y
@@ -116,7 +116,9 @@ def _standardise(train_x: np.ndarray, val_x: np.ndarray, per_feature: bool):
 def _class_counts(n: int, num_classes: int, imbalance: float) -> np.ndarray:
     """Per-class sample counts for a geometric class prior; class 0 ``imbalance`` x class C-1."""
     if imbalance < 1.0:
-        raise ValueError(f"imbalance must be >= 1 (ratio of largest to smallest class), got {imbalance!r}")
+        raise ValueError(
+            f"imbalance must be >= 1 (ratio of largest to smallest class), got {imbalance!r}"
+        )
     prior = imbalance ** (-np.arange(num_classes) / max(num_classes - 1, 1))
     counts = np.floor(n * prior / prior.sum()).astype(int)
     counts = np.maximum(counts, 1)
@@ -138,7 +140,9 @@ def _shuffled(rng: np.random.Generator, x: np.ndarray, y: np.ndarray):
     return x[order], y[order]
 
 
-def _subsample(x: np.ndarray, y: np.ndarray, n: int | None, rng: np.random.Generator, stratify: bool):
+def _subsample(
+    x: np.ndarray, y: np.ndarray, n: int | None, rng: np.random.Generator, stratify: bool
+):
     """The first ``n`` samples of a seeded permutation (class-stratified for classification)."""
     if n is None or n >= len(y):
         return x, y
@@ -201,7 +205,7 @@ def synthetic_classification(
     _check_fraction("label_noise", label_noise)
     _check_fraction("redundant_fraction", redundant_fraction)
     rng = np.random.default_rng(seed)
-    n_redundant = int(round(redundant_fraction * n_train))
+    n_redundant = round(redundant_fraction * n_train)
     n_regular = n_train - n_redundant
     train_counts = _class_counts(n_regular, num_classes, imbalance)
     val_counts = _class_counts(n_val, num_classes, 1.0)
@@ -262,7 +266,10 @@ def synthetic_classification(
         top2 = np.sort(scores, axis=1)[:, -2:]
         margin = top2[:, 1] - top2[:, 0]
         prototypes = np.stack(
-            [train_x[np.flatnonzero(train_y == c)[np.argmax(margin[train_y == c])]] for c in range(num_classes)]
+            [
+                train_x[np.flatnonzero(train_y == c)[np.argmax(margin[train_y == c])]]
+                for c in range(num_classes)
+            ]
         )
         prototype_y = np.arange(num_classes)
 
@@ -351,11 +358,12 @@ def synthetic_regression(
 
 # --------------------------------------------------------------------------- MNIST-1D
 
-# mnist1d's transform parameters; "hard" doubles the noise and the shear, a
-# held-out variant of the same task.
+# mnist1d's transform parameters; "hard" has more noise and shear, a held-out
+# variant of the same task. (Doubling them all makes the task so hard that the
+# small budgets here barely move the loss.)
 _MNIST1D_VARIANTS = {
     "standard": {},
-    "hard": {"corr_noise_scale": 0.5, "iid_noise_scale": 4e-2, "shear_scale": 1.5},
+    "hard": {"corr_noise_scale": 0.3, "iid_noise_scale": 3e-2, "shear_scale": 0.9},
 }
 
 
@@ -396,8 +404,8 @@ def mnist1d(
         seed: the generator's seed; also seeds the subsample and label noise.
         n_train: keep a class-stratified subsample of this many training samples.
         label_noise: fraction of training labels moved to another class.
-        variant: ``"standard"`` (mnist1d's defaults) or ``"hard"`` (twice the
-            noise and shear).
+        variant: ``"standard"`` (mnist1d's defaults) or ``"hard"`` (1.2x the
+            correlated noise and shear, 1.5x the i.i.d. noise).
     """
     if variant not in _MNIST1D_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(_MNIST1D_VARIANTS)}, got {variant!r}")
@@ -484,5 +492,7 @@ def load_dataset(name: str, **kwargs) -> Dataset:
     try:
         factory = DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; built-in datasets: {sorted(DATASETS)}") from None
+        raise ValueError(
+            f"unknown dataset {name!r}; built-in datasets: {sorted(DATASETS)}"
+        ) from None
     return factory(**kwargs)
