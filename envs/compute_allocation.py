@@ -126,7 +126,7 @@ class ComputeAllocationEnv(gym.Env):
         if jobs is None:
             from allocator.jobs import JobDistribution
 
-            jobs = JobDistribution(split=split)
+            jobs = JobDistribution(split=split, device=device)
         if not callable(getattr(jobs, "sample", None)):
             raise ValueError("jobs must have sample(rng, spec) -> TrainingJob")
         self.jobs = jobs
