@@ -1,0 +1,640 @@
+"""Evaluate a trained policy against the baselines: every controller on the same jobs and seeds.
+
+For every job and seed, each controller (the policy, if given, and every
+baseline) trains a fresh copy of the job built with the same seed, so all start
+from the same initial weights. ``--out DIR`` receives ``results.csv`` (one row
+per job, seed and controller with every number of its RunResult),
+``results.md`` (per job and overall: J, final and best validation loss,
+compute to target, wins) and ``curves.png`` (validation loss against compute,
+one panel per job, seed 0).
+
+**Compute to target** is the fraction of the budget a controller needs to first
+reach uniform training's best validation loss on the same job and seed
+(``never`` when it does not; ``inf`` in results.csv). Uniform training always
+runs, because it sets that target.
+
+From Python::
+
+    from allocator.evaluation import evaluate
+
+    report = evaluate("runs/policy", split="heldout", seeds=3, out_dir="runs/eval")
+    report.mean_objective("policy"), report.win_rate("uniform")    # J, share of pairs won
+    report.runs[0].result                                           # a RunResult
+
+``policy`` may be ``None`` to compare the baselines only, and ``jobs`` may
+name built-in jobs or map names to your own ``build(seed) -> TrainingJob``
+functions (see :mod:`allocator.job_loading`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import statistics
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from allocator.job_loading import JobSource, load_job_source
+from allocator.report import (
+    format_fraction,
+    format_number,
+    format_percent,
+    markdown_table,
+    plot_curves,
+)
+
+#: The baselines ``evaluate`` runs by default (see :mod:`allocator.baselines`).
+DEFAULT_BASELINES = ("uniform", "selective-backprop", "freezeout", "loss-sampling", "random")
+#: The label of the learned policy in every table, file and TensorBoard run.
+POLICY = "policy"
+REFERENCE = "uniform"
+
+RESULT_FILES = ("results.csv", "results.md", "curves.png")
+
+# results.csv: identification, then every number of RunResult.to_dict(), then the target.
+CSV_COLUMNS = (
+    "job",
+    "seed",
+    "controller",
+    "objective",
+    "final_val_loss",
+    "best_val_loss",
+    "initial_val_loss",
+    "final_val_accuracy",
+    "best_val_accuracy",
+    "compute_used",
+    "budget",
+    "compute_fraction",
+    "eval_compute",
+    "steps",
+    "diverged",
+    "stopped",
+    "wall_time",
+    "target_val_loss",
+    "compute_to_target",
+)
+
+
+# ---------------------------------------------------------------------------- controllers
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One controller of a comparison: its label and how to get a fresh instance per run."""
+
+    label: str
+    make: Callable[[], object]
+
+
+def parse_names(text: str | Sequence[str] | None) -> list[str]:
+    """``"a, b,c"`` or ``["a", "b"]`` -> ``["a", "b", "c"]`` (order kept, duplicates and blanks dropped)."""
+    if text is None:
+        return []
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return list(dict.fromkeys(item.strip() for item in items if item and item.strip()))
+
+
+def contenders(policy, baselines: Iterable[str]) -> list[Contender]:
+    """The policy (if any) then the baselines, with ``uniform`` always among them.
+
+    Args:
+        policy: ``None``, a policy directory, or a loaded ``AllocatorPolicy``.
+        baselines: baseline names (:data:`allocator.baselines.BASELINES`).
+
+    Raises:
+        ValueError: an unknown baseline name or an unloadable policy.
+    """
+    from allocator import baselines as known
+
+    names = parse_names(list(baselines))
+    unknown = [name for name in names if name not in known.BASELINES]
+    if unknown:
+        raise ValueError(
+            f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known.BASELINES)}"
+        )
+    if REFERENCE not in names:
+        names.insert(0, REFERENCE)  # it sets the target every other controller is measured against
+    lineup = []
+    if policy is not None:
+        loaded = load_policy(policy)
+        lineup.append(Contender(POLICY, lambda: loaded))
+    lineup += [Contender(name, lambda name=name: known.make(name)) for name in names]
+    return lineup
+
+
+def load_policy(policy):
+    """An ``AllocatorPolicy`` from a directory (``ValueError`` when it is not one), or as given."""
+    from allocator.policy import AllocatorPolicy
+
+    if isinstance(policy, AllocatorPolicy):
+        return policy
+    if isinstance(policy, (str, os.PathLike)):
+        return AllocatorPolicy.load(policy)
+    raise ValueError(
+        f"policy must be a policy directory or an AllocatorPolicy, got {type(policy).__name__}"
+    )
+
+
+def policy_spec(lineup: Sequence[Contender]):
+    """The policy's AllocationSpec when the lineup has a policy: every job of the comparison uses it."""
+    for contender in lineup:
+        if contender.label == POLICY:
+            return contender.make().spec
+    return None
+
+
+def build_job(source: JobSource, seed: int, spec=None):
+    """A fresh job from ``source`` with ``seed``, set to ``spec`` if given.
+
+    With a policy in the comparison every controller runs the job with the
+    policy's spec, so that all see the same interval length (and therefore
+    the same resolution of their loss-versus-compute curve).
+    """
+    job = source.build(seed)
+    if spec is not None:
+        job.use_spec(spec)
+    return job
+
+
+class _ProgressController:
+    """Wraps a controller to advance a progress bar by the share of the budget each interval spends."""
+
+    def __init__(self, controller, label: str, bar) -> None:
+        self.controller = controller
+        self.name = label
+        self.bar = bar
+        self.job = None
+        self.shown = 0.0
+
+    def reset(self, job) -> None:
+        self.job = job
+        self.shown = 0.0
+        reset = getattr(self.controller, "reset", None)
+        if callable(reset):
+            reset(job)
+
+    def act(self, observation):
+        self._show(self.job.compute_fraction)
+        return self.controller.act(observation)
+
+    def finish(self) -> None:
+        self._show(1.0)
+
+    def _show(self, fraction: float) -> None:
+        fraction = min(max(fraction, self.shown), 1.0)
+        if self.bar is not None and fraction > self.shown:
+            self.bar.update(fraction - self.shown)
+        self.shown = fraction
+
+
+def progress_bar(total: int, description: str, enabled: bool | None):
+    """A tqdm bar on stderr counting runs (fractions within a run); ``None`` when disabled.
+
+    ``enabled=None`` shows it only when stderr is a terminal.
+    """
+    if enabled is False:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="run",
+        file=sys.stderr,
+        disable=None if enabled is None else False,
+        bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} runs [{elapsed}<{remaining}]{postfix}",
+    )
+
+
+def run_contender(job, contender: Contender, bar=None, tensorboard_dir=None):
+    """Run ``job`` under a fresh instance of ``contender``; the RunResult carries the contender's label."""
+    from allocator.runner import run_job
+
+    controller = _ProgressController(contender.make(), contender.label, bar)
+    if bar is not None:
+        bar.set_postfix_str(f"{job.name} | {contender.label}", refresh=True)
+    result = run_job(job, controller, tensorboard_dir=tensorboard_dir)
+    controller.finish()
+    result.controller_name = contender.label
+    return result
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+@dataclass
+class EvaluatedRun:
+    """One run of the evaluation: which job, seed and controller, its RunResult and compute to target."""
+
+    job: str
+    seed: int
+    controller: str
+    result: object  # RunResult
+    target_val_loss: float  # uniform's best validation loss on this job and seed
+    compute_to_target: float  # math.inf when never reached
+
+    def row(self) -> dict:
+        """The results.csv row: identification, every RunResult number, the target."""
+        values = self.result.to_dict()
+        values.update(
+            job=self.job,
+            seed=self.seed,
+            controller=self.controller,
+            eval_compute=self.result.eval_compute,
+            target_val_loss=self.target_val_loss,
+            compute_to_target=self.compute_to_target,
+        )
+        return {column: values[column] for column in CSV_COLUMNS}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else math.nan
+
+
+@dataclass
+class EvaluationReport:
+    """Every run of an evaluation, with the summaries of results.md.
+
+    Attributes:
+        runs: one :class:`EvaluatedRun` per job, seed and controller.
+        jobs, seeds, controllers: what was run, in order (``"policy"`` first when present).
+        policy: the policy's path or name, or ``None``.
+        split: the split the jobs came from (``None`` for an explicit job list).
+    """
+
+    runs: list[EvaluatedRun]
+    jobs: list[str]
+    seeds: list[int]
+    controllers: list[str]
+    policy: str | None = None
+    split: str | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def select(
+        self, job: str | None = None, controller: str | None = None, seed: int | None = None
+    ) -> list[EvaluatedRun]:
+        """The runs matching every given field."""
+        return [
+            run
+            for run in self.runs
+            if (job is None or run.job == job)
+            and (controller is None or run.controller == controller)
+            and (seed is None or run.seed == seed)
+        ]
+
+    def run(self, job: str, seed: int, controller: str) -> EvaluatedRun:
+        (found,) = self.select(job, controller, seed)
+        return found
+
+    def mean_objective(self, controller: str, job: str | None = None) -> float:
+        """Mean J of ``controller`` over seeds (of one job) or over every (job, seed) pair."""
+        return _mean([run.result.objective for run in self.select(job, controller)])
+
+    def median_compute_to_target(self, controller: str) -> float:
+        """Median compute to target over every (job, seed) pair; ``inf`` when half or more never reach it."""
+        return statistics.median(
+            run.compute_to_target for run in self.select(controller=controller)
+        )
+
+    def wins(self, baseline: str, controller: str = POLICY) -> tuple[int, int]:
+        """``(pairs where controller's J < baseline's J, pairs)`` over every (job, seed) pair."""
+        won = pairs = 0
+        for job in self.jobs:
+            for seed in self.seeds:
+                pairs += 1
+                won += (
+                    self.run(job, seed, controller).result.objective
+                    < self.run(job, seed, baseline).result.objective
+                )
+        return won, pairs
+
+    def win_rate(self, baseline: str, controller: str = POLICY) -> float:
+        """Share of (job, seed) pairs where ``controller`` has a lower J than ``baseline``."""
+        won, pairs = self.wins(baseline, controller)
+        return won / pairs
+
+    def job_summary(self, job: str, controller: str) -> dict:
+        """Means over seeds of one job and controller (compute to target over the seeds that reached it)."""
+        runs = self.select(job, controller)
+        reached = [run.compute_to_target for run in runs if math.isfinite(run.compute_to_target)]
+        accuracies = [run.result.final_val_accuracy for run in runs]
+        return {
+            "objective": _mean([run.result.objective for run in runs]),
+            "final_val_loss": _mean([run.result.final_val_loss for run in runs]),
+            "best_val_loss": _mean([run.result.best_val_loss for run in runs]),
+            "final_val_accuracy": _mean(accuracies) if None not in accuracies else None,
+            "compute_to_target": _mean(reached) if reached else math.inf,
+            "reached": len(reached),
+            "seeds": len(runs),
+        }
+
+    # ------------------------------------------------------------------ files
+
+    def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write results.csv, results.md and curves.png to ``out_dir``; returns their paths."""
+        directory = Path(out_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {name: directory / name for name in RESULT_FILES}
+        with open(paths["results.csv"], "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            for run in self.runs:
+                writer.writerow({k: "" if v is None else v for k, v in run.row().items()})
+        paths["results.md"].write_text(self.to_markdown(), encoding="utf-8")
+        seed = self.seeds[0]
+        panels = {
+            job: {c: self.run(job, seed, c).result.curve for c in self.controllers}
+            for job in self.jobs
+        }
+        targets = {job: self.run(job, seed, REFERENCE).target_val_loss for job in self.jobs}
+        plot_curves(
+            panels,
+            paths["curves.png"],
+            targets,
+            title=f"validation loss against compute (seed {seed})",
+        )
+        self.files = paths
+        return paths
+
+    def overall_table(self) -> str:
+        """The overall Markdown table: mean J, median compute to target, policy's win rate."""
+        has_policy = POLICY in self.controllers
+        headers = ["controller", "mean J", "median compute to target"]
+        if has_policy:
+            headers.append("policy wins (J lower)")
+        rows = []
+        for controller in self.controllers:
+            row = [
+                controller,
+                format_number(self.mean_objective(controller)),
+                format_fraction(self.median_compute_to_target(controller)),
+            ]
+            if has_policy:
+                if controller == POLICY:
+                    row.append("-")
+                else:
+                    won, pairs = self.wins(controller)
+                    row.append(f"{won}/{pairs} ({format_percent(won / pairs)})")
+            rows.append(row)
+        return markdown_table(headers, rows)
+
+    def job_table(self, job: str) -> str:
+        """One job's Markdown table, means over seeds."""
+        summaries = {c: self.job_summary(job, c) for c in self.controllers}
+        classification = all(s["final_val_accuracy"] is not None for s in summaries.values())
+        headers = ["controller", "J", "final val loss", "best val loss"]
+        if classification:
+            headers.append("final val accuracy")
+        headers.append("compute to target")
+        rows = []
+        for controller, s in summaries.items():
+            row = [
+                controller,
+                format_number(s["objective"]),
+                format_number(s["final_val_loss"]),
+                format_number(s["best_val_loss"]),
+            ]
+            if classification:
+                row.append(format_number(s["final_val_accuracy"], 3))
+            row.append(_compute_to_target_cell(s))
+            rows.append(row)
+        return markdown_table(headers, rows)
+
+    def to_markdown(self) -> str:
+        """results.md: what was run, the overall table, one table per job."""
+        seeds = ", ".join(str(s) for s in self.seeds)
+        source = f" of split `{self.split}`" if self.split else ""
+        lines = [
+            "# Evaluation"
+            + (f" of policy `{self.policy}`" if self.policy else " of the baselines"),
+            "",
+            f"Jobs{source}: "
+            + ", ".join(f"`{j}`" for j in self.jobs)
+            + f"; seeds {seeds}; controllers: "
+            + ", ".join(f"`{c}`" for c in self.controllers)
+            + ". Every controller trains a fresh copy of each job built with the same seed.",
+            "",
+            "- **J**: the C/R-scaled objective (lower is better).",
+            (
+                "- **compute to target**: fraction of the budget a controller needs to first reach "
+                "uniform's best validation loss on the same job and seed; `never` if it does not. "
+                "Per job it is the mean over the seeds that reached the target, with their count "
+                "when some did not."
+            ),
+            (
+                "- Per-job numbers are means over seeds; wins count (job, seed) pairs where the "
+                "policy's J is lower."
+            ),
+            "",
+            "## Overall",
+            "",
+            self.overall_table(),
+            "",
+        ]
+        for job in self.jobs:
+            lines += [f"## {job}", "", self.job_table(job), ""]
+        return "\n".join(lines)
+
+
+def _compute_to_target_cell(summary: dict) -> str:
+    if summary["reached"] == summary["seeds"]:
+        return format_fraction(summary["compute_to_target"])
+    if summary["reached"] == 0:
+        return "never"
+    return f"{format_fraction(summary['compute_to_target'])} ({summary['reached']}/{summary['seeds']} reached)"
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def resolve_jobs(jobs, split: str | None, device: str = "auto") -> list[JobSource]:
+    """Job sources from ``jobs``: ``None`` (the split's named jobs), a count N (its first N),
+    built-in names, ``FILE.py:FUNCTION`` strings, or a mapping ``{name: build(seed)}``."""
+    from allocator.jobs import names
+
+    if isinstance(jobs, Mapping):
+        if not jobs:
+            raise ValueError("jobs is empty")
+        for name, build in jobs.items():
+            if not callable(build):
+                raise ValueError(f"jobs[{name!r}] must be a function build(seed) -> TrainingJob")
+        return [JobSource(str(name), build) for name, build in jobs.items()]
+    split_names = names(split) if split else names()
+    if jobs is None:
+        chosen = split_names
+    elif _is_count(jobs):
+        count = int(jobs)
+        if count < 1:
+            raise ValueError(f"--jobs must be at least 1, got {count}")
+        chosen = split_names[:count]
+    else:
+        chosen = parse_names(jobs)
+    if not chosen:
+        raise ValueError(f"no jobs to evaluate (split {split!r} has none)")
+    return [load_job_source(name, device=device) for name in chosen]
+
+
+def _is_count(jobs) -> bool:
+    return (isinstance(jobs, int) and not isinstance(jobs, bool)) or (
+        isinstance(jobs, str) and jobs.strip().isdigit()
+    )
+
+
+def resolve_seeds(seeds) -> list[int]:
+    """``3`` -> ``[0, 1, 2]``; ``"0,5"`` or ``[0, 5]`` -> ``[0, 5]``."""
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        seeds = int(text) if text.isdigit() else [_seed(s) for s in parse_names(text)]
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        return list(range(seeds))
+    chosen = [_seed(s) for s in seeds]
+    if not chosen:
+        raise ValueError("no seeds given")
+    return list(dict.fromkeys(chosen))
+
+
+def _seed(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds must be integers, got {value!r}") from None
+
+
+def evaluate(
+    policy=None,
+    split: str | None = "heldout",
+    seeds=3,
+    baselines: Iterable[str] = DEFAULT_BASELINES,
+    out_dir: str | os.PathLike | None = None,
+    jobs=None,
+    device: str = "auto",
+    progress: bool | None = None,
+) -> EvaluationReport:
+    """Run the policy and the baselines on the same jobs and seeds; optionally write the report files.
+
+    Args:
+        policy: a policy directory, a loaded ``AllocatorPolicy``, or ``None`` for the baselines only.
+        split: ``"train"``, ``"heldout"`` or ``"all"``: where the named jobs come from.
+        seeds: a count N (seeds ``0 .. N-1``) or a list of seeds.
+        baselines: baseline names; ``uniform`` is added when missing (it sets the target).
+        out_dir: where to write results.csv, results.md and curves.png (``None``: nothing written).
+        jobs: ``None`` (all of the split's named jobs), a count N (the first N), a list of
+            built-in names or ``FILE.py:FUNCTION`` strings, or ``{name: build(seed)}``.
+        device: device of built-in jobs (``"auto"``: CUDA when available).
+        progress: show a progress bar (``None``: only when stderr is a terminal).
+
+    Returns:
+        The :class:`EvaluationReport` with every RunResult.
+    """
+    sources = resolve_jobs(jobs, split, device)
+    seed_list = resolve_seeds(seeds)
+    lineup = contenders(policy, baselines)
+    spec = policy_spec(lineup)
+    duplicate = [s.name for s in sources if [t.name for t in sources].count(s.name) > 1]
+    if duplicate:
+        raise ValueError(f"job {duplicate[0]!r} is listed twice")
+
+    runs: list[EvaluatedRun] = []
+    bar = progress_bar(len(sources) * len(seed_list) * len(lineup), "evaluate", progress)
+    try:
+        for source in sources:
+            for seed in seed_list:
+                results = {
+                    c.label: run_contender(build_job(source, seed, spec), c, bar) for c in lineup
+                }
+                target = results[REFERENCE].best_val_loss
+                for label, result in results.items():
+                    runs.append(
+                        EvaluatedRun(
+                            source.name,
+                            seed,
+                            label,
+                            result,
+                            target,
+                            result.compute_to_reach(target),
+                        )
+                    )
+    finally:
+        if bar is not None:
+            bar.close()
+    report = EvaluationReport(
+        runs=runs,
+        jobs=[s.name for s in sources],
+        seeds=seed_list,
+        controllers=[c.label for c in lineup],
+        policy=str(policy)
+        if isinstance(policy, (str, os.PathLike))
+        else getattr(policy, "name", None),
+        split=split if jobs is None or _is_count(jobs) else None,
+    )
+    if out_dir is not None:
+        report.write(out_dir)
+    return report
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        metavar="DIR",
+        help="the trained policy directory (policy.safetensors + policy.json); leave it out "
+        "to compare the baselines only",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("train", "heldout", "all"),
+        default="heldout",
+        help="which built-in jobs to run (`compute-allocator jobs --split ...` lists them)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="3",
+        metavar="N|LIST",
+        help="N runs seeds 0..N-1; a comma-separated list (3,7 or 5,) runs exactly those seeds",
+    )
+    parser.add_argument(
+        "--jobs",
+        metavar="N|NAMES",
+        help="the first N jobs of the split, or comma-separated job names "
+        "(built-in names or FILE.py:FUNCTION); default: every job of the split",
+    )
+    parser.add_argument(
+        "--baselines",
+        default=",".join(DEFAULT_BASELINES),
+        metavar="LIST",
+        help="comma-separated baselines; uniform always runs (it sets the target loss)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="where to write results.csv, results.md and curves.png",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="device of the built-in jobs: auto (CUDA when available), cpu, cuda, ...",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate(
+        policy=args.policy,
+        split=args.split,
+        seeds=args.seeds,
+        baselines=parse_names(args.baselines),
+        out_dir=args.out,
+        jobs=args.jobs,
+        device=args.device,
+    )
+    print(report.overall_table())
+    print(f"\nwrote {', '.join(str(p) for p in report.files.values())}")
+    return 0
