@@ -76,6 +76,14 @@ class ComputeAllocationEnv(gym.Env):
     * ``num_threads``: torch threads for this env's process (default 1, so
       several envs in subprocesses share the cores well).
     * ``device``: device of the sampled jobs (default ``"cpu"``).
+    * ``reference``: ``None`` (default: the return is ``-J``) or ``"uniform"``:
+      the last reward also carries the J of standard training on the same job
+      and seed, so the return is ``J_uniform - J`` (positive when the policy
+      beats standard training). Jobs differ far more from each other than
+      allocations do; this removes the job from the return's variance. It
+      costs one uniform run per new job (cached per job).
+    * ``job_pool``, ``job_pool_seed``: draw jobs from a fixed pool of this many
+      jobs instead of a fresh one each episode (so reference runs are reused).
     * ``render_mode``: ``None`` or ``"ansi"`` (``render()`` returns a line
       describing the last interval).
 
@@ -109,11 +117,23 @@ class ComputeAllocationEnv(gym.Env):
         num_threads: int | None = 1,
         device: str = "cpu",
         render_mode: str | None = None,
+        reference: str | None = None,
+        job_pool: int | None = None,
+        job_pool_seed: int = 0,
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
+        if reference not in (None, "uniform"):
+            raise ValueError(f"reference must be None or 'uniform', got {reference!r}")
+        if job_pool is not None and (not isinstance(job_pool, int) or job_pool < 1):
+            raise ValueError(f"job_pool must be None or an integer >= 1, got {job_pool!r}")
+        self.reference = reference
+        pool_rng = np.random.default_rng(job_pool_seed)
+        self._job_pool = [int(x) for x in pool_rng.integers(0, 2**31 - 1, size=job_pool)] if job_pool else None
+        self._reference_cache: dict[int, float] = {}
+        self._reference_objective = 0.0
         self._last_info: dict[str, Any] = {}
         self.allocation_spec = AllocationSpec(
             sample_groups=sample_groups,
@@ -147,8 +167,16 @@ class ComputeAllocationEnv(gym.Env):
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         job = (options or {}).get("job")
+        self._reference_objective = 0.0
         if job is None:
-            job = self.jobs.sample(self.np_random, spec=self.allocation_spec)
+            # every job is rebuilt from its own seed, so a reference run can rebuild it exactly
+            if self._job_pool is not None:
+                job_seed = self._job_pool[int(self.np_random.integers(len(self._job_pool)))]
+            else:
+                job_seed = int(self.np_random.integers(0, 2**31 - 1))
+            job = self._build_job(job_seed)
+            if self.reference == "uniform":
+                self._reference_objective = self._uniform_objective(job_seed)
         elif not isinstance(job, TrainingJob):
             raise ValueError(f"options['job'] must be a TrainingJob, got {type(job).__name__}")
         job.use_spec(self.allocation_spec)
@@ -194,10 +222,25 @@ class ComputeAllocationEnv(gym.Env):
         }
         if terminated:
             reward -= self._meter.finish()
+            reward += self._reference_objective
             info["objective"] = self._meter.value
+            if self.reference:
+                info["reference_objective"] = self._reference_objective
             info["stopped"] = report.stopped
         self._last_info = info
         return report.observation, float(reward), terminated, False, info
+
+    def _build_job(self, job_seed: int) -> TrainingJob:
+        return self.jobs.sample(np.random.default_rng(job_seed), spec=self.allocation_spec)
+
+    def _uniform_objective(self, job_seed: int) -> float:
+        """J of standard training on the job of this seed: run once, then cached."""
+        if job_seed not in self._reference_cache:
+            from allocator.runner import run_job
+
+            result = run_job(self._build_job(job_seed), "uniform", objective=self.objective)
+            self._reference_cache[job_seed] = result.objective
+        return self._reference_cache[job_seed]
 
     def render(self) -> str | None:
         """With ``render_mode="ansi"``: one line about the job and its last interval."""

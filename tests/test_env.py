@@ -119,7 +119,7 @@ def mean_objective(controller, seeds):
 
 
 def test_stopping_at_once_and_acting_at_random_score_worse_than_uniform():
-    seeds = range(100, 108)  # 8 jobs of the default distribution
+    seeds = range(100, 116)  # 16 jobs of the default distribution
     env = make_env()
     size = env.action_space.shape
     uniform = mean_objective(lambda _: np.zeros(size, np.float32), seeds)
@@ -141,3 +141,16 @@ def test_short_ppo_run_on_two_vectorised_envs_completes():
     model = PPO("MlpPolicy", vec_env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
+
+
+def test_uniform_reference_makes_the_return_the_saving_against_standard_training():
+    env = make_env(reference="uniform", job_pool=2)
+    zero = np.zeros(env.action_space.shape, np.float32)
+    rewards, infos = rollout(env, lambda _: zero, seed=0)
+    # uniform actions reproduce the reference run exactly: nothing saved, nothing lost
+    assert sum(rewards) == pytest.approx(0.0, abs=1e-9)
+    assert infos[-1]["reference_objective"] == pytest.approx(infos[-1]["objective"])
+    stop = zero.copy()
+    stop[-1] = -1.0
+    rewards, infos = rollout(env, lambda _: stop, seed=0)
+    assert sum(rewards) == pytest.approx(infos[-1]["reference_objective"] - 1.8)
