@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,10 +94,16 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
 
 def make_env(**kwargs):
     """One ``ComputeAllocator/TrainingJob-v0`` env (importable, so subprocesses can build it)."""
+    import multiprocessing
+    import signal
+
     import gymnasium
 
     import envs
 
+    if multiprocessing.parent_process() is not None:
+        # A SubprocVecEnv worker: Ctrl-C is for the main process, which then closes the envs.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return gymnasium.make(envs.ENV_ID, **kwargs)
 
 
@@ -421,6 +428,7 @@ def train(
         callbacks.append(evaluation_callback)
 
     remaining = training.timesteps - model.num_timesteps
+    interrupted = False
     try:
         if remaining > 0:
             model.learn(
@@ -437,10 +445,25 @@ def train(
         ):
             evaluation_callback.init_callback(model)
             evaluation_callback.evaluate()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         writer.flush()
-        vec_normalize.close()
         model.logger.close()
+        try:
+            vec_normalize.close()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            if not interrupted:
+                raise
+        if interrupted:
+            last = find_checkpoint(out_dir)
+            saved = read_checkpoint_state(last)["num_timesteps"] if last else 0
+            print(
+                f"training interrupted at {model.num_timesteps} timesteps; the last checkpoint "
+                f"({saved} timesteps) is in {out_dir}: continue with --resume",
+                file=sys.stderr,
+            )
     return TrainingSummary(
         out_dir=out_dir,
         timesteps=int(model.num_timesteps),

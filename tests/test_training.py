@@ -245,6 +245,47 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert steps == sorted(steps) and steps[-1] == target  # one curve, continued
 
 
+def test_ctrl_c_stops_subprocess_envs_cleanly_with_a_resume_hint(tmp_path):
+    """Two envs in subprocesses; SIGINT to the whole process group, as Ctrl-C in a terminal."""
+    config = tmp_path / "no-eval.yaml"
+    config.write_text("training:\n  eval_jobs: 0\n  checkpoint_every: 64\n  timesteps: 100000\n")
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "allocator.cli",
+            "train",
+            "--preset",
+            "tiny",
+            "--config",
+            str(config),
+        ]
+        + ["--out", str(out), "--n-envs", "2", "--no-progress-bar"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while find_checkpoint(out) is None:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert "continue with --resume" in err
+    assert err.strip().splitlines()[-1] == "compute-allocator train: interrupted"
+
+
 def test_interrupted_checkpoint_swap_keeps_a_complete_checkpoint(tmp_path):
     class Saves:
         def __init__(self, text):
