@@ -15,8 +15,9 @@ TensorBoard tags, beside SB3's own ``rollout/``, ``train/`` and ``time/``:
                             ``sample_share_k``, ``keep_fraction``,
                             ``layer_gate_g``, ``steps`` (optimizer steps asked
                             per interval)
-``episode/*``               per episode: ``J``, ``compute_fraction`` (share of
-                            the budget used), ``final_val_loss``,
+``episode/*``               per episode: ``J`` (and with the env's uniform
+                            reference ``J_uniform``, ``J_difference``),
+                            ``compute_fraction`` (share of the budget used), ``final_val_loss``,
                             ``relative_val_loss`` (over the initial one),
                             ``intervals``, ``stopped`` (the policy chose 0
                             steps), ``diverged``
@@ -79,7 +80,11 @@ def allocation_layout(spec: AllocationSpec) -> dict:
             f"steps per interval (max {spec.max_steps})": ["Multiline", ["allocation/steps"]],
         },
         "outcome (per episode)": {
-            "J (lower is better)": ["Multiline", ["episode/J"]],
+            "J (lower is better)": ["Multiline", ["episode/J", "episode/J_uniform"]],
+            "J difference (policy - uniform, with env.reference)": [
+                "Multiline",
+                ["episode/J_difference"],
+            ],
             "compute used (share of budget)": ["Multiline", ["episode/compute_fraction"]],
             "final validation loss (relative)": ["Multiline", ["episode/relative_val_loss"]],
             "stopped / diverged": ["Multiline", ["episode/stopped", "episode/diverged"]],
@@ -183,6 +188,10 @@ class _EpisodeAllocation:
         objective = info.get("objective")
         if objective is not None:
             scalars["episode/J"] = float(objective)
+            reference = info.get("reference_objective")
+            if reference is not None:  # the env's reference="uniform"
+                scalars["episode/J_uniform"] = float(reference)
+                scalars["episode/J_difference"] = float(objective) - float(reference)
         if "stopped" in info:
             scalars["episode/stopped"] = float(bool(info["stopped"]))
         if "diverged" in info:

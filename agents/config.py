@@ -36,6 +36,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_PRESET = "quick"
 POLICIES = ("mlp", "attention")
 SPLITS = ("train", "heldout")
+REFERENCES = ("none", "uniform")
 
 
 @dataclass
@@ -56,9 +57,21 @@ class EnvConfig:
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
     """Objective: weight on the final relative validation loss, >= 0."""
+    reference: str = "none"
+    """``uniform``: the return is ``J_uniform - J`` (standard training's J on the same job
+    and seed, run once per job and cached), removing the job from the return's variance;
+    ``none``: the return is ``-J``."""
+    job_pool: int = 0
+    """Draw jobs from a fixed pool of this many (so reference runs are reused); 0: a fresh
+    job every episode."""
+    job_pool_seed: int = 0
+    """Seed of the job pool (every env draws from the same pool)."""
 
     def validate(self, where: str) -> None:
         _choice(where, "env.split", self.split, SPLITS)
+        _choice(where, "env.reference", self.reference, REFERENCES)
+        _at_least(where, "env.job_pool", self.job_pool, 0)
+        _at_least(where, "env.job_pool_seed", self.job_pool_seed, 0)
         for name in ("sample_groups", "layer_groups", "max_steps"):
             _at_least(where, f"env.{name}", getattr(self, name), 1)
         _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)

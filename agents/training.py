@@ -87,6 +87,9 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "min_keep_fraction": env.min_keep_fraction,
         "s": env.s,
         "w": env.w,
+        "reference": None if env.reference == "none" else env.reference,
+        "job_pool": env.job_pool or None,
+        "job_pool_seed": env.job_pool_seed,
         "num_threads": 1,
         "device": "cpu",
     }
@@ -413,7 +416,7 @@ def train(
     if training.eval_jobs > 0:
         from allocator.jobs import JobDistribution
 
-        heldout = JobDistribution("heldout")
+        heldout = JobDistribution("heldout", device="cpu")
 
         def heldout_job(index: int):
             rng = np.random.default_rng([training.eval_seed, index])

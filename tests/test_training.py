@@ -178,6 +178,21 @@ def test_resume_continues_a_finished_run_to_more_timesteps(trained, tmp_path):
     assert (out / "command.txt").read_text().splitlines()[-1].endswith("--timesteps 320 --resume")
 
 
+def test_attention_policy_trains_and_exports(tmp_path):
+    from allocator import AllocatorPolicy
+
+    config = tmp_path / "attention.yaml"
+    config.write_text(
+        "ppo:\n  policy: attention\n  attention_hidden_size: 16\ntraining:\n  eval_jobs: 0\n"
+    )
+    out = tmp_path / "attention"
+    argv = ["train", "--preset", "tiny", "--config", str(config), "--out", str(out)]
+    assert main([*argv, "--timesteps", "64", "--no-progress-bar"]) == 0
+    policy = AllocatorPolicy.load(out)
+    assert policy.kind == "attention"
+    assert policy.metadata["extra"]["config"]["ppo"]["policy"] == "attention"
+
+
 # ---------------------------------------------------------------------- kill and resume
 
 
