@@ -32,6 +32,11 @@ import numpy as np
 # ratio of e**6 (about 400) between two groups, enough to all but drop one.
 SHARE_SCALE = 3.0
 _SUM_TOLERANCE = 1e-5
+# The steps entry stops the job below this value. A quarter of the action range
+# is "stop", so a policy exploring around the zero action (standard training)
+# tries stopping now and then and can learn when it pays; a stop region of a
+# single rounding step (-1 only) is almost never explored.
+STOP_BELOW = -0.5
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,8 @@ class AllocationSpec:
         * shares: ``softmax(3 * a[:K])`` (zero -> equal shares);
         * keep: ``1`` for ``a >= 0``, falling linearly to ``min_keep_fraction`` at -1;
         * gates: ``clip(1 + a, 0, 1)`` (zero or more -> always trained);
-        * steps: ``round(max_steps * clip(1 + a, 0, 1))`` (-1 -> stop).
+        * steps: ``max_steps`` for ``a >= 0``, falling linearly to 1 at
+          ``a = -0.5``; below -0.5 the job stops (steps = 0).
         """
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape[0] != self.action_size:
@@ -111,7 +117,7 @@ class AllocationSpec:
         shares /= shares.sum()
         keep = 1.0 + min(a[k], 0.0) * (1.0 - self.min_keep_fraction)
         gates = np.clip(1.0 + a[k + 1 : k + 1 + g], 0.0, 1.0)
-        steps = int(round(self.max_steps * min(1.0, 1.0 + a[k + 1 + g])))
+        steps = self._steps_of(a[k + 1 + g])
         return Allocation(
             sample_shares=tuple(float(x) for x in shares),
             keep_fraction=float(keep),
@@ -135,9 +141,21 @@ class AllocationSpec:
         else:
             keep = 0.0
         gates = np.asarray(allocation.layer_gates, dtype=np.float64) - 1.0
-        steps = allocation.steps / self.max_steps - 1.0
+        if allocation.steps == 0:
+            steps = (-1.0 + STOP_BELOW) / 2.0  # the middle of the stop region
+        elif self.max_steps == 1:
+            steps = 0.0
+        else:
+            steps = STOP_BELOW * (1.0 - (allocation.steps - 1) / (self.max_steps - 1))
         action = np.concatenate([logits, [keep], gates, [steps]])
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def _steps_of(self, entry: float) -> int:
+        if entry < STOP_BELOW:
+            return 0
+        if entry >= 0.0:
+            return self.max_steps
+        return 1 + int(round((self.max_steps - 1) * (1.0 - entry / STOP_BELOW)))
 
     def check(self, allocation: "Allocation") -> None:
         """Raise ``ValueError`` if ``allocation`` does not fit this spec."""

@@ -38,8 +38,8 @@ class ComputeAllocationEnv(gym.Env):
                                    first) that gets a backward pass
     K+1..K+G   layer gates         ``clip(1 + a, 0, 1)``: probability each
                                    layer group is trained at a step
-    K+G+1      steps               ``round(max_steps * clip(1 + a, 0, 1))``;
-                                   0 stops the job
+    K+G+1      steps               ``max_steps`` for a >= 0, down to 1 at
+                                   a = -0.5; a < -0.5 stops the job
     =========  ==================  ===========================================
 
     Out-of-range actions are clipped; non-finite ones raise ``ValueError``.

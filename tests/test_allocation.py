@@ -76,3 +76,11 @@ def test_spec_rejects_allocations_of_another_shape():
 def test_spec_rejects_non_positive_sizes(field):
     with pytest.raises(ValueError, match=field):
         AllocationSpec(**{field: 0})
+
+
+def test_steps_fall_from_max_to_one_and_a_quarter_of_the_range_stops():
+    spec = AllocationSpec(max_steps=10)
+    action = np.zeros(spec.action_size)
+    for entry, steps in [(0.0, 10), (0.7, 10), (-0.2, 6), (-0.5, 1), (-0.51, 0), (-1.0, 0)]:
+        action[-1] = entry
+        assert spec.to_allocation(action).steps == steps
