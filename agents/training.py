@@ -30,6 +30,7 @@ complete checkpoint, at most one checkpoint interval old.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -95,19 +96,30 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def make_env(**kwargs):
-    """One ``ComputeAllocator/TrainingJob-v0`` env (importable, so subprocesses can build it)."""
+def make_env(rank: int = 0, seed: int | None = None, **kwargs):
+    """Env number ``rank``: ``ComputeAllocator/TrainingJob-v0`` in a ``Monitor``.
+
+    Module-level, so SubprocVecEnv workers can build it. With a job pool, env
+    ``rank`` draws from its own pool (seed ``job_pool_seed + rank``): more
+    distinct jobs for the same number of reference runs.
+    """
     import multiprocessing
     import signal
 
     import gymnasium
+    from stable_baselines3.common.monitor import Monitor
 
     import envs
 
     if multiprocessing.parent_process() is not None:
         # A SubprocVecEnv worker: Ctrl-C is for the main process, which then closes the envs.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return gymnasium.make(envs.ENV_ID, **kwargs)
+    if kwargs.get("job_pool"):
+        kwargs["job_pool_seed"] = kwargs.get("job_pool_seed", 0) + rank
+    env = Monitor(gymnasium.make(envs.ENV_ID, **kwargs))
+    if seed is not None:
+        env.action_space.seed(seed + rank)
+    return env
 
 
 def allocation_spec(config: TrainConfig):
@@ -123,18 +135,19 @@ def allocation_spec(config: TrainConfig):
 
 
 def make_vec_env(config: TrainConfig, seed: int):
-    """The vectorised envs (Subproc when n_envs > 1), each wrapped in ``Monitor``."""
-    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+    """The vectorised envs: SubprocVecEnv when n_envs > 1, else DummyVecEnv.
+
+    Env ``i`` is seeded with ``seed + i`` at its first reset (as SB3's
+    ``make_vec_env`` does).
+    """
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     n_envs = config.training.n_envs
-    return sb3_make_vec_env(
-        make_env,
-        n_envs=n_envs,
-        seed=seed,
-        vec_env_cls=SubprocVecEnv if n_envs > 1 else DummyVecEnv,
-        env_kwargs=env_kwargs(config),
-    )
+    kwargs = env_kwargs(config)
+    builders = [functools.partial(make_env, rank, seed, **kwargs) for rank in range(n_envs)]
+    venv = SubprocVecEnv(builders) if n_envs > 1 else DummyVecEnv(builders)
+    venv.seed(seed)
+    return venv
 
 
 # ---------------------------------------------------------------------- the agent

@@ -178,11 +178,12 @@ def test_resume_continues_a_finished_run_to_more_timesteps(trained, tmp_path):
     assert (out / "command.txt").read_text().splitlines()[-1].endswith("--timesteps 320 --resume")
 
 
-def test_attention_policy_trains_and_exports(tmp_path):
+def test_attention_policy_with_uniform_reference_trains_and_exports(tmp_path):
     from allocator import AllocatorPolicy
 
     config = tmp_path / "attention.yaml"
     config.write_text(
+        "env:\n  reference: uniform\n  job_pool: 2\n"
         "ppo:\n  policy: attention\n  attention_hidden_size: 16\ntraining:\n  eval_jobs: 0\n"
     )
     out = tmp_path / "attention"
@@ -191,6 +192,8 @@ def test_attention_policy_trains_and_exports(tmp_path):
     policy = AllocatorPolicy.load(out)
     assert policy.kind == "attention"
     assert policy.metadata["extra"]["config"]["ppo"]["policy"] == "attention"
+    differences = scalars(out / "tb").Scalars("episode/J_difference")
+    assert differences and all(abs(event.value) < 5 for event in differences)
 
 
 # ---------------------------------------------------------------------- kill and resume
