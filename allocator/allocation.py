@@ -23,8 +23,8 @@ depart from it, so a freshly initialised policy starts from standard training.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -83,14 +83,14 @@ class AllocationSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AllocationSpec":
+    def from_dict(cls, data: dict) -> AllocationSpec:
         known = {"sample_groups", "layer_groups", "max_steps", "min_keep_fraction"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown AllocationSpec field(s): {sorted(unknown)}")
         return cls(**data)
 
-    def to_allocation(self, action: Sequence[float]) -> "Allocation":
+    def to_allocation(self, action: Sequence[float]) -> Allocation:
         """Map an action in ``[-1, 1]^action_size`` to an :class:`Allocation`.
 
         Out-of-range entries are clipped; non-finite ones raise ``ValueError``.
@@ -125,7 +125,7 @@ class AllocationSpec:
             steps=steps,
         )
 
-    def to_action(self, allocation: "Allocation") -> np.ndarray:
+    def to_action(self, allocation: Allocation) -> np.ndarray:
         """The action (float32, in ``[-1, 1]``) that maps back to ``allocation``.
 
         Exact up to clipping: shares whose log-ratio exceeds the softmax range,
@@ -157,7 +157,7 @@ class AllocationSpec:
             return self.max_steps
         return 1 + int(round((self.max_steps - 1) * (1.0 - entry / STOP_BELOW)))
 
-    def check(self, allocation: "Allocation") -> None:
+    def check(self, allocation: Allocation) -> None:
         """Raise ``ValueError`` if ``allocation`` does not fit this spec."""
         if len(allocation.sample_shares) != self.sample_groups:
             raise ValueError(
@@ -223,7 +223,7 @@ class Allocation:
         object.__setattr__(self, "steps", int(steps))
 
     @classmethod
-    def uniform(cls, spec: AllocationSpec) -> "Allocation":
+    def uniform(cls, spec: AllocationSpec) -> Allocation:
         """Standard training: equal shares, every sample and layer trained, full steps."""
         k = spec.sample_groups
         return cls(

@@ -27,7 +27,7 @@ be too slow. Models that cannot run on ``meta`` are counted on a CPU replica.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

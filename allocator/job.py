@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -99,13 +99,11 @@ def _check_data(x: torch.Tensor, y: torch.Tensor, argument: str, loss: str | Cal
         raise ValueError(f"{argument}: X has {x.shape[0]} samples but y has {y.shape[0]}")
     if x.shape[0] == 0:
         raise ValueError(f"{argument} is empty")
-    if x.is_floating_point():
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{argument}: X contains NaN or inf")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{argument}: X contains NaN or inf")
     if loss == "cross_entropy":
-        if y.is_floating_point():
-            if not bool((y == y.round()).all()):
-                raise ValueError(f"{argument}: y must hold integer class labels for loss='cross_entropy'")
+        if y.is_floating_point() and not bool((y == y.round()).all()):
+            raise ValueError(f"{argument}: y must hold integer class labels for loss='cross_entropy'")
         y = y.long()
         if y.ndim != 1:
             raise ValueError(f"{argument}: y must be 1-D class labels for loss='cross_entropy', got shape {tuple(y.shape)}")
