@@ -38,6 +38,7 @@ wrong (the command line prints it without a traceback; set
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import itertools
@@ -154,10 +155,8 @@ def _load_module(path: Path) -> ModuleType:
             f"job file {path} raised {_one_line(error)} {_where(error, path)}while loading"
         ) from error
     finally:
-        try:
+        with contextlib.suppress(ValueError):  # the file may have removed it itself
             sys.path.remove(directory)
-        except ValueError:  # the file removed it itself
-            pass
     return module
 
 
