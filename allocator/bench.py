@@ -22,6 +22,13 @@ import torch.nn.functional as F
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--what",
+        choices=("overhead", "env", "all"),
+        default="overhead",
+        help="overhead: allocator vs plain loop; env: environment steps per second, 1 env vs 2 in subprocesses",
+    )
+    parser.add_argument("--env-steps", type=int, default=600, help="env steps per measurement (--what env)")
     parser.add_argument("--width", type=int, default=256, help="residual MLP width")
     parser.add_argument("--depth", type=int, default=2, help="residual blocks")
     parser.add_argument("--batch-size", type=int, default=128, help="minibatch size")
@@ -92,16 +99,70 @@ def allocator_loop(model, train, val, batch_size: int, steps: int) -> tuple[floa
     return time.perf_counter() - started, job.compute_used
 
 
+def env_throughput(n_envs: int, env_steps: int) -> tuple[float, float]:
+    """(env steps/s, training-job optimizer steps/s) of ``n_envs`` envs under uniform actions.
+
+    One env runs in this process (``DummyVecEnv``); more run in subprocesses
+    (``SubprocVecEnv``), one torch thread each.
+    """
+    import numpy as np
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    def make(rank: int):
+        def build():
+            import gymnasium as gym
+
+            import envs  # noqa: F401 - registers the env in the subprocess
+
+            env = gym.make(envs.ENV_ID)
+            env.reset(seed=1000 + rank)
+            return env
+
+        return build
+
+    vec = (SubprocVecEnv if n_envs > 1 else DummyVecEnv)([make(i) for i in range(n_envs)])
+    try:
+        vec.seed(0)
+        vec.reset()
+        actions = np.zeros((n_envs, *vec.action_space.shape), dtype=np.float32)
+        for _ in range(10):  # warm-up: data generation and first jobs
+            vec.step(actions)
+        optimizer_steps = 0
+        started = time.perf_counter()
+        for _ in range(env_steps // n_envs):
+            _, _, _, infos = vec.step(actions)
+            optimizer_steps += sum(info.get("steps", 0) for info in infos)
+        elapsed = time.perf_counter() - started
+    finally:
+        vec.close()
+    return (env_steps // n_envs) * n_envs / elapsed, optimizer_steps / elapsed
+
+
+def _run_env_bench(args) -> None:
+    rates = {}
+    for n_envs in (1, 2):
+        rates[n_envs] = env_throughput(n_envs, args.env_steps)
+        print(
+            f"{n_envs} env{'s' if n_envs > 1 else ' '} ({'SubprocVecEnv' if n_envs > 1 else 'DummyVecEnv  '})  "
+            f"{rates[n_envs][0]:7.1f} env steps/s  {rates[n_envs][1]:8.1f} job optimizer steps/s"
+        )
+    print(f"scaling 1 -> 2 envs     x{rates[2][0] / rates[1][0]:.2f} env steps/s")
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
     from allocator.job import _resolve_device
 
-    for name in ("width", "depth", "batch_size", "steps", "repeats", "samples"):
+    for name in ("width", "depth", "batch_size", "steps", "repeats", "samples", "env_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what in ("env", "all"):
+        _run_env_bench(args)
+        if args.what == "env":
+            return 0
     device = _resolve_device(args.device)
     features, classes = 64, 10
     train, val = _data(args.samples, features, classes, device)
