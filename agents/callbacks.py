@@ -182,9 +182,7 @@ class _EpisodeAllocation:
         if val_loss is not None and math.isfinite(val_loss):
             scalars["episode/final_val_loss"] = float(val_loss)
             if self.initial_val_loss:
-                scalars["episode/relative_val_loss"] = float(val_loss) / float(
-                    self.initial_val_loss
-                )
+                scalars["episode/relative_val_loss"] = float(val_loss) / float(self.initial_val_loss)
         objective = info.get("objective")
         if objective is not None:
             scalars["episode/J"] = float(objective)
@@ -319,17 +317,14 @@ class HeldOutEvaluation:
         uniform = self.uniform_results()
         controller = SB3Controller(model, vec_normalize, self.spec)
         policy = [
-            run_job(self.job_factory(i), controller, objective=self.objective)
-            for i in range(self.n_jobs)
+            run_job(self.job_factory(i), controller, objective=self.objective) for i in range(self.n_jobs)
         ]
         to_target_policy, to_target_uniform, reached = [], [], []
         for mine, theirs in zip(policy, uniform):
             target = theirs.best_val_loss
             mine_fraction = mine.compute_to_reach(target)
             reached.append(math.isfinite(mine_fraction))
-            to_target_policy.append(
-                mine_fraction if math.isfinite(mine_fraction) else NEVER_REACHED
-            )
+            to_target_policy.append(mine_fraction if math.isfinite(mine_fraction) else NEVER_REACHED)
             to_target_uniform.append(theirs.compute_to_reach(target))
         j_policy = np.array([r.objective for r in policy])
         j_uniform = np.array([r.objective for r in uniform])

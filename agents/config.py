@@ -134,12 +134,10 @@ class PPOConfig:
             _at_least(where, "ppo.target_kl", self.target_kl, 0.0)
         _in_range(where, "ppo.log_std_init", self.log_std_init, -10.0, 2.0)
         if not self.net_arch or not all(
-            isinstance(width, int) and not isinstance(width, bool) and width >= 1
-            for width in self.net_arch
+            isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in self.net_arch
         ):
             raise ValueError(
-                f"{where}: ppo.net_arch must be a non-empty list of layer sizes >= 1, "
-                f"got {self.net_arch!r}"
+                f"{where}: ppo.net_arch must be a non-empty list of layer sizes >= 1, got {self.net_arch!r}"
             )
 
 
@@ -213,8 +211,7 @@ class TrainConfig:
                 continue
             if not isinstance(values, Mapping):
                 raise ValueError(  # noqa: TRY004
-                    f"{where}: section {section!r} must be a mapping of keys, "
-                    f"got {type(values).__name__}"
+                    f"{where}: section {section!r} must be a mapping of keys, got {type(values).__name__}"
                 )
             changes = {}
             known = {f.name: f for f in dataclasses.fields(current)}
@@ -347,9 +344,7 @@ def _at_least(where: str, key: str, value: Any, low: float) -> None:
         raise ValueError(f"{where}: {key} must be >= {low:g}, got {value!r}")
 
 
-def _in_range(
-    where: str, key: str, value: Any, low: float, high: float, low_open: bool = False
-) -> None:
+def _in_range(where: str, key: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
     ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
         bracket = "(" if low_open else "["

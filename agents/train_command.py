@@ -46,9 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="total env steps (training.timesteps)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=None, metavar="N", help="random seed (training.seed)"
-    )
+    parser.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (training.seed)")
     parser.add_argument(
         "--n-envs",
         type=int,
@@ -71,9 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_flags(args: argparse.Namespace) -> None:
     if args.timesteps is not None and args.timesteps < 1:
-        raise ValueError(
-            f"--timesteps must be a positive number of env steps, got {args.timesteps}"
-        )
+        raise ValueError(f"--timesteps must be a positive number of env steps, got {args.timesteps}")
     if args.n_envs is not None and args.n_envs < 1:
         raise ValueError(f"--n-envs must be >= 1, got {args.n_envs}")
     if args.seed is not None and args.seed < 0:

@@ -51,15 +51,11 @@ def test_unknown_config_key(capsys, tmp_path):
 
 
 def test_missing_config_file(capsys, tmp_path):
-    code, err = run_main(
-        capsys, "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out")
-    )
+    code, err = run_main(capsys, "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out"))
     assert_one_line_error(code, err, "nope.yaml", "does not exist")
 
 
-@pytest.mark.parametrize(
-    "flag, value", [("--timesteps", "-100"), ("--timesteps", "0"), ("--n-envs", "0")]
-)
+@pytest.mark.parametrize("flag, value", [("--timesteps", "-100"), ("--timesteps", "0"), ("--n-envs", "0")])
 def test_non_positive_counts(capsys, tmp_path, flag, value):
     code, err = run_main(capsys, "--preset", "tiny", "--out", str(tmp_path / "out"), flag, value)
     assert_one_line_error(code, err, flag)
