@@ -150,6 +150,28 @@ def make_vec_env(config: TrainConfig, seed: int):
     return venv
 
 
+def stop_envs(venv) -> None:
+    """Stop the envs after an interrupt or an error, without waiting on them.
+
+    SubprocVecEnv's ``close()`` first reads every worker's pending step result
+    when a step was in flight. Interrupted between two of those reads (Ctrl-C
+    while one env is slower than the other), it would wait forever for a
+    result already read. The workers hold nothing worth saving: terminate them.
+    """
+    base = venv.unwrapped
+    processes = getattr(base, "processes", None)
+    if processes is None or getattr(base, "closed", False):
+        base.close()
+        return
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+    for remote in getattr(base, "remotes", []):
+        remote.close()
+    base.closed = True
+
+
 # ---------------------------------------------------------------------- the agent
 
 
@@ -465,7 +487,7 @@ def _train(
         callbacks.append(evaluation_callback)
 
     remaining = training.timesteps - model.num_timesteps
-    interrupted = False
+    interrupted = finished = False
     try:
         if remaining > 0:
             model.learn(
@@ -481,17 +503,17 @@ def _train(
         ):
             evaluation_callback.init_callback(model)
             evaluation_callback.evaluate()
+        finished = True
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
         writer.flush()
         model.logger.close()
-        try:
+        if finished:
             vec_normalize.close()
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            if not interrupted:
-                raise
+        else:
+            stop_envs(vec_normalize)
         if interrupted:
             last = find_checkpoint(out_dir)
             saved = read_checkpoint_state(last)["num_timesteps"] if last else 0
