@@ -27,32 +27,40 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
-        default=None,
+        default=argparse.SUPPRESS,
         metavar="NAME",
         help="configuration preset from agents/presets: quick (about 10 minutes on 2 cores), "
         "default (longer, stronger) [default: quick]",
     )
     parser.add_argument(
         "--config",
-        default=None,
+        default=argparse.SUPPRESS,
         metavar="FILE",
         help="YAML configuration overriding the preset (sections env, ppo, training)",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="the policy directory to write")
+    parser.add_argument(
+        "--out", required=True, default=argparse.SUPPRESS, metavar="DIR", help="the policy directory to write"
+    )
     parser.add_argument(
         "--timesteps",
         type=int,
-        default=None,
+        default=argparse.SUPPRESS,
         metavar="N",
-        help="total env steps (training.timesteps)",
+        help="total env steps over all envs [default: the preset's training.timesteps]",
     )
-    parser.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (training.seed)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="random seed [default: training.seed]",
+    )
     parser.add_argument(
         "--n-envs",
         type=int,
-        default=None,
+        default=argparse.SUPPRESS,
         metavar="N",
-        help="parallel envs, one process each when > 1 (training.n_envs)",
+        help="parallel envs, one process each when > 1 [default: training.n_envs]",
     )
     parser.add_argument(
         "--resume",
@@ -63,8 +71,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-progress-bar",
         dest="progress_bar",
         action="store_false",
+        default=argparse.SUPPRESS,
         help="do not show the progress bar (e.g. when writing to a log file)",
     )
+
+
+# Flags the user did not give. Their argparse default is SUPPRESS so that --help
+# shows no "(default: None)"; run() fills them in.
+_NOT_GIVEN = {
+    "preset": None,
+    "config": None,
+    "timesteps": None,
+    "seed": None,
+    "n_envs": None,
+    "progress_bar": True,
+}
+
+
+def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    for name, value in _NOT_GIVEN.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    return args
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -103,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from agents.config import DEFAULT_PRESET, resolve_config
     from agents.training import resume_config, train
 
-    _check_flags(args)
+    _check_flags(_fill_defaults(args))
     out_dir = Path(args.out)
     overrides = {"timesteps": args.timesteps, "seed": args.seed, "n_envs": args.n_envs}
     if args.resume:
