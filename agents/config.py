@@ -110,6 +110,11 @@ class PPOConfig:
     log_std_init: float = -1.0
     """Initial log standard deviation of the Gaussian policy. About -1 (std 0.37) keeps a
     fresh policy, whose mean is the zero action (standard training), from stopping at once."""
+    steps_log_std_init: float | None = None
+    """Initial log standard deviation of the steps entry alone (null: ``log_std_init``).
+    Stopping is a big, rare decision and the sample and layer entries are many small ones:
+    a lower ``log_std_init`` keeps exploration from spoiling the training jobs while this
+    one keeps the policy trying to stop."""
     net_arch: list = field(default_factory=lambda: [64, 64])
     """Hidden layer sizes of the actor and critic (for ``attention``: of the critic)."""
     attention_hidden_size: int = 64
@@ -133,6 +138,8 @@ class PPOConfig:
         if self.target_kl is not None:
             _at_least(where, "ppo.target_kl", self.target_kl, 0.0)
         _in_range(where, "ppo.log_std_init", self.log_std_init, -10.0, 2.0)
+        if self.steps_log_std_init is not None:
+            _in_range(where, "ppo.steps_log_std_init", self.steps_log_std_init, -10.0, 2.0)
         if not self.net_arch or not all(
             isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in self.net_arch
         ):

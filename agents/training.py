@@ -201,7 +201,7 @@ def build_model(config: TrainConfig, venv):
 
     ppo = config.ppo
     policy, policy_kwargs = _policy_and_kwargs(config)
-    return PPO(
+    model = PPO(
         policy,
         venv,
         learning_rate=ppo.learning_rate,
@@ -220,6 +220,12 @@ def build_model(config: TrainConfig, venv):
         device="cpu",
         verbose=0,
     )
+    if ppo.steps_log_std_init is not None:
+        import torch
+
+        with torch.no_grad():  # the steps entry is the action's last (AllocationSpec.to_allocation)
+            model.policy.log_std[-1] = ppo.steps_log_std_init
+    return model
 
 
 def export(model, vec_normalize, config: TrainConfig, out_dir: Path, extra: dict) -> None:

@@ -3,7 +3,7 @@
 The observation is a float32 vector of scale-free features, the same size for
 every model and dataset, so one policy serves any job. Its layout is::
 
-    [ global (12) | K x per-sample-group (4) | G x per-layer-group (4) ]
+    [ global (15) | K x per-sample-group (4) | G x per-layer-group (4) ]
 
 Global features (``GLOBAL_FEATURES``):
 
@@ -20,7 +20,16 @@ Global features (``GLOBAL_FEATURES``):
  9  gradient_coherence      mean over layer groups of feature 2 below
 10  previous_keep_fraction  keep fraction of the previous allocation
 11  previous_steps          steps of the previous allocation / max_steps
+12  val_loss_slope          val_loss_change / budget share of the last interval
+13  val_loss_trend          running mean of val_loss_slope (half-life 1 interval)
+14  budget_since_best       budget share spent since the best val loss so far
 ==  ======================  ====================================================
+
+The last three are what a stopping decision needs. Under J, one more interval
+of budget share ``c`` pays off when the relative loss falls faster than about
+``0.2 / (1 + 0.8 U)`` per unit of budget (``s = 0.2``, ``U`` unused), so
+``val_loss_slope`` is in those units: about -0.2 is where training stops
+paying. It is noisy (the validation set is finite); ``val_loss_trend`` smooths it.
 
 Per sample group k (``SAMPLE_GROUP_FEATURES``), group 0 the lowest losses:
 ``log_loss`` (mean log(last seen loss / initial val loss) of its seen
@@ -60,7 +69,11 @@ GLOBAL_FEATURES = (
     "gradient_coherence",
     "previous_keep_fraction",
     "previous_steps",
+    "val_loss_slope",
+    "val_loss_trend",
+    "budget_since_best",
 )
+TREND_DECAY = 0.5  # weight of the old trend in val_loss_trend: a half-life of one interval
 SAMPLE_GROUP_FEATURES = ("log_loss", "log_loss_spread", "staleness", "previous_share")
 LAYER_GROUP_FEATURES = ("log_grad_to_weight", "change", "gradient_coherence", "previous_gate")
 
@@ -158,6 +171,9 @@ class ObservationBuilder:
         self._log_initial = float(np.log(max(initial_val_loss, 1e-12)))
         self._previous_log_val = 0.0
         self._best_log_val = 0.0
+        self._previous_budget_used = 0.0
+        self._budget_at_best = 0.0
+        self._trend: float | None = None
         self._layer_ratio = np.zeros(spec.layer_groups)
         self._layer_coherence = np.ones(spec.layer_groups)
 
@@ -186,7 +202,14 @@ class ObservationBuilder:
         layout = self.layout
         log_val = self._relative_log(stats.val_loss)
         log_train = self._relative_log(stats.train_loss)
-        self._best_log_val = min(self._best_log_val, log_val)
+        if log_val < self._best_log_val:
+            self._best_log_val = log_val
+            self._budget_at_best = stats.budget_used
+        spent = stats.budget_used - self._previous_budget_used
+        # An interval that spent (almost) nothing carries no slope: keep the last trend.
+        slope = (log_val - self._previous_log_val) / spent if spent > 1e-6 else (self._trend or 0.0)
+        slope = float(np.clip(slope, -OBSERVATION_CLIP, OBSERVATION_CLIP))
+        self._trend = slope if self._trend is None else TREND_DECAY * self._trend + (1 - TREND_DECAY) * slope
 
         trained = np.isfinite(stats.layer_log_grad_to_weight)
         new_ratio = np.where(trained, stats.layer_log_grad_to_weight, self._layer_ratio)
@@ -206,14 +229,16 @@ class ObservationBuilder:
             "generalisation_gap": log_val - log_train,
             "unseen_fraction": stats.unseen_fraction,
             "log_epochs": np.log1p(stats.samples_drawn / max(stats.training_set_size, 1)),
-            "log_budget_epochs": np.log(
-                max(stats.budget_samples, 1) / max(stats.training_set_size, 1)
-            ),
+            "log_budget_epochs": np.log(max(stats.budget_samples, 1) / max(stats.training_set_size, 1)),
             "gradient_coherence": float(np.mean(self._layer_coherence)),
+            "val_loss_slope": slope,
+            "val_loss_trend": self._trend,
+            "budget_since_best": stats.budget_used - self._budget_at_best,
         }
         for name, value in values.items():
             global_part[layout.global_index(name)] = value
         self._previous_log_val = log_val
+        self._previous_budget_used = stats.budget_used
 
         samples = np.stack(
             [
@@ -244,7 +269,5 @@ class ObservationBuilder:
         )
         layers[:, layout.layer_index("previous_gate")] = allocation.layer_gates
         observation = np.concatenate([global_part, samples.reshape(-1), layers.reshape(-1)])
-        observation = np.nan_to_num(
-            observation, nan=0.0, posinf=OBSERVATION_CLIP, neginf=-OBSERVATION_CLIP
-        )
+        observation = np.nan_to_num(observation, nan=0.0, posinf=OBSERVATION_CLIP, neginf=-OBSERVATION_CLIP)
         return np.clip(observation, -OBSERVATION_CLIP, OBSERVATION_CLIP).astype(np.float32)

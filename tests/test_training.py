@@ -89,6 +89,22 @@ def test_bad_configuration_names_the_bad_key(tmp_path, text, message):
     assert "bad.yaml" in str(error.value)
 
 
+@pytest.mark.parametrize("policy", ["mlp", "attention"])
+def test_steps_entry_can_explore_more_than_the_allocation_entries(policy):
+    from agents.training import build_model, make_vec_env
+
+    config = resolve_config(
+        "tiny", None, {"ppo": {"policy": policy, "log_std_init": -2.0, "steps_log_std_init": -0.5}}
+    )
+    venv = make_vec_env(config, seed=0)
+    try:
+        log_std = build_model(config, venv).policy.log_std.detach().numpy()
+    finally:
+        venv.close()
+    assert log_std[-1] == pytest.approx(-0.5)  # the steps entry, the action's last
+    assert np.allclose(log_std[:-1], -2.0)
+
+
 def test_resolved_configuration_round_trips_through_yaml():
     config = load_preset("quick")
     assert TrainConfig().updated(yaml.safe_load(config.to_yaml()), "x") == config
