@@ -37,6 +37,15 @@ _SUM_TOLERANCE = 1e-5
 # tries stopping now and then and can learn when it pays; a stop region of a
 # single rounding step (-1 only) is almost never explored.
 STOP_BELOW = -0.5
+# Selection pays only below this keep fraction. Keeping a fraction k costs a
+# no-grad scoring pass over the batch plus forward and backward over k of it,
+# about 1 + 3k forward passes against 3 for the plain step (backward ~ 2x
+# forward): more than standard training for k > 2/3. So the keep entry
+# chooses between no selection (1, one pass) and selection that saves compute
+# (2/3 down to min_keep_fraction); the costly band in between is not reachable
+# from an action. Without this, a policy drifting a little below the zero
+# action paid 15-30 % more per step for a smaller batch (BENCHMARKS.md, 5).
+KEEP_BREAK_EVEN = 2.0 / 3.0
 
 
 @dataclass(frozen=True)
@@ -65,9 +74,7 @@ class AllocationSpec:
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 < self.min_keep_fraction <= 1.0:
-            raise ValueError(
-                f"min_keep_fraction must be in (0, 1], got {self.min_keep_fraction!r}"
-            )
+            raise ValueError(f"min_keep_fraction must be in (0, 1], got {self.min_keep_fraction!r}")
 
     @property
     def action_size(self) -> int:
@@ -96,7 +103,9 @@ class AllocationSpec:
         Out-of-range entries are clipped; non-finite ones raise ``ValueError``.
 
         * shares: ``softmax(3 * a[:K])`` (zero -> equal shares);
-        * keep: ``1`` for ``a >= 0``, falling linearly to ``min_keep_fraction`` at -1;
+        * keep: ``1`` for ``a >= 0``; below 0 it jumps to the break-even fraction
+          ``2/3`` (:data:`KEEP_BREAK_EVEN`) and falls linearly to ``min_keep_fraction``
+          at -1 (a fraction between 2/3 and 1 would cost more than keeping all);
         * gates: ``clip(1 + a, 0, 1)`` (zero or more -> always trained);
         * steps: ``max_steps`` for ``a >= 0``, falling linearly to 1 at
           ``a = -0.5``; below -0.5 the job stops (steps = 0).
@@ -115,7 +124,7 @@ class AllocationSpec:
         logits = SHARE_SCALE * a[:k]
         shares = np.exp(logits - logits.max())
         shares /= shares.sum()
-        keep = 1.0 + min(a[k], 0.0) * (1.0 - self.min_keep_fraction)
+        keep = self._keep_of(a[k])
         gates = np.clip(1.0 + a[k + 1 : k + 1 + g], 0.0, 1.0)
         steps = self._steps_of(a[k + 1 + g])
         return Allocation(
@@ -129,17 +138,20 @@ class AllocationSpec:
         """The action (float32, in ``[-1, 1]``) that maps back to ``allocation``.
 
         Exact up to clipping: shares whose log-ratio exceeds the softmax range,
-        and keep fractions below ``min_keep_fraction``, map to the nearest action.
+        and keep fractions below ``min_keep_fraction`` or between the break-even
+        ``2/3`` and 1, map to the nearest reachable allocation's action.
         """
         self.check(allocation)
         shares = np.maximum(np.asarray(allocation.sample_shares, dtype=np.float64), 1e-12)
         logits = np.log(shares) / SHARE_SCALE
         # softmax ignores a shift; centring the range keeps every reachable share in [-1, 1]
         logits -= (logits.max() + logits.min()) / 2.0
-        if self.min_keep_fraction < 1.0:
-            keep = (allocation.keep_fraction - 1.0) / (1.0 - self.min_keep_fraction)
-        else:
+        top = self._keep_top
+        if allocation.keep_fraction >= 1.0 or top <= self.min_keep_fraction:
             keep = 0.0
+        else:  # a fraction above the break-even point maps to it: the nearest reachable one
+            keep = (min(allocation.keep_fraction, top) - top) / (top - self.min_keep_fraction)
+            keep = min(keep, -1e-6)  # strictly below 0, where selection starts
         gates = np.asarray(allocation.layer_gates, dtype=np.float64) - 1.0
         if allocation.steps == 0:
             steps = (-1.0 + STOP_BELOW) / 2.0  # the middle of the stop region
@@ -149,6 +161,17 @@ class AllocationSpec:
             steps = STOP_BELOW * (1.0 - (allocation.steps - 1) / (self.max_steps - 1))
         action = np.concatenate([logits, [keep], gates, [steps]])
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    @property
+    def _keep_top(self) -> float:
+        """The largest keep fraction below 1 that an action can ask for."""
+        return max(KEEP_BREAK_EVEN, self.min_keep_fraction)
+
+    def _keep_of(self, entry: float) -> float:
+        if entry >= 0.0:
+            return 1.0
+        top = self._keep_top
+        return top + entry * (top - self.min_keep_fraction)
 
     def _steps_of(self, entry: float) -> int:
         if entry < STOP_BELOW:
@@ -170,9 +193,7 @@ class AllocationSpec:
                 f"the job's spec has {self.layer_groups}"
             )
         if allocation.steps > self.max_steps:
-            raise ValueError(
-                f"steps={allocation.steps} exceeds the spec's max_steps={self.max_steps}"
-            )
+            raise ValueError(f"steps={allocation.steps} exceeds the spec's max_steps={self.max_steps}")
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,11 @@ class ComputeAllocationEnv(gym.Env):
     =========  ==================  ===========================================
     0 .. K-1   sample shares       ``softmax(3 a)``: share of each minibatch
                                    drawn from loss-quantile group k
-    K          keep fraction       1 for a >= 0, down to ``min_keep_fraction``
-                                   at -1: share of the batch (highest loss
-                                   first) that gets a backward pass
+    K          keep fraction       1 for a >= 0; below 0 from 2/3 (break-even
+                                   with a plain step) down to
+                                   ``min_keep_fraction`` at -1: share of the
+                                   batch (highest loss first) that gets a
+                                   backward pass
     K+1..K+G   layer gates         ``clip(1 + a, 0, 1)``: probability each
                                    layer group is trained at a step
     K+G+1      steps               ``max_steps`` for a >= 0, down to 1 at
@@ -46,7 +48,7 @@ class ComputeAllocationEnv(gym.Env):
 
     ## Observation space
 
-    ``Box(-10, 10, (12 + 4 K + 4 G,), float32)``: scale-free loss and gradient
+    ``Box(-10, 10, (15 + 4 K + 4 G,), float32)``: scale-free loss and gradient
     statistics laid out as ``[global | K x per-sample-group | G x
     per-layer-group]``; :mod:`allocator.stats` documents every feature and
     :class:`~allocator.ObservationLayout` reads them group by group.

@@ -22,6 +22,23 @@ def test_minus_one_action_stops_with_minimum_keep_and_all_groups_frozen():
     assert allocation.layer_gates == (0.0, 0.0, 0.0)
 
 
+def test_keep_entry_selects_only_where_selection_saves_compute():
+    from tests.conftest import make_job
+
+    keeps = [
+        SPEC.to_allocation(np.r_[np.zeros(4), a, np.zeros(4)]).keep_fraction for a in np.linspace(-1, 1, 201)
+    ]
+    assert all(k == 1.0 or k <= 2 / 3 + 1e-9 for k in keeps)  # nothing in the costly band (2/3, 1)
+    assert SPEC.to_allocation(np.r_[np.zeros(4), -0.01, np.zeros(4)]).keep_fraction == pytest.approx(
+        2 / 3, abs=0.01
+    )
+
+    job = make_job()  # a scoring pass plus forward and backward on 2/3 costs about one plain step
+    trained = [True] * len(job.layer_groups)
+    assert job.step_flops(2 / 3, trained) <= 1.05 * job.step_flops(1.0, trained)
+    assert job.step_flops(0.8, trained) > 1.1 * job.step_flops(1.0, trained)
+
+
 def test_action_round_trips_through_allocation():
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -46,7 +63,10 @@ def test_out_of_range_actions_are_clipped_and_non_finite_ones_rejected():
     "kwargs, message",
     [
         (dict(sample_shares=(0.5, 0.6), keep_fraction=1.0, layer_gates=(1.0,), steps=1), "sum to 1"),
-        (dict(sample_shares=(float("nan"), 1.0), keep_fraction=1.0, layer_gates=(1.0,), steps=1), "sample_shares"),
+        (
+            dict(sample_shares=(float("nan"), 1.0), keep_fraction=1.0, layer_gates=(1.0,), steps=1),
+            "sample_shares",
+        ),
         (dict(sample_shares=(1.0,), keep_fraction=0.0, layer_gates=(1.0,), steps=1), "keep_fraction"),
         (dict(sample_shares=(1.0,), keep_fraction=1.0, layer_gates=(1.5,), steps=1), "layer_gates"),
         (dict(sample_shares=(1.0,), keep_fraction=1.0, layer_gates=(1.0,), steps=-1), "steps"),
