@@ -623,9 +623,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="device of the built-in jobs: auto (CUDA when available), cpu, cuda, ...",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads; 0 leaves torch's choice (one per core). The built-in jobs are "
+        "small: more threads gain little alone, and when a training shares the machine they "
+        "oversubscribe the cores and slow evaluation many times over (26x measured, BENCHMARKS.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     report = evaluate(
         policy=args.policy,
         split=args.split,

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 import numpy as np
+import torch
 
 from allocator import AllocatorPolicy
 from allocator.evaluation import evaluate
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="3")
     parser.add_argument("--out", default=None, help="also write the Markdown table here")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # small jobs; and a training may share the machine
 
     policy = AllocatorPolicy.load(args.policy)
     layout = ObservationLayout(policy.spec)

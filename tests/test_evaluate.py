@@ -242,6 +242,7 @@ def test_evaluate_command_without_a_policy_compares_the_baselines(tmp_path, caps
         (["--jobs", "no-such-job"], "unknown job 'no-such-job'"),
         (["--seeds", "0"], "--seeds must be at least 1"),
         (["--policy", "/nonexistent/policy"], "does not exist"),
+        (["--threads", "-1"], "--threads must be >= 0"),
     ],
 )
 def test_evaluate_bad_input_exits_2_with_one_line(arguments, message, tmp_path, capsys):
