@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 import torch
 
 from allocator import AllocatorPolicy
@@ -70,22 +69,20 @@ def feature_indices(layout: ObservationLayout, group: dict) -> list[int]:
     return indices
 
 
-class AblatedPolicy:
-    """The policy, with some observation entries replaced by their training mean."""
+class AblatedPolicy(AllocatorPolicy):
+    """The policy, with some observation entries held at their training mean (0 once normalised)."""
 
     def __init__(self, policy: AllocatorPolicy, indices: list[int], label: str) -> None:
         if not policy.normalizes_observation:
             raise ValueError("the ablation needs a policy trained with VecNormalize statistics")
-        self.policy, self.indices, self.name = policy, indices, label
-        self.spec = policy.spec
+        self.__dict__.update(policy.__dict__)
+        self.indices = indices
+        self.name = label
 
-    def reset(self, job) -> None:
-        self.policy.reset(job)
-
-    def act(self, observation):
-        observation = np.array(observation, dtype=np.float64)
-        observation[self.indices] = self.policy._mean[self.indices]
-        return self.policy.act(observation)
+    def normalize(self, observation):
+        normalized = super().normalize(observation)
+        normalized[..., self.indices] = 0.0
+        return normalized
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,91 @@
+"""How much J can stopping alone buy? Computed from uniform training's own curves.
+
+Runs uniform training on every job and seed of a split, then, from each run's
+curve of (compute fraction, validation loss), computes J as if the run had
+stopped after interval k, for every k (the prefix of a run does not depend on
+when it stops: the learning rate decays with compute spent). Reports
+
+* the oracle: the best stopping interval in hindsight (an upper bound on what
+  a stopping decision alone can buy);
+* a causal rule: stop once the running mean of the log-validation-loss slope per
+  unit of budget rises above ``-theta / (1 + 0.8 U)`` (where one more interval
+  stops paying under J with s = 0.2; U is the unused budget share).
+
+    python benchmarks/stopping_oracle.py --split train --max-steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+
+import torch
+
+from allocator.allocation import AllocationSpec
+from allocator.evaluation import build_job, resolve_jobs
+from allocator.objective import Objective
+from allocator.runner import run_job
+
+
+def stopped_objectives(curve: list[tuple[float, float]], objective: Objective) -> list[float]:
+    """J of the run stopped after interval k, for k = 0 (stop at once) .. len(curve) - 1."""
+    initial = curve[0][1]
+    values = [(1 - objective.s) + objective.w]
+    area = 0.0
+    for k in range(1, len(curve)):
+        spent = curve[k][0] - curve[k - 1][0]
+        loss = objective.relative_loss(curve[k][1], initial, not math.isfinite(curve[k][1]))
+        area += objective.interval_cost(spent, loss)
+        values.append(area + objective.final_cost(1 - curve[k][0], loss))
+    return values
+
+
+def rule_stop(curve: list[tuple[float, float]], theta: float, decay: float = 0.5) -> int:
+    """The interval after which the causal slope rule stops (the last one if never)."""
+    trend = None
+    for k in range(1, len(curve)):
+        spent = max(curve[k][0] - curve[k - 1][0], 1e-9)
+        slope = (math.log(curve[k][1]) - math.log(curve[k - 1][1])) / spent
+        trend = slope if trend is None else decay * trend + (1 - decay) * slope
+        if k >= 2 and trend > -theta / (1 + 0.8 * (1 - curve[k][0])):
+            return k
+    return len(curve) - 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", default="train", choices=["train", "heldout", "all"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=20, help="steps per interval (the policy's spec)")
+    parser.add_argument("--theta", type=float, default=0.2, help="threshold of the causal rule")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    objective = Objective()
+    spec = AllocationSpec(max_steps=args.max_steps)
+    uniform, oracle, rule = [], [], []
+    for source in resolve_jobs(None, args.split, device="cpu"):
+        for seed in range(args.seeds):
+            result = run_job(build_job(source, seed, spec), "uniform")
+            values = stopped_objectives(result.curve, objective)
+            stop = rule_stop(result.curve, args.theta)
+            uniform.append(values[-1])
+            oracle.append(min(values))
+            rule.append(values[stop])
+            print(
+                f"{source.name:26s} seed {seed}: uniform {values[-1]:.4f}  oracle {min(values):.4f} "
+                f"(after {values.index(min(values))}/{len(values) - 1})  rule {values[stop]:.4f} "
+                f"(after {stop})",
+                flush=True,
+            )
+    print(f"\n| | mean J | wins over uniform |\n| --- | ---: | ---: |\n| uniform | {statistics.mean(uniform):.4f} | - |")
+    for label, values in (("oracle stop", oracle), (f"slope rule, theta {args.theta}", rule)):
+        wins = sum(v < u - 1e-9 for v, u in zip(values, uniform))
+        print(f"| {label} | {statistics.mean(values):.4f} | {wins}/{len(values)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The analysis scripts behind BENCHMARKS.md section 5 compute what they claim."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from allocator.objective import Objective
+from allocator.runner import run_job
+from allocator.stats import ObservationLayout
+from tests.conftest import make_job
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stopping_oracle_reproduces_the_runs_own_objective():
+    oracle = load_script("stopping_oracle")
+    result = run_job(make_job(budget_steps=40), "uniform")
+    values = oracle.stopped_objectives(result.curve, Objective())
+    assert values[-1] == pytest.approx(result.objective, rel=1e-9)  # stopping after the last interval = the run
+    assert values[0] == pytest.approx(1.8)  # stopping at once: (1 - s) + w
+    assert min(values) <= result.objective
+
+
+def test_ablation_holds_the_chosen_features_at_their_training_mean():
+    ablation = load_script("ablate_features")
+    layout = ObservationLayout(make_job().spec)
+    indices = ablation.feature_indices(layout, {"global": ["budget_used"], "layer": ["previous_gate"]})
+    g = layout.spec.layer_groups
+    assert len(indices) == 1 + g
+    assert indices[0] == layout.global_index("budget_used")
+    observation = np.zeros(layout.size)
+    observation[indices[1:]] = 1.0
+    assert np.all(layout.layer_group_features(observation)[:, layout.layer_index("previous_gate")] == 1.0)
