@@ -40,3 +40,16 @@ def test_ablation_holds_the_chosen_features_at_their_training_mean():
     observation = np.zeros(layout.size)
     observation[indices[1:]] = 1.0
     assert np.all(layout.layer_group_features(observation)[:, layout.layer_index("previous_gate")] == 1.0)
+
+
+@pytest.mark.parametrize("preset", ["quick", "default"])
+def test_published_policies_load_and_fit_todays_observation(preset):
+    """The policies behind BENCHMARKS.md section 4 still load and act on a job's observation."""
+    from allocator import AllocatorPolicy
+    from allocator.runner import run_job
+
+    policy = AllocatorPolicy.load(BENCHMARKS / f"heldout-{preset}" / "policy")
+    assert policy.kind == "attention"
+    assert policy.observation_size == ObservationLayout(policy.spec).size
+    result = run_job(make_job(budget_steps=40), policy)
+    assert np.isfinite(result.objective)
