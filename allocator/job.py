@@ -353,6 +353,13 @@ class TrainingJob:
         self._ensure_started()
         return self._uniform_step_flops
 
+    @property
+    def observation_size(self) -> int:
+        """Length of this job's observations under its current spec."""
+        from allocator.stats import ObservationLayout
+
+        return ObservationLayout(self.spec).size
+
     def observation(self) -> np.ndarray:
         """The current observation (see :mod:`allocator.stats` for its layout)."""
         self._ensure_started()

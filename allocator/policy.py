@@ -477,12 +477,23 @@ class AllocatorPolicy:
         use_spec = getattr(job, "use_spec", None)
         if callable(use_spec):
             use_spec(self.spec)
+            self._check_observation_size(job)
             return
         job_spec = getattr(job, "spec", None)
         if job_spec is not None and job_spec != self.spec:
             raise ValueError(
                 f"the job's spec {job_spec} differs from the policy's {self.spec}, and the job "
                 "cannot adopt another (it has no use_spec method)"
+            )
+
+    def _check_observation_size(self, job: Any) -> None:
+        """A policy trained on another version of the observation cannot read this job's."""
+        size = getattr(job, "observation_size", None)
+        if isinstance(size, int) and size != self.observation_size:
+            raise ValueError(
+                f"{self.name} reads {self.observation_size} observation features, but the job gives "
+                f"{size} under the policy's spec (see allocator/stats.py): the policy was trained with "
+                "another version of the observation; retrain it"
             )
 
     def normalize(self, observation: Any) -> np.ndarray:

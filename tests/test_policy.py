@@ -352,3 +352,11 @@ def test_attention_model_survives_sb3_save_and_load(attention_agent, tmp_path):
         model.predict(obs, deterministic=True)[0],
         atol=1e-6,
     )
+
+
+def test_a_policy_trained_on_another_observation_layout_is_refused_with_a_clear_message(mlp_agent):
+    from tests.conftest import make_job
+
+    policy = AllocatorPolicy.load(mlp_agent[2])  # 22 features: not what a TrainingJob builds
+    with pytest.raises(ValueError, match="another version of the observation; retrain it"):
+        policy.reset(make_job())
