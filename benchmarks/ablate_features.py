@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 import torch
 
 from allocator import AllocatorPolicy
@@ -52,20 +53,13 @@ FEATURE_GROUPS = {
 
 
 def feature_indices(layout: ObservationLayout, group: dict) -> list[int]:
-    """Positions in the flat observation of a feature group's features."""
-    spec = layout.spec
+    """Positions in the flat observation of a feature group's features (read with the layout's own slicing)."""
+    positions = np.arange(layout.size)
     indices = [layout.global_index(name) for name in group.get("global", [])]
-    start = layout.global_size
     for name in group.get("sample", []):
-        indices += [
-            start + k * layout.sample_group_size + layout.sample_index(name)
-            for k in range(spec.sample_groups)
-        ]
-    start += spec.sample_groups * layout.sample_group_size
+        indices += layout.sample_group_features(positions)[:, layout.sample_index(name)].tolist()
     for name in group.get("layer", []):
-        indices += [
-            start + g * layout.layer_group_size + layout.layer_index(name) for g in range(spec.layer_groups)
-        ]
+        indices += layout.layer_group_features(positions)[:, layout.layer_index(name)].tolist()
     return indices
 
 
@@ -95,11 +89,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # small jobs; and a training may share the machine
 
     policy = AllocatorPolicy.load(args.policy)
-    layout = ObservationLayout(policy.spec)
-    if layout.size != policy.observation_size:
-        raise SystemExit(
-            f"error: {args.policy} reads {policy.observation_size} features, this layout has {layout.size}"
-        )
+    layout = ObservationLayout(policy.spec)  # policy.reset(job) refuses a policy of another layout
     lines = [
         f"Ablation of `{args.policy}` on the {args.split} split, seeds {args.seeds}: features held at their training mean.",
         "",

@@ -27,12 +27,13 @@ from allocator.allocation import AllocationSpec
 from allocator.evaluation import build_job, resolve_jobs
 from allocator.objective import Objective
 from allocator.runner import run_job
+from allocator.stats import TREND_DECAY
 
 
 def stopped_objectives(curve: list[tuple[float, float]], objective: Objective) -> list[float]:
     """J of the run stopped after interval k, for k = 0 (stop at once) .. len(curve) - 1."""
     initial = curve[0][1]
-    values = [(1 - objective.s) + objective.w]
+    values = [objective.final_cost(1.0, 1.0)]  # stop at once: all unused, at the initial loss
     area = 0.0
     for k in range(1, len(curve)):
         spent = curve[k][0] - curve[k - 1][0]
@@ -42,7 +43,7 @@ def stopped_objectives(curve: list[tuple[float, float]], objective: Objective) -
     return values
 
 
-def rule_stop(curve: list[tuple[float, float]], theta: float, decay: float = 0.5) -> int:
+def rule_stop(curve: list[tuple[float, float]], theta: float, decay: float = TREND_DECAY) -> int:
     """The interval after which the causal slope rule stops (the last one if never)."""
     trend = None
     for k in range(1, len(curve)):
@@ -80,7 +81,9 @@ def main(argv=None) -> int:
                 f"(after {stop})",
                 flush=True,
             )
-    print(f"\n| | mean J | wins over uniform |\n| --- | ---: | ---: |\n| uniform | {statistics.mean(uniform):.4f} | - |")
+    print(
+        f"\n| | mean J | wins over uniform |\n| --- | ---: | ---: |\n| uniform | {statistics.mean(uniform):.4f} | - |"
+    )
     for label, values in (("oracle stop", oracle), (f"slope rule, theta {args.theta}", rule)):
         wins = sum(v < u - 1e-9 for v, u in zip(values, uniform))
         print(f"| {label} | {statistics.mean(values):.4f} | {wins}/{len(values)} |")

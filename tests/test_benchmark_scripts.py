@@ -25,21 +25,33 @@ def test_stopping_oracle_reproduces_the_runs_own_objective():
     oracle = load_script("stopping_oracle")
     result = run_job(make_job(budget_steps=40), "uniform")
     values = oracle.stopped_objectives(result.curve, Objective())
-    assert values[-1] == pytest.approx(result.objective, rel=1e-9)  # stopping after the last interval = the run
+    assert values[-1] == pytest.approx(
+        result.objective, rel=1e-9
+    )  # stopping after the last interval = the run
     assert values[0] == pytest.approx(1.8)  # stopping at once: (1 - s) + w
     assert min(values) <= result.objective
 
 
 def test_ablation_holds_the_chosen_features_at_their_training_mean():
+    from allocator import AllocatorPolicy
+
     ablation = load_script("ablate_features")
-    layout = ObservationLayout(make_job().spec)
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    layout = ObservationLayout(policy.spec)
     indices = ablation.feature_indices(layout, {"global": ["budget_used"], "layer": ["previous_gate"]})
-    g = layout.spec.layer_groups
-    assert len(indices) == 1 + g
+    assert len(indices) == 1 + layout.spec.layer_groups
     assert indices[0] == layout.global_index("budget_used")
-    observation = np.zeros(layout.size)
-    observation[indices[1:]] = 1.0
-    assert np.all(layout.layer_group_features(observation)[:, layout.layer_index("previous_gate")] == 1.0)
+    marked = np.zeros(layout.size)
+    marked[indices[1:]] = 1.0
+    assert np.all(layout.layer_group_features(marked)[:, layout.layer_index("previous_gate")] == 1.0)
+    assert marked.sum() == layout.spec.layer_groups  # and nothing else
+
+    observation = np.random.default_rng(0).normal(size=layout.size) * 3
+    ablated = ablation.AblatedPolicy(policy, indices, "ablated").normalize(observation)
+    full = policy.normalize(observation)
+    assert np.all(ablated[indices] == 0.0)  # 0 after normalisation: the training mean
+    kept = np.setdiff1d(np.arange(layout.size), indices)
+    assert np.array_equal(ablated[kept], full[kept])
 
 
 @pytest.mark.parametrize("preset", ["quick", "default"])
