@@ -13,7 +13,7 @@ It is resolved in this order, later ones overriding earlier ones:
 2. the user's ``--config FILE`` (the same shape; any subset of keys),
 3. command-line flags (``--timesteps``, ``--seed``, ``--n-envs``).
 
-Files are read with ``yaml.safe_load``. An unknown section or key, a value of
+Files are read with YAML's safe loader. A repeated key, an unknown section or key, a value of
 the wrong type or out of range raises ``ValueError`` naming the key and the
 file, e.g. ``quick.yaml: unknown key 'ppo.learnig_rate'``. The resolved
 configuration is written to the policy directory as ``config.yaml``.
@@ -244,13 +244,38 @@ def available_presets() -> list[str]:
     return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice.
+
+    PyYAML keeps the last of two equal keys without a word, so a key repeated
+    by an edit (``env:`` twice) would silently drop everything under the first.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
+)
+
+
 def read_yaml(path: str | Path, what: str = "configuration file") -> Any:
-    """``yaml.safe_load`` of a file; a missing file or bad YAML raises ``ValueError``."""
+    """A YAML file read safely (no Python objects); a missing file, bad YAML or a
+    repeated key raises ``ValueError``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{what} {str(path)!r} does not exist")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         detail = " ".join(str(error).split())
         raise ValueError(f"{path.name} is not valid YAML: {detail}") from None

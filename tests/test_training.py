@@ -79,6 +79,8 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("ppo:\n  n_steps: many\n", "ppo.n_steps must be an integer"),
         ("ppo:\n  net_arch: [64, 0]\n", "ppo.net_arch"),
         ("- just a list\n", "must be a mapping"),
+        # PyYAML would keep the second 'ppo' and drop the first without a word
+        ("ppo:\n  learning_rate: 0.1\nppo:\n  n_epochs: 2\n", "duplicate key 'ppo'"),
     ],
 )
 def test_bad_configuration_names_the_bad_key(tmp_path, text, message):
@@ -103,6 +105,11 @@ def test_steps_entry_can_explore_more_than_the_allocation_entries(policy):
         venv.close()
     assert log_std[-1] == pytest.approx(-0.5)  # the steps entry, the action's last
     assert np.allclose(log_std[:-1], -2.0)
+
+
+@pytest.mark.parametrize("name", available_presets())
+def test_every_shipped_preset_loads_and_trains_on_the_train_split(name):
+    assert load_preset(name).env.split == "train"  # held-out jobs are for evaluation only
 
 
 def test_resolved_configuration_round_trips_through_yaml():
