@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from allocator.stats import FEATURE_NAMES
+
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_PRESET = "quick"
 POLICIES = ("mlp", "attention")
@@ -66,6 +68,10 @@ class EnvConfig:
     job every episode."""
     job_pool_seed: int = 0
     """Seed of the job pool (every env draws from the same pool)."""
+    ignored_features: list = field(default_factory=list)
+    """Observation features the agent does not see (names from ``allocator.stats``, e.g.
+    ``budget_used``, ``previous_share``): 0 in every observation. The exported policy
+    records them and zeroes them in a job's observation too."""
 
     def validate(self, where: str) -> None:
         _choice(where, "env.split", self.split, SPLITS)
@@ -75,6 +81,12 @@ class EnvConfig:
         for name in ("sample_groups", "layer_groups", "max_steps"):
             _at_least(where, f"env.{name}", getattr(self, name), 1)
         _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)
+        unknown = [name for name in self.ignored_features if name not in FEATURE_NAMES]
+        if unknown or not all(isinstance(name, str) for name in self.ignored_features):
+            raise ValueError(
+                f"{where}: env.ignored_features has unknown feature(s) {unknown or self.ignored_features}; "
+                f"the features are {', '.join(FEATURE_NAMES)}"
+            )
         _in_range(where, "env.s", self.s, 0.0, 1.0)
         _at_least(where, "env.w", self.w, 0.0)
 

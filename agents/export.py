@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ def export_policy(
     extra_metadata: dict | None = None,
     *,
     observation_layout: Any = None,
+    ignored_features: Sequence[str] = (),
 ) -> Path:
     """Write the deployable policy (``policy.safetensors`` + ``policy.json``) to ``out_dir``.
 
@@ -76,6 +78,9 @@ def export_policy(
         observation_layout: the observation layout (see
             :func:`allocator.policy.observation_layout_sizes`); by default the
             attention policy's own, else ``allocator.stats.ObservationLayout(spec)``.
+        ignored_features: the observation features the agent was trained without
+            (the env's ``ignored_features``); written to policy.json so that the
+            policy zeroes them in a job's observation, as the env did.
 
     Returns:
         The policy directory.
@@ -125,6 +130,8 @@ def export_policy(
     features = _feature_names(layout, spec)
     if features is not None:
         observation["features"] = features
+    if ignored_features:
+        observation["ignored_features"] = [str(name) for name in ignored_features]
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -91,6 +91,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "reference": None if env.reference == "none" else env.reference,
         "job_pool": env.job_pool or None,
         "job_pool_seed": env.job_pool_seed,
+        "ignored_features": list(env.ignored_features),
         "num_threads": 1,
         "device": "cpu",
     }
@@ -232,7 +233,14 @@ def export(model, vec_normalize, config: TrainConfig, out_dir: Path, extra: dict
     """Write ``policy.safetensors`` + ``policy.json`` (the one call into agents.export)."""
     from agents.export import export_policy
 
-    export_policy(model, vec_normalize, allocation_spec(config), out_dir, extra_metadata=extra)
+    export_policy(
+        model,
+        vec_normalize,
+        allocation_spec(config),
+        out_dir,
+        extra_metadata=extra,
+        ignored_features=config.env.ignored_features,
+    )
 
 
 def make_logger(tensorboard_dir: Path, purge_step: int | None):

@@ -15,7 +15,8 @@ files that are all a user needs to apply a trained policy:
       "kind": "mlp" | "attention",
       "spec": {"sample_groups": K, "layer_groups": G, "max_steps": ..., "min_keep_fraction": ...},
       "observation": {"size": N, "global": n_g, "per_sample_group": n_s,
-                      "per_layer_group": n_l, "features": {...names, optional...}},
+                      "per_layer_group": n_l, "features": {...names, optional...},
+                      "ignored_features": [names, optional]},
       "network": {"activation": "tanh", "hidden_sizes": [64, 64]}      # kind "mlp"
                  {"activation": "tanh", "hidden_size": 64}             # kind "attention"
       "normalization": {"observation": true, "clip_obs": 10.0, "epsilon": 1e-8,
@@ -26,7 +27,9 @@ files that are all a user needs to apply a trained policy:
 
   with ``N = n_g + K * n_s + G * n_l`` (the observation is laid out as
   ``[global | K x per-sample-group | G x per-layer-group]``, see
-  :mod:`allocator.stats`).
+  :mod:`allocator.stats`). ``ignored_features`` names the features the agent
+  was trained without (its env held them at 0); the policy zeroes the same
+  entries of a job's observation before normalising it.
 
 Tensor names: ``actor.hidden.{i}.weight/bias`` and ``actor.output.weight/bias``
 for ``"mlp"`` (SB3's ``mlp_extractor.policy_net`` and ``action_net``); the
@@ -352,6 +355,7 @@ class AllocatorPolicy:
         epsilon: float,
         metadata: dict,
         name: str = "policy",
+        ignored_positions: Sequence[int] = (),
     ) -> None:
         self.actor = actor.eval()
         self.spec = spec
@@ -363,6 +367,7 @@ class AllocatorPolicy:
         self._epsilon = float(epsilon)
         self.metadata = metadata
         self.name = name
+        self._ignored_positions = list(ignored_positions)
 
     @property
     def normalizes_observation(self) -> bool:
@@ -404,6 +409,7 @@ class AllocatorPolicy:
                 f"{config_path} must hold a JSON object, got {type(metadata).__name__}"
             )
         spec, kind, sizes, actor, normalization = _parse_config(metadata, config_path)
+        ignored_positions = _ignored_positions(metadata["observation"], spec, config_path)
 
         tensors = _read_safetensors(weights_path)
         expected = {f"actor.{key}": value for key, value in actor.state_dict().items()}
@@ -464,6 +470,7 @@ class AllocatorPolicy:
             normalization.get("epsilon") or 0.0,
             metadata,
             name=f"policy:{directory.resolve().name}",
+            ignored_positions=ignored_positions,
         )
 
     # ------------------------------------------------------------------ acting
@@ -514,6 +521,9 @@ class AllocatorPolicy:
             )
         if not np.all(np.isfinite(obs)):
             raise ValueError("observation holds NaN or inf values")
+        if self._ignored_positions:  # the env hid them from the agent in training
+            obs = obs.copy()
+            obs[..., self._ignored_positions] = 0.0
         if self._mean is None:
             return obs.astype(np.float32)
         normalized = (obs - self._mean) / np.sqrt(self._var + self._epsilon)
@@ -547,6 +557,29 @@ class AllocatorPolicy:
             f"AllocatorPolicy(name={self.name!r}, kind={self.kind!r}, spec={self.spec}, "
             f"observation_size={self.observation_size})"
         )
+
+
+def _ignored_positions(observation: dict, spec: AllocationSpec, config_path: Path) -> list[int]:
+    """Positions of the features named in policy.json's ``observation.ignored_features``."""
+    names = observation.get("ignored_features", [])
+    if not names:
+        return []
+    where = str(config_path)
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{where}: 'observation.ignored_features' must be a list of names, got {names!r}")
+    from allocator.stats import ObservationLayout
+
+    layout = ObservationLayout(spec)
+    if layout.size != observation.get("size"):
+        raise ValueError(
+            f"{where}: the policy reads {observation.get('size')} observation features, this version "
+            f"of compute-allocator gives {layout.size}: it was trained with another version of the "
+            "observation; retrain it"
+        )
+    try:
+        return layout.positions(names)
+    except ValueError as error:
+        raise ValueError(f"{where}: observation.ignored_features: {error}") from None
 
 
 def _parse_config(

@@ -48,6 +48,7 @@ Every feature is clipped to ``[-OBSERVATION_CLIP, OBSERVATION_CLIP]``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,8 @@ GLOBAL_FEATURES = (
 TREND_DECAY = 0.5  # weight of the old trend in val_loss_trend: a half-life of one interval
 SAMPLE_GROUP_FEATURES = ("log_loss", "log_loss_spread", "staleness", "previous_share")
 LAYER_GROUP_FEATURES = ("log_grad_to_weight", "change", "gradient_coherence", "previous_gate")
+FEATURE_NAMES = tuple(dict.fromkeys(GLOBAL_FEATURES + SAMPLE_GROUP_FEATURES + LAYER_GROUP_FEATURES))
+"""Every feature name, once (``gradient_coherence`` is both global and per layer group)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,28 @@ class ObservationLayout:
         """``(G, 4)`` array: one row per layer group."""
         start = self.global_size + self.spec.sample_groups * self.sample_group_size
         return np.asarray(observation)[start:].reshape(self.spec.layer_groups, -1)
+
+    def positions(self, names: Iterable[str]) -> list[int]:
+        """Sorted positions in the flat observation of every feature with one of these names.
+
+        A name counts in every section it appears in: ``gradient_coherence``
+        gives the global entry and one per layer group, ``previous_share`` one
+        per sample group. An unknown name raises ``ValueError`` listing the known ones.
+        """
+        names = list(names)
+        unknown = [name for name in names if name not in FEATURE_NAMES]
+        if unknown:
+            raise ValueError(
+                f"unknown observation feature(s) {unknown}; the features are {list(FEATURE_NAMES)}"
+            )
+        flat = np.arange(self.size)
+        found = [self.global_index(name) for name in names if name in GLOBAL_FEATURES]
+        for name in names:
+            if name in SAMPLE_GROUP_FEATURES:
+                found += self.sample_group_features(flat)[:, self.sample_index(name)].tolist()
+            if name in LAYER_GROUP_FEATURES:
+                found += self.layer_group_features(flat)[:, self.layer_index(name)].tolist()
+        return sorted(set(found))
 
 
 @dataclass

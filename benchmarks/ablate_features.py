@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 import torch
 
 from allocator import AllocatorPolicy
@@ -23,44 +22,35 @@ from allocator.evaluation import evaluate
 from allocator.stats import ObservationLayout
 
 FEATURE_GROUPS = {
-    "stopping (val_loss_slope, val_loss_trend, budget_since_best)": {
-        "global": ["val_loss_slope", "val_loss_trend", "budget_since_best"],
-    },
-    "loss level (train/val loss, change, above best, gap)": {
-        "global": [
-            "log_train_loss",
-            "log_val_loss",
-            "val_loss_change",
-            "val_loss_above_best",
-            "generalisation_gap",
-        ],
-    },
-    "budget used": {"global": ["budget_used"]},
-    "data (unseen, epochs, budget epochs)": {
-        "global": ["unseen_fraction", "log_epochs", "log_budget_epochs"]
-    },
-    "gradients (coherence, per-layer grad/weight, change)": {
-        "global": ["gradient_coherence"],
-        "layer": ["log_grad_to_weight", "change", "gradient_coherence"],
-    },
-    "sample groups (loss, spread, staleness)": {"sample": ["log_loss", "log_loss_spread", "staleness"]},
-    "previous allocation": {
-        "global": ["previous_keep_fraction", "previous_steps"],
-        "sample": ["previous_share"],
-        "layer": ["previous_gate"],
-    },
+    "stopping (val_loss_slope, val_loss_trend, budget_since_best)": [
+        "val_loss_slope",
+        "val_loss_trend",
+        "budget_since_best",
+    ],
+    "loss level (train/val loss, change, above best, gap)": [
+        "log_train_loss",
+        "log_val_loss",
+        "val_loss_change",
+        "val_loss_above_best",
+        "generalisation_gap",
+    ],
+    "budget used": ["budget_used"],
+    "data (unseen, epochs, budget epochs)": ["unseen_fraction", "log_epochs", "log_budget_epochs"],
+    # gradient_coherence names the global entry and the per-layer-group ones
+    "gradients (coherence, per-layer grad/weight, change)": [
+        "gradient_coherence",
+        "log_grad_to_weight",
+        "change",
+    ],
+    "sample groups (loss, spread, staleness)": ["log_loss", "log_loss_spread", "staleness"],
+    "previous allocation": [
+        "previous_keep_fraction",
+        "previous_steps",
+        "previous_share",
+        "previous_gate",
+    ],
 }
-
-
-def feature_indices(layout: ObservationLayout, group: dict) -> list[int]:
-    """Positions in the flat observation of a feature group's features (read with the layout's own slicing)."""
-    positions = np.arange(layout.size)
-    indices = [layout.global_index(name) for name in group.get("global", [])]
-    for name in group.get("sample", []):
-        indices += layout.sample_group_features(positions)[:, layout.sample_index(name)].tolist()
-    for name in group.get("layer", []):
-        indices += layout.layer_group_features(positions)[:, layout.layer_index(name)].tolist()
-    return indices
+"""Feature groups by name (``ObservationLayout.positions`` finds them in every section)."""
 
 
 class AblatedPolicy(AllocatorPolicy):
@@ -97,8 +87,8 @@ def main(argv=None) -> int:
         "| --- | ---: | ---: | ---: |",
     ]
     full = None
-    for label, group in [("none (the policy as trained)", {})] + list(FEATURE_GROUPS.items()):
-        controller = AblatedPolicy(policy, feature_indices(layout, group), label)
+    for label, group in [("none (the policy as trained)", [])] + list(FEATURE_GROUPS.items()):
+        controller = AblatedPolicy(policy, layout.positions(group), label)
         report = evaluate(
             controller, split=args.split, seeds=args.seeds, baselines=["uniform"], progress=False
         )

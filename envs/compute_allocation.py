@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -86,6 +87,11 @@ class ComputeAllocationEnv(gym.Env):
       costs one uniform run per new job (cached per job).
     * ``job_pool``, ``job_pool_seed``: draw jobs from a fixed pool of this many
       jobs instead of a fresh one each episode (so reference runs are reused).
+    * ``ignored_features``: names of observation features the agent does not
+      see (see :data:`allocator.stats.FEATURE_NAMES`): they are 0 in every
+      observation, in every section where the name appears. An exported policy
+      records them and zeroes the same entries of a job's observation, so it
+      sees at apply time what it saw in training.
     * ``render_mode``: ``None`` or ``"ansi"`` (``render()`` returns a line
       describing the last interval).
 
@@ -122,6 +128,7 @@ class ComputeAllocationEnv(gym.Env):
         reference: str | None = None,
         job_pool: int | None = None,
         job_pool_seed: int = 0,
+        ignored_features: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -145,6 +152,8 @@ class ComputeAllocationEnv(gym.Env):
         )
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
         self.layout = ObservationLayout(self.allocation_spec)
+        self.ignored_features = tuple(ignored_features)
+        self._ignored_positions = self.layout.positions(self.ignored_features)
         if jobs is None:
             from allocator.jobs import JobDistribution
 
@@ -183,7 +192,7 @@ class ComputeAllocationEnv(gym.Env):
             raise ValueError(f"options['job'] must be a TrainingJob, got {type(job).__name__}")
         job.use_spec(self.allocation_spec)
         self.job = job
-        observation = job.observation()
+        observation = self._visible(job.observation())
         self._meter = ObjectiveMeter(self.objective, job.initial_val_loss)
         info = {
             "job": job.name,
@@ -230,7 +239,15 @@ class ComputeAllocationEnv(gym.Env):
                 info["reference_objective"] = self._reference_objective
             info["stopped"] = report.stopped
         self._last_info = info
-        return report.observation, float(reward), terminated, False, info
+        return self._visible(report.observation), float(reward), terminated, False, info
+
+    def _visible(self, observation: np.ndarray) -> np.ndarray:
+        """The observation with the ignored features at 0 (a copy: the job's own stays whole)."""
+        if not self._ignored_positions:
+            return observation
+        observation = observation.copy()
+        observation[self._ignored_positions] = 0.0
+        return observation
 
     def _build_job(self, job_seed: int) -> TrainingJob:
         return self.jobs.sample(np.random.default_rng(job_seed), spec=self.allocation_spec)

@@ -38,14 +38,7 @@ def test_ablation_holds_the_chosen_features_at_their_training_mean():
     ablation = load_script("ablate_features")
     policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
     layout = ObservationLayout(policy.spec)
-    indices = ablation.feature_indices(layout, {"global": ["budget_used"], "layer": ["previous_gate"]})
-    assert len(indices) == 1 + layout.spec.layer_groups
-    assert indices[0] == layout.global_index("budget_used")
-    marked = np.zeros(layout.size)
-    marked[indices[1:]] = 1.0
-    assert np.all(layout.layer_group_features(marked)[:, layout.layer_index("previous_gate")] == 1.0)
-    assert marked.sum() == layout.spec.layer_groups  # and nothing else
-
+    indices = layout.positions(ablation.FEATURE_GROUPS["previous allocation"])
     observation = np.random.default_rng(0).normal(size=layout.size) * 3
     ablated = ablation.AblatedPolicy(policy, indices, "ablated").normalize(observation)
     full = policy.normalize(observation)

@@ -56,6 +56,27 @@ def test_spaces_follow_the_allocation_spec():
     assert env.observation_space.contains(observation)
 
 
+def test_ignored_features_are_zero_in_every_observation_and_change_nothing_else():
+    ignored = ["budget_used", "previous_gate"]
+    env = make_env(ignored_features=ignored)
+    positions = env.unwrapped.layout.positions(ignored)
+    uniform = np.zeros(env.action_space.shape, np.float32)
+    hidden, _ = env.reset(options={"job": make_job(seed=3)})
+    full, _ = make_env().reset(options={"job": make_job(seed=3)})
+    observations = [hidden]
+    for _ in range(3):
+        observations.append(env.step(uniform)[0])
+    assert all(np.all(obs[positions] == 0.0) for obs in observations)
+    assert not np.all(env.unwrapped.job.observation()[positions] == 0.0)  # the job's own is whole
+    kept = np.setdiff1d(np.arange(len(full)), positions)
+    assert np.array_equal(hidden[kept], full[kept])
+
+
+def test_an_unknown_ignored_feature_is_refused():
+    with pytest.raises(ValueError, match="unknown observation feature"):
+        make_env(ignored_features=["budget"])
+
+
 def test_rewards_sum_to_minus_j_and_match_run_job_under_uniform():
     env = make_env()
     rewards, infos = rollout(env, lambda _: np.zeros(env.action_space.shape, np.float32), options={"job": make_job(seed=5)})

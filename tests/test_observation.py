@@ -1,4 +1,5 @@
-"""The observation's stopping features: slope and trend of the validation loss per unit of budget."""
+"""The observation: its stopping features (slope and trend of the validation loss per unit of
+budget) and finding features by name in the layout."""
 
 import math
 
@@ -76,3 +77,19 @@ def test_layout_documents_fifteen_global_features():
     assert layout.global_size == 15
     assert layout.size == 15 + 2 * 4 + 2 * 4
     assert layout.to_dict()["global"][-3:] == ["val_loss_slope", "val_loss_trend", "budget_since_best"]
+
+
+def test_a_feature_name_finds_its_entries_in_every_section_it_appears_in():
+    layout = ObservationLayout(AllocationSpec(sample_groups=3, layer_groups=2, max_steps=10))
+    marked = np.zeros(layout.size)
+    marked[layout.positions(["budget_used", "gradient_coherence", "previous_share"])] = 1.0
+    assert layout.global_features(marked)[layout.global_index("budget_used")] == 1.0
+    assert layout.global_features(marked)[layout.global_index("gradient_coherence")] == 1.0
+    assert np.all(layout.layer_group_features(marked)[:, layout.layer_index("gradient_coherence")] == 1.0)
+    assert np.all(layout.sample_group_features(marked)[:, layout.sample_index("previous_share")] == 1.0)
+    assert marked.sum() == 2 + 2 + 3  # and nothing else
+
+
+def test_an_unknown_feature_name_is_refused_with_the_known_names():
+    with pytest.raises(ValueError, match="unknown observation feature.*'budget_usd'.*budget_used"):
+        ObservationLayout(SPEC).positions(["budget_usd"])

@@ -79,6 +79,7 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("ppo:\n  n_steps: many\n", "ppo.n_steps must be an integer"),
         ("ppo:\n  net_arch: [64, 0]\n", "ppo.net_arch"),
         ("- just a list\n", "must be a mapping"),
+        ("env:\n  ignored_features: [budget]\n", "env.ignored_features has unknown feature"),
         # PyYAML would keep the second 'ppo' and drop the first without a word
         ("ppo:\n  learning_rate: 0.1\nppo:\n  n_epochs: 2\n", "duplicate key 'ppo'"),
     ],
@@ -118,6 +119,32 @@ def test_resolved_configuration_round_trips_through_yaml():
 
 
 # ---------------------------------------------------------------------- a training run
+
+
+def test_a_policy_trained_without_some_features_ignores_them_when_applied(tmp_path):
+    from allocator import AllocatorPolicy
+    from allocator.stats import ObservationLayout
+    from tests.conftest import make_job
+
+    config = tmp_path / "blind.yaml"
+    config.write_text("env:\n  ignored_features: [budget_used, previous_gate]\n")
+    out = tmp_path / "blind"
+    argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "64"]
+    assert main(argv + ["--out", str(out), "--no-progress-bar"]) == 0
+
+    metadata = json.loads((out / "policy.json").read_text())
+    assert metadata["observation"]["ignored_features"] == ["budget_used", "previous_gate"]
+    policy = AllocatorPolicy.load(out)
+    positions = ObservationLayout(policy.spec).positions(["budget_used", "previous_gate"])
+    job = make_job()
+    policy.reset(job)
+    observation = job.observation()
+    observation[positions] = np.linspace(-5.0, 5.0, len(positions))  # what training never showed
+    assert np.all(policy.normalize(observation)[positions] == 0.0)
+    blind = observation.copy()
+    blind[positions] = 0.0
+    np.testing.assert_array_equal(policy.action(observation), policy.action(blind))
+
 
 
 def test_training_writes_a_complete_policy_directory(trained):
