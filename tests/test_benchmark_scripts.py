@@ -58,3 +58,28 @@ def test_published_policies_load_and_fit_todays_observation(preset):
     assert policy.observation_size == ObservationLayout(policy.spec).size
     result = run_job(make_job(budget_steps=40), policy)
     assert np.isfinite(result.objective)
+
+
+def test_run_comparison_counts_wins_over_uniform_by_job_regime(tmp_path, capsys):
+    compare = load_script("compare_runs")
+    # digits-mlp is a compute-bound train job, synth-noisy-mlp a data-bound one
+    rows = [
+        ("digits-mlp", 0, "policy", 0.50),
+        ("digits-mlp", 0, "uniform", 0.40),
+        ("digits-mlp", 1, "policy", 0.30),
+        ("digits-mlp", 1, "uniform", 0.40),
+        ("synth-noisy-mlp", 0, "policy", 0.70),
+        ("synth-noisy-mlp", 0, "uniform", 0.90),
+    ]
+    (tmp_path / "results.csv").write_text(
+        "job,seed,controller,objective,compute_fraction\n"
+        + "".join(f"{job},{seed},{controller},{j},1.0\n" for job, seed, controller, j in rows)
+    )
+    result = compare.summary(compare.read_runs(tmp_path))
+    assert result["wins"]["all"] == (2, 3)
+    assert result["wins"]["compute-bound"] == (1, 2)
+    assert result["wins"]["data-bound"] == (1, 1)
+    assert result["policy"] == pytest.approx(0.5) and result["uniform"] == pytest.approx(1.7 / 3)
+    assert compare.main([str(tmp_path), "--per-job"]) == 0
+    assert "digits-mlp" in capsys.readouterr().out
+    assert compare.main([str(tmp_path / "missing")]) == 2  # one line, no traceback
