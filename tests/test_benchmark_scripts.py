@@ -83,3 +83,11 @@ def test_run_comparison_counts_wins_over_uniform_by_job_regime(tmp_path, capsys)
     assert compare.main([str(tmp_path), "--per-job"]) == 0
     assert "digits-mlp" in capsys.readouterr().out
     assert compare.main([str(tmp_path / "missing")]) == 2  # one line, no traceback
+
+
+@pytest.mark.parametrize("path", sorted((BENCHMARKS / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_research_log_configurations_still_resolve_on_the_quick_preset(path):
+    """BENCHMARKS.md section 5 reruns these with `train --preset quick --config FILE`."""
+    from agents.config import load_preset, resolve_config
+
+    assert resolve_config("quick", path) != load_preset("quick")  # each changes something
