@@ -68,6 +68,9 @@ class EnvConfig:
     job every episode."""
     job_pool_seed: int = 0
     """Seed of the job pool (every env draws from the same pool)."""
+    data_bound_share: float = 0.5
+    """Share of data-bound jobs (the validation loss turns up before the budget ends) among
+    the sampled training jobs; the rest are compute-bound."""
     ignored_features: list = field(default_factory=list)
     """Observation features the agent does not see (names from ``allocator.stats``, e.g.
     ``budget_used``, ``previous_share``): 0 in every observation. The exported policy
@@ -81,6 +84,7 @@ class EnvConfig:
         for name in ("sample_groups", "layer_groups", "max_steps"):
             _at_least(where, f"env.{name}", getattr(self, name), 1)
         _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)
+        _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         unknown = [name for name in self.ignored_features if name not in FEATURE_NAMES]
         if unknown or not all(isinstance(name, str) for name in self.ignored_features):
             raise ValueError(

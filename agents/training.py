@@ -92,6 +92,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "job_pool": env.job_pool or None,
         "job_pool_seed": env.job_pool_seed,
         "ignored_features": list(env.ignored_features),
+        "data_bound_share": env.data_bound_share,
         "num_threads": 1,
         "device": "cpu",
     }

@@ -76,6 +76,8 @@ class ComputeAllocationEnv(gym.Env):
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
+    * ``data_bound_share``: share of data-bound jobs among the built-in
+      distribution's sampled recipes (default 0.5; ignored with ``jobs``).
     * ``num_threads``: torch threads for this env's process (default 1, so
       several envs in subprocesses share the cores well).
     * ``device``: device of the sampled jobs (default ``"cpu"``).
@@ -129,6 +131,7 @@ class ComputeAllocationEnv(gym.Env):
         job_pool: int | None = None,
         job_pool_seed: int = 0,
         ignored_features: Sequence[str] = (),
+        data_bound_share: float = 0.5,
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -157,7 +160,7 @@ class ComputeAllocationEnv(gym.Env):
         if jobs is None:
             from allocator.jobs import JobDistribution
 
-            jobs = JobDistribution(split=split, device=device)
+            jobs = JobDistribution(split=split, device=device, data_bound_share=data_bound_share)
         if not callable(getattr(jobs, "sample", None)):
             raise ValueError("jobs must have sample(rng, spec) -> TrainingJob")
         self.jobs = jobs

@@ -338,3 +338,26 @@ def test_jobs_command_prints_one_job_a_line_name_first(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == names("heldout")
     assert all(describe(line.split()[0]) in line for line in lines)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.8, 1.0])
+def test_data_bound_share_sets_the_regime_mix_of_sampled_jobs(share):
+    jobs = JobDistribution("train", named_share=0.0, data_bound_share=share)
+    regimes = [recipe.regime for recipe in jobs.recipes(0, 400)]
+    assert regimes.count("data-bound") / len(regimes) == pytest.approx(share, abs=0.06)
+
+
+def test_an_even_regime_mix_draws_the_same_jobs_as_before_the_option():
+    # the presets' seeded job pools (and every published result) depend on it;
+    # these are the recipes the distribution drew before data_bound_share existed
+    drawn = [(r.regime, r.model, r.width, r.batch_size) for r in JobDistribution("train").recipes(7, 6)]
+    assert drawn == [
+        ("data-bound", "resmlp", 128, 128),
+        ("compute-bound", "resmlp", 64, 32),
+        ("data-bound", "resmlp", 128, 128),
+        ("data-bound", "resmlp", 128, 64),
+        ("data-bound", "resmlp", 128, 32),
+        ("data-bound", "resmlp", 128, 32),
+    ]
+    with pytest.raises(ValueError, match="data_bound_share"):
+        JobDistribution("train", data_bound_share=1.5)

@@ -366,6 +366,9 @@ class JobDistribution:
             ``train``); synthetic data seeds of the two splits are disjoint.
         named_share: probability of drawing a named job of the split.
         device: device of the built jobs.
+        data_bound_share: probability that a sampled (not named) recipe is
+            data-bound; the rest are compute-bound. 0.5 draws exactly as
+            before this option existed, so the presets' job pools are unchanged.
 
     Example::
 
@@ -376,14 +379,21 @@ class JobDistribution:
     """
 
     def __init__(
-        self, split: str = "train", named_share: float = 0.2, device: str = "auto"
+        self,
+        split: str = "train",
+        named_share: float = 0.2,
+        device: str = "auto",
+        data_bound_share: float = 0.5,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0.0 <= named_share <= 1.0:
             raise ValueError(f"named_share must be in [0, 1], got {named_share!r}")
+        if not 0.0 <= data_bound_share <= 1.0:
+            raise ValueError(f"data_bound_share must be in [0, 1], got {data_bound_share!r}")
         self.split = split
         self.named_share = float(named_share)
+        self.data_bound_share = float(data_bound_share)
         self.device = device
         self.variants = _VARIANTS[split]
 
@@ -413,7 +423,10 @@ class JobDistribution:
             split_names = names(self.split)
             return NAMED_JOBS[split_names[int(rng.integers(len(split_names)))]]
 
-        regime = REGIMES[int(rng.integers(len(REGIMES)))]
+        if self.data_bound_share == 0.5:  # the original draw: keeps seeded job pools as they were
+            regime = REGIMES[int(rng.integers(len(REGIMES)))]
+        else:
+            regime = "data-bound" if rng.random() < self.data_bound_share else "compute-bound"
         variant = list(self.variants)[int(rng.integers(len(self.variants)))]
         dataset, fixed, families = self.variants[variant]
         family = families[int(rng.integers(len(families)))]
