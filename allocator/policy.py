@@ -497,11 +497,7 @@ class AllocatorPolicy:
         """A policy trained on another version of the observation cannot read this job's."""
         size = getattr(job, "observation_size", None)
         if isinstance(size, int) and size != self.observation_size:
-            raise ValueError(
-                f"{self.name} reads {self.observation_size} observation features, but the job gives "
-                f"{size} under the policy's spec (see allocator/stats.py): the policy was trained with "
-                "another version of the observation; retrain it"
-            )
+            raise ValueError(_another_observation_version(self.name, self.observation_size, size))
 
     def normalize(self, observation: Any) -> np.ndarray:
         """The observation as the network sees it: VecNormalize's clipped standardisation.
@@ -559,6 +555,15 @@ class AllocatorPolicy:
         )
 
 
+def _another_observation_version(who: str, reads: Any, gives: int) -> str:
+    """The refusal of a policy whose observation size is not this version's (at load or at reset)."""
+    return (
+        f"{who} reads {reads} observation features, but a job gives {gives} under the policy's spec "
+        "(see allocator/stats.py): the policy was trained with another version of the observation; "
+        "retrain it"
+    )
+
+
 def _ignored_positions(observation: dict, spec: AllocationSpec, config_path: Path) -> list[int]:
     """Positions of the features named in policy.json's ``observation.ignored_features``."""
     names = observation.get("ignored_features", [])
@@ -571,11 +576,7 @@ def _ignored_positions(observation: dict, spec: AllocationSpec, config_path: Pat
 
     layout = ObservationLayout(spec)
     if layout.size != observation.get("size"):
-        raise ValueError(
-            f"{where}: the policy reads {observation.get('size')} observation features, this version "
-            f"of compute-allocator gives {layout.size}: it was trained with another version of the "
-            "observation; retrain it"
-        )
+        raise ValueError(_another_observation_version(where, observation.get("size"), layout.size))
     try:
         return layout.positions(names)
     except ValueError as error:

@@ -248,6 +248,10 @@ DAMAGES = {
         lambda p: rewrite_json(p, lambda d: d["spec"].update(max_steps=0)),
         "invalid spec",
     ),
+    "ignored features named on another observation layout": (
+        lambda p: rewrite_json(p, lambda d: d["observation"].update(ignored_features=["budget_used"])),
+        "reads 22 observation features.*another version of the observation; retrain it",
+    ),
     "non-finite weight": (
         lambda p: rewrite_tensors(p, lambda t: t["actor.output.bias"].fill_(float("nan"))),
         "NaN or inf",
