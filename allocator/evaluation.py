@@ -491,7 +491,10 @@ def resolve_seeds(seeds) -> list[int]:
         seeds = int(text) if text.isdigit() else [_seed(s) for s in parse_names(text)]
     if isinstance(seeds, int):
         if seeds < 1:
-            raise ValueError(f"--seeds must be at least 1, got {seeds}")
+            # "--seeds 0" is most often meant as "seed 0": say how to write that
+            raise ValueError(
+                f"--seeds must be at least 1, got {seeds} (a count; for seed 0 alone write --seeds 0,)"
+            )
         return list(range(seeds))
     chosen = [_seed(s) for s in seeds]
     if not chosen:

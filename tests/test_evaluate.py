@@ -15,7 +15,7 @@ from torch import nn
 
 from allocator import TrainingJob
 from allocator.cli import main
-from allocator.evaluation import CSV_COLUMNS, evaluate
+from allocator.evaluation import CSV_COLUMNS, evaluate, resolve_seeds
 from tests.test_apply import POLICY_SPEC, make_policy_dir
 
 BASELINES = ["uniform", "freezeout"]
@@ -236,11 +236,20 @@ def test_evaluate_command_without_a_policy_compares_the_baselines(tmp_path, caps
 
 
 @pytest.mark.parametrize(
+    "seeds, expected",
+    [(3, [0, 1, 2]), ("3", [0, 1, 2]), ("0,", [0]), ("5,", [5]), ("3,7,3", [3, 7]), ([4, 1], [4, 1])],
+)
+def test_seeds_are_a_count_or_a_comma_separated_list(seeds, expected):
+    """A bare number counts seeds from 0; a trailing comma makes it a list of one seed."""
+    assert resolve_seeds(seeds) == expected
+
+
+@pytest.mark.parametrize(
     "arguments, message",
     [
         (["--baselines", "uniform,bogus"], "unknown baseline"),
         (["--jobs", "no-such-job"], "unknown job 'no-such-job'"),
-        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--seeds", "0"], "for seed 0 alone write --seeds 0,"),
         (["--policy", "/nonexistent/policy"], "does not exist"),
         (["--threads", "-1"], "--threads must be >= 0"),
     ],
