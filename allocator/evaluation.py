@@ -264,6 +264,7 @@ class EvaluationReport:
         jobs, seeds, controllers: what was run, in order (``"policy"`` first when present).
         policy: the policy's path or name, or ``None``.
         split: the split the jobs came from (``None`` for an explicit job list).
+        machine: what ran it (:func:`describe_machine`), or ``None``.
     """
 
     runs: list[EvaluatedRun]
@@ -272,6 +273,7 @@ class EvaluationReport:
     controllers: list[str]
     policy: str | None = None
     split: str | None = None
+    machine: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
     def select(
@@ -429,6 +431,16 @@ class EvaluationReport:
                 "- Per-job numbers are means over seeds; wins count (job, seed) pairs where the "
                 "policy's J is lower."
             ),
+        ]
+        if self.machine:
+            lines += [
+                (
+                    f"- **Machine**: {self.machine}. Runs are deterministic on one machine; other CPU "
+                    "kernels or GPUs change the last bits of the arithmetic, which training grows "
+                    "into small differences of J (BENCHMARKS.md, section 4)."
+                ),
+            ]
+        lines += [
             "",
             "## Overall",
             "",
@@ -500,6 +512,26 @@ def resolve_seeds(seeds) -> list[int]:
     if not chosen:
         raise ValueError("no seeds given")
     return list(dict.fromkeys(chosen))
+
+
+def describe_machine(device: str = "auto") -> str:
+    """One line naming what decides the last digits of a result: torch, its CPU kernels, threads, GPU.
+
+    PyTorch picks CPU kernels by instruction set (``AVX2``, ``AVX512``, ...), and
+    their float results differ in the last bits; a few hundred optimizer steps
+    grow those bits into visible differences of J. Two results.md files with
+    different machine lines are not expected to agree to the last digit.
+    """
+    import torch
+
+    parts = [f"torch {torch.__version__}"]
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    if callable(capability):
+        parts.append(f"CPU kernels {capability()}")
+    parts.append(f"{torch.get_num_threads()} torch thread(s)")
+    if device != "cpu" and torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    return ", ".join(parts)
 
 
 def _seed(value) -> int:
@@ -575,6 +607,7 @@ def evaluate(
         if isinstance(policy, (str, os.PathLike))
         else getattr(policy, "name", None),
         split=split if jobs is None or _is_count(jobs) else None,
+        machine=describe_machine(device),
     )
     if out_dir is not None:
         report.write(out_dir)

@@ -15,7 +15,7 @@ from torch import nn
 
 from allocator import TrainingJob
 from allocator.cli import main
-from allocator.evaluation import CSV_COLUMNS, evaluate, resolve_seeds
+from allocator.evaluation import CSV_COLUMNS, describe_machine, evaluate, resolve_seeds
 from tests.test_apply import POLICY_SPEC, make_policy_dir
 
 BASELINES = ["uniform", "freezeout"]
@@ -233,6 +233,16 @@ def test_evaluate_command_without_a_policy_compares_the_baselines(tmp_path, caps
     assert [r["controller"] for r in rows] == ["uniform", "random"]
     assert "| uniform |" in printed and "policy" not in printed
     assert "split `train`" in (out / "results.md").read_text()
+
+
+def test_results_md_names_the_machine_that_decides_the_last_digits(evaluated):
+    """Results agree to the last digit only on the same torch, CPU kernels and GPU: results.md says which."""
+    report, out = evaluated
+    text = (out / "results.md").read_text()
+    assert report.machine == describe_machine("auto")
+    assert f"- **Machine**: {report.machine}." in text
+    assert f"torch {torch.__version__}" in report.machine and "torch thread" in report.machine
+    assert "GPU" not in describe_machine("cpu"), "a CPU evaluation names no GPU"
 
 
 @pytest.mark.parametrize(
