@@ -55,6 +55,9 @@ class EnvConfig:
     """Optimizer steps of one interval (one env step) at uniform allocation."""
     min_keep_fraction: float = 0.1
     """Smallest share of a drawn batch that can get the backward pass."""
+    dead_zone: float = 0.0
+    """Actions within this distance of the zero action give exactly standard training
+    (``allocator.AllocationSpec``), in [0, 0.5); the exported policy records it."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
@@ -84,6 +87,7 @@ class EnvConfig:
         for name in ("sample_groups", "layer_groups", "max_steps"):
             _at_least(where, f"env.{name}", getattr(self, name), 1)
         _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)
+        _in_range(where, "env.dead_zone", self.dead_zone, 0.0, 0.5, high_open=True)
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         unknown = [name for name in self.ignored_features if name not in FEATURE_NAMES]
         if unknown or not all(isinstance(name, str) for name in self.ignored_features):
@@ -392,8 +396,10 @@ def _at_least(where: str, key: str, value: Any, low: float) -> None:
         raise ValueError(f"{where}: {key} must be >= {low:g}, got {value!r}")
 
 
-def _in_range(where: str, key: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
-    ok = (value > low if low_open else value >= low) and value <= high
+def _in_range(
+    where: str, key: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{where}: {key} must be in {bracket}{low:g}, {high:g}], got {value!r}")
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{where}: {key} must be in {left}{low:g}, {high:g}{right}, got {value!r}")

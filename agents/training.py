@@ -86,6 +86,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "layer_groups": env.layer_groups,
         "max_steps": env.max_steps,
         "min_keep_fraction": env.min_keep_fraction,
+        "dead_zone": env.dead_zone,
         "s": env.s,
         "w": env.w,
         "reference": None if env.reference == "none" else env.reference,
@@ -133,6 +134,7 @@ def allocation_spec(config: TrainConfig):
         layer_groups=env.layer_groups,
         max_steps=env.max_steps,
         min_keep_fraction=env.min_keep_fraction,
+        dead_zone=env.dead_zone,
     )
 
 

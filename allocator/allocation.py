@@ -58,6 +58,16 @@ class AllocationSpec:
         max_steps: optimizer steps of one interval at uniform allocation; the
             action maps to ``0 .. max_steps`` (0 stops the job).
         min_keep_fraction: the smallest keep fraction an action can ask for.
+        dead_zone: actions within this distance of the zero action give exactly
+            standard training, in ``[0, 0.5)``: share entries whose largest
+            deviation from their mean is at most ``dead_zone`` give equal shares,
+            and keep, gate and steps entries at or above ``-dead_zone`` give
+            keep 1, gate 1 and ``max_steps``. Beyond it the mappings continue
+            from there, so every allocation stays reachable. Why: a policy's
+            mean action is never exactly zero, and on a job that wants standard
+            training a 1 % tilt of the shares or a gate of 0.99 changes the
+            trajectory (BENCHMARKS.md, section 5). 0 (the default, and what a
+            policy.json without the field means) is the original mapping.
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
@@ -67,6 +77,7 @@ class AllocationSpec:
     layer_groups: int = 4
     max_steps: int = 10
     min_keep_fraction: float = 0.1
+    dead_zone: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -75,6 +86,8 @@ class AllocationSpec:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 < self.min_keep_fraction <= 1.0:
             raise ValueError(f"min_keep_fraction must be in (0, 1], got {self.min_keep_fraction!r}")
+        if not (math.isfinite(self.dead_zone) and 0.0 <= self.dead_zone < -STOP_BELOW):
+            raise ValueError(f"dead_zone must be in [0, {-STOP_BELOW}), got {self.dead_zone!r}")
 
     @property
     def action_size(self) -> int:
@@ -87,11 +100,12 @@ class AllocationSpec:
             "layer_groups": int(self.layer_groups),
             "max_steps": int(self.max_steps),
             "min_keep_fraction": float(self.min_keep_fraction),
+            "dead_zone": float(self.dead_zone),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> AllocationSpec:
-        known = {"sample_groups", "layer_groups", "max_steps", "min_keep_fraction"}
+        known = {"sample_groups", "layer_groups", "max_steps", "min_keep_fraction", "dead_zone"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown AllocationSpec field(s): {sorted(unknown)}")
@@ -102,6 +116,8 @@ class AllocationSpec:
 
         Out-of-range entries are clipped; non-finite ones raise ``ValueError``.
 
+        With ``dead_zone`` 0 (d below):
+
         * shares: ``softmax(3 * a[:K])`` (zero -> equal shares);
         * keep: ``1`` for ``a >= 0``; below 0 it jumps to the break-even fraction
           ``2/3`` (:data:`KEEP_BREAK_EVEN`) and falls linearly to ``min_keep_fraction``
@@ -109,6 +125,11 @@ class AllocationSpec:
         * gates: ``clip(1 + a, 0, 1)`` (zero or more -> always trained);
         * steps: ``max_steps`` for ``a >= 0``, falling linearly to 1 at
           ``a = -0.5``; below -0.5 the job stops (steps = 0).
+
+        With ``dead_zone`` d > 0, the deviation ``a[:K] - mean`` is shrunk by d in
+        its largest entry (equal shares when that entry is at most d), and the
+        keep, gate and steps mappings above start at ``-d`` instead of 0, with
+        their linear parts rescaled to end where they did (-1, -1 and -0.5).
         """
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape[0] != self.action_size:
@@ -121,11 +142,11 @@ class AllocationSpec:
             raise ValueError(f"action must be finite, got {a.tolist()}")
         a = np.clip(a, -1.0, 1.0)
         k, g = self.sample_groups, self.layer_groups
-        logits = SHARE_SCALE * a[:k]
+        logits = SHARE_SCALE * self._share_deviation(a[:k])
         shares = np.exp(logits - logits.max())
         shares /= shares.sum()
         keep = self._keep_of(a[k])
-        gates = np.clip(1.0 + a[k + 1 : k + 1 + g], 0.0, 1.0)
+        gates = np.clip((1.0 + a[k + 1 : k + 1 + g]) / (1.0 - self.dead_zone), 0.0, 1.0)
         steps = self._steps_of(a[k + 1 + g])
         return Allocation(
             sample_shares=tuple(float(x) for x in shares),
@@ -142,23 +163,30 @@ class AllocationSpec:
         ``2/3`` and 1, map to the nearest reachable allocation's action.
         """
         self.check(allocation)
+        d = self.dead_zone
         shares = np.maximum(np.asarray(allocation.sample_shares, dtype=np.float64), 1e-12)
         logits = np.log(shares) / SHARE_SCALE
-        # softmax ignores a shift; centring the range keeps every reachable share in [-1, 1]
+        if d > 0.0:
+            # the inverse of the shrink in _share_deviation: mean-centred, largest entry grown by d
+            logits -= logits.mean()
+            largest = np.abs(logits).max()
+            logits = logits * ((largest + d) / largest) if largest > 1e-12 else logits * 0.0
+        # the mapping ignores a shift; centring the range keeps every reachable share in [-1, 1]
         logits -= (logits.max() + logits.min()) / 2.0
         top = self._keep_top
         if allocation.keep_fraction >= 1.0 or top <= self.min_keep_fraction:
             keep = 0.0
         else:  # a fraction above the break-even point maps to it: the nearest reachable one
-            keep = (min(allocation.keep_fraction, top) - top) / (top - self.min_keep_fraction)
-            keep = min(keep, -1e-6)  # strictly below 0, where selection starts
-        gates = np.asarray(allocation.layer_gates, dtype=np.float64) - 1.0
+            keep = -d + (1.0 - d) * (min(allocation.keep_fraction, top) - top) / (top - self.min_keep_fraction)
+            keep = min(keep, -d - 1e-6)  # strictly below -d, where selection starts
+        gates = np.asarray(allocation.layer_gates, dtype=np.float64) * (1.0 - d) - 1.0
+        gates[np.asarray(allocation.layer_gates) >= 1.0] = 0.0
         if allocation.steps == 0:
             steps = (-1.0 + STOP_BELOW) / 2.0  # the middle of the stop region
-        elif self.max_steps == 1:
+        elif allocation.steps == self.max_steps:
             steps = 0.0
         else:
-            steps = STOP_BELOW * (1.0 - (allocation.steps - 1) / (self.max_steps - 1))
+            steps = -d + (STOP_BELOW + d) * (1.0 - (allocation.steps - 1) / (self.max_steps - 1))
         action = np.concatenate([logits, [keep], gates, [steps]])
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
@@ -167,18 +195,31 @@ class AllocationSpec:
         """The largest keep fraction below 1 that an action can ask for."""
         return max(KEEP_BREAK_EVEN, self.min_keep_fraction)
 
+    def _share_deviation(self, entries: np.ndarray) -> np.ndarray:
+        """The share entries with the dead zone applied (softmax ignores their mean)."""
+        d = self.dead_zone
+        if d == 0.0:
+            return entries  # the original mapping, bit for bit: published policies replay exactly
+        deviation = entries - entries.mean()
+        largest = np.abs(deviation).max()
+        if largest <= d:
+            return deviation * 0.0
+        return deviation * ((largest - d) / largest)
+
     def _keep_of(self, entry: float) -> float:
-        if entry >= 0.0:
+        d = self.dead_zone
+        if entry >= -d:
             return 1.0
         top = self._keep_top
-        return top + entry * (top - self.min_keep_fraction)
+        return top + ((entry + d) / (1.0 - d)) * (top - self.min_keep_fraction)
 
     def _steps_of(self, entry: float) -> int:
+        d = self.dead_zone
         if entry < STOP_BELOW:
             return 0
-        if entry >= 0.0:
+        if entry >= -d:
             return self.max_steps
-        return 1 + int(round((self.max_steps - 1) * (1.0 - entry / STOP_BELOW)))
+        return 1 + int(round((self.max_steps - 1) * (1.0 - (entry + d) / (STOP_BELOW + d))))
 
     def check(self, allocation: Allocation) -> None:
         """Raise ``ValueError`` if ``allocation`` does not fit this spec."""

@@ -46,6 +46,8 @@ class ComputeAllocationEnv(gym.Env):
     =========  ==================  ===========================================
 
     Out-of-range actions are clipped; non-finite ones raise ``ValueError``.
+    With ``dead_zone`` d > 0, entries within d of the zero action give exactly
+    standard training (see :class:`~allocator.AllocationSpec`).
 
     ## Observation space
 
@@ -71,8 +73,8 @@ class ComputeAllocationEnv(gym.Env):
     ## Arguments
 
     * ``split``: ``"train"`` or ``"heldout"``, the job distribution to sample.
-    * ``sample_groups``, ``layer_groups``, ``max_steps``, ``min_keep_fraction``:
-      the :class:`~allocator.AllocationSpec`.
+    * ``sample_groups``, ``layer_groups``, ``max_steps``, ``min_keep_fraction``,
+      ``dead_zone``: the :class:`~allocator.AllocationSpec`.
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
@@ -120,6 +122,7 @@ class ComputeAllocationEnv(gym.Env):
         layer_groups: int = 4,
         max_steps: int = 10,
         min_keep_fraction: float = 0.1,
+        dead_zone: float = 0.0,
         s: float = 0.2,
         w: float = 1.0,
         divergence_loss: float = 3.0,
@@ -152,6 +155,7 @@ class ComputeAllocationEnv(gym.Env):
             layer_groups=layer_groups,
             max_steps=max_steps,
             min_keep_fraction=min_keep_fraction,
+            dead_zone=dead_zone,
         )
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
         self.layout = ObservationLayout(self.allocation_spec)

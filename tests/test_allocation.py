@@ -51,6 +51,61 @@ def test_action_round_trips_through_allocation():
         assert again.steps == allocation.steps
 
 
+DEAD = AllocationSpec(sample_groups=4, layer_groups=3, max_steps=10, min_keep_fraction=0.1, dead_zone=0.1)
+
+
+def test_a_dead_zone_turns_actions_near_zero_into_exactly_standard_training():
+    """A policy's mean action is never exactly 0: within the dead zone it still trains like uniform."""
+    near_zero = np.array([0.09, -0.05, 0.0, 0.1, -0.1, 0.0, -0.1, -0.08, -0.1])
+    assert DEAD.to_allocation(near_zero) == Allocation.uniform(DEAD)
+    without = SPEC.to_allocation(near_zero)
+    assert without.sample_shares != (0.25,) * 4 and without.layer_gates != (1.0,) * 3
+    assert without.keep_fraction < 1.0 and without.steps < 10
+    shifted = DEAD.to_allocation(np.r_[[0.5, 0.5, 0.5, 0.55], np.zeros(5)])
+    assert shifted.sample_shares == (0.25,) * 4, "only deviations from the entries' mean count"
+
+
+def test_beyond_the_dead_zone_the_mappings_go_on_continuously_to_the_same_ends():
+    just_past = DEAD.to_allocation(np.r_[[0.0, 0.0, 0.0, 0.1001], -0.1001, -0.1001, 0.0, 0.0, -0.1001])
+    assert just_past.sample_shares == pytest.approx((0.25,) * 4, abs=1e-3)
+    assert just_past.keep_fraction == pytest.approx(2 / 3, abs=1e-3)  # selection starts at break-even
+    assert just_past.layer_gates[0] == pytest.approx(1.0, abs=1e-3)
+    assert just_past.steps == 10
+    assert DEAD.to_allocation(-np.ones(DEAD.action_size)) == SPEC.to_allocation(-np.ones(SPEC.action_size))
+    assert DEAD.to_allocation(np.r_[np.zeros(8), -0.5]).steps == 1
+    assert DEAD.to_allocation(np.r_[np.zeros(8), -0.51]).steps == 0
+    extreme = np.r_[[1.0, -1.0, -1.0, -1.0], np.zeros(5)]
+    assert DEAD.to_allocation(extreme).sample_shares[0] < SPEC.to_allocation(extreme).sample_shares[0]
+
+
+def test_action_round_trips_through_allocation_with_a_dead_zone():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        action = rng.uniform(-1, 1, DEAD.action_size)
+        allocation = DEAD.to_allocation(action)
+        back = DEAD.to_action(allocation)
+        assert np.all(np.abs(back) <= 1.0)
+        again = DEAD.to_allocation(back)
+        assert np.allclose(again.sample_shares, allocation.sample_shares, atol=1e-6)
+        assert again.keep_fraction == pytest.approx(allocation.keep_fraction, abs=1e-6)
+        assert np.allclose(again.layer_gates, allocation.layer_gates, atol=1e-6)
+        assert again.steps == allocation.steps
+    assert np.all(DEAD.to_action(Allocation.uniform(DEAD)) == 0.0)
+
+
+@pytest.mark.parametrize("dead_zone", [-0.1, 0.5, float("nan")])
+def test_dead_zone_must_leave_room_before_the_stop_region(dead_zone):
+    with pytest.raises(ValueError, match="dead_zone must be in"):
+        AllocationSpec(dead_zone=dead_zone)
+
+
+def test_spec_without_a_dead_zone_field_reads_as_the_original_mapping():
+    """policy.json files written before the field existed keep their meaning."""
+    old = {"sample_groups": 4, "layer_groups": 3, "max_steps": 10, "min_keep_fraction": 0.1}
+    assert AllocationSpec.from_dict(old) == SPEC and SPEC.dead_zone == 0.0
+    assert AllocationSpec.from_dict(DEAD.to_dict()) == DEAD
+
+
 def test_out_of_range_actions_are_clipped_and_non_finite_ones_rejected():
     assert SPEC.to_allocation(np.full(SPEC.action_size, 5.0)) == SPEC.to_allocation(np.ones(SPEC.action_size))
     with pytest.raises(ValueError, match="finite"):

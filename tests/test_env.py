@@ -87,6 +87,23 @@ def test_rewards_sum_to_minus_j_and_match_run_job_under_uniform():
     assert infos[-1]["compute_used"] == result.compute_used == result.budget
 
 
+def test_with_a_dead_zone_a_near_zero_policy_trains_exactly_like_uniform():
+    """The trajectory, not just the allocation: a 1 % tilt would change every later loss."""
+    result = run_job(make_job(seed=5), "uniform")
+    uniform_losses = [loss for _, loss in result.curve[1:]]
+    for dead_zone in (0.0, 0.1):
+        env = make_env(dead_zone=dead_zone)
+        wobble = np.random.default_rng(0)  # every entry within 0.05 of 0: no share deviates by more than 0.1
+        rewards, infos = rollout(
+            env,
+            lambda _, wobble=wobble, shape=env.action_space.shape: wobble.uniform(-0.05, 0.05, shape).astype(np.float32),
+            options={"job": make_job(seed=5)},
+        )
+        same = [i["val_loss"] for i in infos] == uniform_losses
+        assert same == (dead_zone > 0), f"dead_zone {dead_zone}"
+    assert sum(rewards) == pytest.approx(-result.objective, abs=1e-9)
+
+
 def test_stopping_ends_the_episode_with_the_budget_unspent():
     env = make_env()
     action = np.zeros(env.action_space.shape, np.float32)

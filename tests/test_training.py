@@ -80,6 +80,7 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("ppo:\n  net_arch: [64, 0]\n", "ppo.net_arch"),
         ("- just a list\n", "must be a mapping"),
         ("env:\n  ignored_features: [budget]\n", "env.ignored_features has unknown feature"),
+        ("env:\n  dead_zone: 0.5\n", r"env.dead_zone must be in \[0, 0.5\)"),
         # PyYAML would keep the second 'ppo' and drop the first without a word
         ("ppo:\n  learning_rate: 0.1\nppo:\n  n_epochs: 2\n", "duplicate key 'ppo'"),
     ],
@@ -121,13 +122,14 @@ def test_resolved_configuration_round_trips_through_yaml():
 # ---------------------------------------------------------------------- a training run
 
 
-def test_a_policy_trained_without_some_features_ignores_them_when_applied(tmp_path):
+def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
+    """Trained without some features and with a dead zone: policy.json records both, apply honours both."""
     from allocator import AllocatorPolicy
     from allocator.stats import ObservationLayout
     from tests.conftest import make_job
 
     config = tmp_path / "blind.yaml"
-    config.write_text("env:\n  ignored_features: [budget_used, previous_gate]\n")
+    config.write_text("env:\n  ignored_features: [budget_used, previous_gate]\n  dead_zone: 0.05\n")
     out = tmp_path / "blind"
     argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "64"]
     assert main(argv + ["--out", str(out), "--no-progress-bar"]) == 0
@@ -135,6 +137,7 @@ def test_a_policy_trained_without_some_features_ignores_them_when_applied(tmp_pa
     metadata = json.loads((out / "policy.json").read_text())
     assert metadata["observation"]["ignored_features"] == ["budget_used", "previous_gate"]
     policy = AllocatorPolicy.load(out)
+    assert policy.spec.dead_zone == 0.05  # the action mapping it was trained with, recorded
     positions = ObservationLayout(policy.spec).positions(["budget_used", "previous_gate"])
     job = make_job()
     policy.reset(job)
