@@ -91,3 +91,28 @@ def test_research_log_configurations_still_resolve_on_the_quick_preset(path):
     from agents.config import load_preset, resolve_config
 
     assert resolve_config("quick", path) != load_preset("quick")  # each changes something
+
+
+def test_noise_floor_perturbations_move_the_trajectory_and_nothing_else():
+    from allocator.allocation import AllocationSpec
+    from allocator.evaluation import build_job
+
+    noise = load_script("noise_floor")
+
+    class Tiny:
+        name = "tiny"
+
+        def build(self, seed):
+            return make_job(seed=seed, batch_size=100)  # a 0.01 share is one sample of the batch
+
+    spec = AllocationSpec(max_steps=20)
+    rows = noise.measure([Tiny()], [0], spec, show=lambda line: None)
+    reference = run_job(build_job(Tiny(), 0, spec), "uniform").objective
+    tilted = rows["shares +-0.01"][0]
+    assert tilted["uniform"] == reference and tilted["regime"] == "other"
+    assert tilted["perturbed"] != reference  # one sample per batch moved to another group changes the run
+    result = run_job(build_job(Tiny(), 0, spec), noise.perturbations()[0])
+    assert result.compute_used == run_job(build_job(Tiny(), 0, spec), "uniform").compute_used  # same compute
+    table = noise.summary_table(rows)
+    change = tilted["perturbed"] - reference
+    assert f"| shares +-0.01 | all | 1 | {int(change < 0)} | {change:+.4f} |" in table
