@@ -29,6 +29,7 @@ Controllers read only the job's public state (``job.spec``, ``job.seed``,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -366,7 +367,8 @@ class RandomAllocation:
 
     Each interval draws an action uniformly from ``[-1, 1]^action_size`` and
     maps it with ``spec.to_allocation`` (so shares, keep fraction, gates and
-    steps are as random as the action space makes them). Seeded from the
+    steps are as random as the action space makes them), always without the
+    spec's ``dead_zone``. Seeded from the
     job's seed at ``reset``: the same job and seed give the same allocations.
 
     .. warning:: Before ``min_budget_fraction`` (default 10 %) of the budget
@@ -389,7 +391,9 @@ class RandomAllocation:
 
     def reset(self, job) -> None:
         self.job = job
-        self.spec = job.spec
+        # A policy's dead zone is part of how that policy acts, not of the job: without it
+        # here, "random" would change with the policy it is compared with.
+        self.spec = dataclasses.replace(job.spec, dead_zone=0.0)
         self.rng = np.random.default_rng([int(job.seed), _RANDOM_STREAM])
 
     def act(self, observation) -> Allocation:

@@ -316,6 +316,16 @@ def test_random_allocations_repeat_with_the_seed_and_differ_across_seeds():
     assert len({a.keep_fraction for a in first}) > 1  # actually random, not a constant
 
 
+def test_random_ignores_the_dead_zone_of_the_policy_it_is_compared_with():
+    draws = {}
+    for dead_zone in (0.0, 0.3):
+        job = SimpleNamespace(spec=AllocationSpec(dead_zone=dead_zone), seed=0, compute_fraction=0.5)
+        controller = RandomAllocation()
+        controller.reset(job)
+        draws[dead_zone] = [controller.act(None) for _ in range(20)]
+    assert draws[0.0] == draws[0.3]
+
+
 def test_random_never_stops_before_a_tenth_of_the_budget():
     spec = AllocationSpec(max_steps=1)  # a quarter of all random actions would stop
     job = SimpleNamespace(spec=spec, seed=0, compute_fraction=0.0)
