@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from allocator.allocation import STOP_BELOW
 from allocator.stats import FEATURE_NAMES
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -87,7 +88,7 @@ class EnvConfig:
         for name in ("sample_groups", "layer_groups", "max_steps"):
             _at_least(where, f"env.{name}", getattr(self, name), 1)
         _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)
-        _in_range(where, "env.dead_zone", self.dead_zone, 0.0, 0.5, high_open=True)
+        _in_range(where, "env.dead_zone", self.dead_zone, 0.0, -STOP_BELOW, high_open=True)
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         unknown = [name for name in self.ignored_features if name not in FEATURE_NAMES]
         if unknown or not all(isinstance(name, str) for name in self.ignored_features):

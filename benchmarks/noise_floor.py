@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
@@ -32,8 +33,8 @@ from allocator.baselines import Uniform
 from allocator.evaluation import build_job, resolve_jobs
 from allocator.runner import run_job
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from compare_runs import regime  # noqa: E402  (a sibling script, not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
+from compare_runs import regime  # noqa: E402
 
 
 class FixedAllocation(Uniform):

@@ -107,12 +107,13 @@ def test_noise_floor_perturbations_move_the_trajectory_and_nothing_else():
 
     spec = AllocationSpec(max_steps=20)
     rows = noise.measure([Tiny()], [0], spec, show=lambda line: None)
-    reference = run_job(build_job(Tiny(), 0, spec), "uniform").objective
+    uniform = run_job(build_job(Tiny(), 0, spec), "uniform")
+    reference = uniform.objective
     tilted = rows["shares +-0.01"][0]
     assert tilted["uniform"] == reference and tilted["regime"] == "other"
     assert tilted["perturbed"] != reference  # one sample per batch moved to another group changes the run
     result = run_job(build_job(Tiny(), 0, spec), noise.perturbations()[0])
-    assert result.compute_used == run_job(build_job(Tiny(), 0, spec), "uniform").compute_used  # same compute
+    assert result.compute_used == uniform.compute_used  # same compute
     table = noise.summary_table(rows)
     change = tilted["perturbed"] - reference
     assert f"| shares +-0.01 | all | 1 | {int(change < 0)} | {change:+.4f} |" in table
