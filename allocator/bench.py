@@ -14,8 +14,10 @@ with the FLOPs per second the allocator achieved.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +26,15 @@ import torch.nn.functional as F
 def add_arguments(parser) -> None:
     parser.add_argument(
         "--what",
-        choices=("overhead", "env", "all"),
+        choices=("overhead", "env", "sync", "all"),
         default="overhead",
-        help="overhead: allocator vs plain loop; env: environment steps per second, 1 env vs 2 in subprocesses",
+        help=(
+            "overhead: allocator vs plain loop; env: environment steps per second, 1 env vs 2 in subprocesses; "
+            "sync: where each built-in job's tensors live and how often an interval makes the host wait for "
+            "the GPU (CUDA only; 'all' leaves it out)"
+        ),
     )
+    parser.add_argument("--intervals", type=int, default=5, help="intervals per allocation and job (--what sync)")
     parser.add_argument("--env-steps", type=int, default=600, help="env steps per measurement (--what env)")
     parser.add_argument("--width", type=int, default=256, help="residual MLP width")
     parser.add_argument("--depth", type=int, default=2, help="residual blocks")
@@ -42,6 +49,33 @@ def add_arguments(parser) -> None:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def host_synchronisations():
+    """Record every CUDA operation that makes the host wait for the GPU, as "file:line".
+
+    Uses torch's sync debug mode, which flags ``.item()``, ``.cpu()``, copies
+    from ordinary host memory, ``nonzero`` and the like. The list is filled
+    when the ``with`` block ends::
+
+        with host_synchronisations() as syncs:
+            job.advance(allocation)
+        assert len(syncs) == 1
+
+    Trap: a synchronisation inside a library's C++ code is reported at the
+    Python line that called into it.
+    """
+    found: list[str] = []
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    found.extend(f"{w.filename}:{w.lineno}" for w in caught if "called a synchronizing" in str(w.message))
 
 
 def _data(samples: int, features: int, classes: int, device: torch.device):
@@ -149,16 +183,77 @@ def _run_env_bench(args) -> None:
     print(f"scaling 1 -> 2 envs     x{rates[2][0] / rates[1][0]:.2f} env steps/s")
 
 
+def _mixed_allocation(spec):
+    """Every lever away from uniform at once: tilted shares, half kept, a frozen group, a half gate."""
+    from allocator import Allocation
+
+    shares = [1.0 + i for i in range(spec.sample_groups)]
+    shares = [v / sum(shares) for v in shares]
+    gates = [0.0] + [0.5] + [1.0] * (spec.layer_groups - 2)
+    return Allocation(tuple(shares), 0.5, tuple(gates[: spec.layer_groups]), spec.max_steps)
+
+
+def _run_sync_bench(args) -> int:
+    from collections import Counter
+
+    from allocator.baselines import BASELINES
+    from allocator.baselines import make as make_controller
+    from allocator.jobs.distribution import make_job, names
+
+    if not torch.cuda.is_available():
+        raise ValueError("--what sync measures CUDA host synchronisations and needs a GPU; torch sees none")
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; {args.intervals} intervals per row")
+    print(f"{'job':22} {'controller':18} {'data':5} {'model':5} {'syncs/interval':>14} {'ms/interval':>11} {'steps/s':>8}")
+    places: Counter[str] = Counter()
+    worst = 0.0
+    for name in names():
+        for label in ("mixed", *BASELINES):
+            job = make_job(name, seed=0, device="cuda")
+            controller = None if label == "mixed" else make_controller(label)
+            if controller is not None:
+                controller.reset(job)
+            job.observation()  # start-up (FLOP counting, first validation) synchronises; it is paid once
+            counts, seconds, steps = [], 0.0, 0
+            for _ in range(args.intervals):
+                if job.done:
+                    break
+                # the controller acts on the host, from the observation the last interval's one read produced
+                allocation = _mixed_allocation(job.spec) if controller is None else controller.act(job.observation())
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                with host_synchronisations() as syncs:
+                    report = job.advance(allocation)
+                torch.cuda.synchronize()
+                seconds += time.perf_counter() - started
+                steps += report.steps
+                counts.append(len(syncs))
+                places.update(syncs)
+            parameter_device = next(job.model.parameters()).device
+            per_interval = statistics.mean(counts)
+            worst = max(worst, per_interval)
+            print(
+                f"{name:22} {label:18} {job._train_x.device.type:5} {parameter_device.type:5} "
+                f"{per_interval:14.2f} {seconds * 1e3 / len(counts):11.1f} {steps / seconds:8.0f}"
+            )
+    print("where the host waited (count over all rows):")
+    for place, count in places.most_common():
+        print(f"  {count:6d}  {place}")
+    print(f"most synchronisations in one interval, averaged over a row: {worst:.2f}")
+    return 0
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
     from allocator.job import _resolve_device
 
-    for name in ("width", "depth", "batch_size", "steps", "repeats", "samples", "env_steps"):
+    for name in ("width", "depth", "batch_size", "steps", "repeats", "samples", "env_steps", "intervals"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what == "sync":
+        return _run_sync_bench(args)
     if args.what in ("env", "all"):
         _run_env_bench(args)
         if args.what == "env":

@@ -74,6 +74,18 @@ def _resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}") from error
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor to ``device`` without making the host wait for the GPU.
+
+    A plain ``.to("cuda")`` from ordinary (pageable) memory synchronises the
+    stream; from pinned memory with ``non_blocking=True`` it is queued like a
+    kernel, and PyTorch keeps the pinned buffer alive until the copy has run.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _as_tensors(data, argument: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(X, y)`` tensors from a pair of arrays/tensors or a map-style torch ``Dataset``."""
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (tuple, list))):
@@ -291,6 +303,7 @@ class TrainingJob:
         self._group_bounds = [(g * n) // spec.sample_groups for g in range(spec.sample_groups + 1)]
         self._gradient_sums = [torch.zeros_like(p) for group in self._group_parameters for p in group]
         self._parameter_group = [g for g, group in enumerate(self._group_parameters) for _ in group]
+        self._parameter_group_index = torch.tensor(self._parameter_group, device=self.device)
         self._flat_parameters = [p for group in self._group_parameters for p in group]
         self._group_index_cache: dict[tuple[bool, ...], torch.Tensor] = {}
         self._trained_state: tuple[bool, ...] | None = None
@@ -498,9 +511,9 @@ class TrainingJob:
                 low, high = 0, self.training_set_size
             starts += [low] * int(count)
             sizes += [high - low] * int(count)
-        # one host-to-device copy per interval, none per step
-        self._slot_start = torch.tensor(starts, dtype=torch.long, device=self.device)
-        self._slot_size = torch.tensor(sizes, dtype=torch.float32, device=self.device)
+        # one host-to-device copy per interval, none per step, and it does not wait for the GPU
+        self._slot_start = _to_device(torch.tensor(starts, dtype=torch.long), self.device)
+        self._slot_size = _to_device(torch.tensor(sizes, dtype=torch.float32), self.device)
         self.last_batch_group_counts = counts
 
     def _set_trained(self, trained: tuple[bool, ...]) -> None:
@@ -563,7 +576,7 @@ class TrainingJob:
         key = tuple(present)
         index = self._group_index_cache.get(key)
         if index is None:
-            index = torch.tensor([self._parameter_group[i] for i in present], device=self.device)
+            index = _to_device(torch.tensor([self._parameter_group[i] for i in present]), self.device)
             self._group_index_cache[key] = index
         grads = [self._flat_parameters[i].grad for i in present]
         norms = torch.stack(torch._foreach_norm(grads))
@@ -594,7 +607,7 @@ class TrainingJob:
         groups = spec.layer_groups
         val_loss, val_accuracy = self._evaluate()
         weight_norms = torch.zeros(groups, device=self.device)
-        index_all = torch.tensor(self._parameter_group, device=self.device)
+        index_all = self._parameter_group_index
         weight_norms.index_add_(0, index_all, torch.stack(torch._foreach_norm(self._flat_parameters)).square())
         sum_norms = torch.zeros(groups, device=self.device)
         sum_norms.index_add_(0, index_all, torch.stack(torch._foreach_norm(self._gradient_sums)).square())

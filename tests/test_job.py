@@ -277,3 +277,43 @@ def test_more_layer_groups_than_modules_is_a_clear_error():
     job = make_job(spec=AllocationSpec(layer_groups=9))
     with pytest.raises(ValueError, match="layer_groups"):
         job.observation()
+
+
+# ---------------------------------------------------------------------------- CUDA
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path needs CUDA")
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "allocation",
+    [
+        interval(steps=10),
+        # every lever at once: tilted shares, half kept, a frozen and a half-gated group
+        interval(keep=0.5, gates=(0.0, 0.5, 1.0, 1.0), shares=(0.1, 0.2, 0.3, 0.4), steps=10),
+    ],
+    ids=["uniform", "every-lever"],
+)
+def test_on_cuda_the_job_keeps_its_data_on_the_gpu_and_the_host_waits_once_per_interval(allocation):
+    from allocator.bench import host_synchronisations
+
+    job = make_job(device="cuda")
+    job.observation()  # start-up (FLOP counting, the first validation) may wait; it runs once per job
+    assert job._train_x.device.type == "cuda" and job._val_x.device.type == "cuda"
+    assert all(p.device.type == "cuda" for p in job.model.parameters())
+    for _ in range(3):
+        with host_synchronisations() as syncs:
+            report = job.advance(allocation)
+        assert report.steps == 10
+        assert len(syncs) == 1, f"expected the one read of the interval's statistics, got {syncs}"
+
+
+@needs_cuda
+def test_on_cuda_a_run_matches_the_cpu_run_in_its_accounting():
+    cpu, gpu = make_job(device="cpu"), make_job(device="cuda")
+    assert gpu.uniform_step_flops == cpu.uniform_step_flops
+    uniform = interval(steps=10)
+    for _ in range(3):
+        on_cpu, on_gpu = cpu.advance(uniform), gpu.advance(uniform)
+        assert on_gpu.compute == on_cpu.compute
+        assert on_gpu.val_loss == pytest.approx(on_cpu.val_loss, rel=0.05)
