@@ -75,6 +75,11 @@ class EnvConfig:
     data_bound_share: float = 0.5
     """Share of data-bound jobs (the validation loss turns up before the budget ends) among
     the sampled training jobs; the rest are compute-bound."""
+    device: str = "cpu"
+    """Device of the training jobs the envs run: ``cpu``, ``auto`` (CUDA when available),
+    ``cuda``, ``cuda:1``, ... The default is ``cpu``: the built-in jobs are small, so on a GPU
+    they wait on kernel launches rather than arithmetic (BENCHMARKS.md, "The GPU path"), and
+    CPU envs in subprocesses scale with cores. The PPO network itself always trains on the CPU."""
     ignored_features: list = field(default_factory=list)
     """Observation features the agent does not see (names from ``allocator.stats``, e.g.
     ``budget_used``, ``previous_share``): 0 in every observation. The exported policy
@@ -98,6 +103,22 @@ class EnvConfig:
             )
         _in_range(where, "env.s", self.s, 0.0, 1.0)
         _at_least(where, "env.w", self.w, 0.0)
+        _check_device(where, self.device)
+
+
+def _check_device(where: str, device) -> None:
+    import torch
+
+    from allocator.job import _resolve_device
+
+    try:
+        resolved = _resolve_device(device) if isinstance(device, str) else None
+    except ValueError:
+        resolved = None
+    if resolved is None:
+        raise ValueError(f"{where}: env.device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{where}: env.device is {device!r} but torch sees no GPU; use 'cpu' or 'auto'")
 
 
 @dataclass

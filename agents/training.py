@@ -95,7 +95,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "ignored_features": list(env.ignored_features),
         "data_bound_share": env.data_bound_share,
         "num_threads": 1,
-        "device": "cpu",
+        "device": env.device,
     }
 
 
@@ -489,7 +489,7 @@ def _train(
     if training.eval_jobs > 0:
         from allocator.jobs import JobDistribution
 
-        heldout = JobDistribution("heldout", device="cpu")
+        heldout = JobDistribution("heldout", device=config.env.device)
 
         def heldout_job(index: int):
             rng = np.random.default_rng([training.eval_seed, index])

@@ -133,11 +133,12 @@ def allocator_loop(model, train, val, batch_size: int, steps: int) -> tuple[floa
     return time.perf_counter() - started, job.compute_used
 
 
-def env_throughput(n_envs: int, env_steps: int) -> tuple[float, float]:
+def env_throughput(n_envs: int, env_steps: int, device: str = "cpu") -> tuple[float, float]:
     """(env steps/s, training-job optimizer steps/s) of ``n_envs`` envs under uniform actions.
 
     One env runs in this process (``DummyVecEnv``); more run in subprocesses
-    (``SubprocVecEnv``), one torch thread each.
+    (``SubprocVecEnv``), one torch thread each. ``device`` is where the envs'
+    training jobs run.
     """
     import numpy as np
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -148,7 +149,7 @@ def env_throughput(n_envs: int, env_steps: int) -> tuple[float, float]:
 
             import envs  # noqa: F401 - registers the env in the subprocess
 
-            env = gym.make(envs.ENV_ID)
+            env = gym.make(envs.ENV_ID, device=device)
             env.reset(seed=1000 + rank)
             return env
 
@@ -173,9 +174,13 @@ def env_throughput(n_envs: int, env_steps: int) -> tuple[float, float]:
 
 
 def _run_env_bench(args) -> None:
+    from allocator.job import _resolve_device
+
+    device = str(_resolve_device(args.device))
+    print(f"training jobs on {device}")
     rates = {}
     for n_envs in (1, 2):
-        rates[n_envs] = env_throughput(n_envs, args.env_steps)
+        rates[n_envs] = env_throughput(n_envs, args.env_steps, device)
         print(
             f"{n_envs} env{'s' if n_envs > 1 else ' '} ({'SubprocVecEnv' if n_envs > 1 else 'DummyVecEnv  '})  "
             f"{rates[n_envs][0]:7.1f} env steps/s  {rates[n_envs][1]:8.1f} job optimizer steps/s"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from agents.config import TrainConfig, available_presets, load_preset, resolve_config
@@ -81,6 +82,7 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("- just a list\n", "must be a mapping"),
         ("env:\n  ignored_features: [budget]\n", "env.ignored_features has unknown feature"),
         ("env:\n  dead_zone: 0.5\n", r"env.dead_zone must be in \[0, 0.5\)"),
+        ("env:\n  device: gpu0\n", "env.device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got 'gpu0'"),
         # PyYAML would keep the second 'ppo' and drop the first without a word
         ("ppo:\n  learning_rate: 0.1\nppo:\n  n_epochs: 2\n", "duplicate key 'ppo'"),
     ],
@@ -91,6 +93,31 @@ def test_bad_configuration_names_the_bad_key(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as error:
         resolve_config("tiny", path)
     assert "bad.yaml" in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_training_jobs_on_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    path = tmp_path / "gpu.yaml"
+    path.write_text("env:\n  device: cuda\n")
+    with pytest.raises(ValueError, match="env.device is 'cuda' but torch sees no GPU"):
+        resolve_config("tiny", path)
+
+
+def test_the_envs_run_their_jobs_on_the_configured_device(tmp_path):
+    from agents.training import env_kwargs, make_vec_env
+
+    assert env_kwargs(load_preset("quick"))["device"] == "cpu"  # the default, see EnvConfig.device
+    path = tmp_path / "auto.yaml"
+    path.write_text("env:\n  device: auto\n")
+    config = resolve_config("tiny", path)
+    venv = make_vec_env(config, seed=0)
+    try:
+        venv.reset()
+        (env,) = venv.envs
+        expected = "cuda" if torch.cuda.is_available() else "cpu"
+        assert env.unwrapped.job.device.type == expected
+    finally:
+        venv.close()
 
 
 @pytest.mark.parametrize("policy", ["mlp", "attention"])
