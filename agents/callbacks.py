@@ -271,11 +271,14 @@ class SB3Controller:
 
 
 class HeldOutEvaluation:
-    """The current policy and ``uniform`` on the same held-out jobs and seeds.
+    """The current policy and ``uniform`` on the same fixed jobs and seeds.
 
     Each job is built twice from the same seed (once per controller) by
     ``job_factory(index)``; uniform's results do not change while the agent
-    trains, so they are computed once and kept.
+    trains, so they are computed once and kept. Training uses it twice: on
+    held-out jobs (``eval/``, to watch transfer; never to choose) and, with
+    ``training.validation_jobs``, on jobs of the training distribution
+    (``validation/``, to choose which policy to export).
 
     Args:
         job_factory: ``job_factory(index) -> TrainingJob``, a fresh job each call,
@@ -283,6 +286,7 @@ class HeldOutEvaluation:
         n_jobs: how many jobs.
         spec: the allocation spec the agent was trained with.
         objective: the J parameters of training.
+        prefix: the TensorBoard section of the scalars ``run`` returns.
     """
 
     def __init__(
@@ -291,11 +295,13 @@ class HeldOutEvaluation:
         n_jobs: int,
         spec: AllocationSpec,
         objective: Objective,
+        prefix: str = "eval",
     ) -> None:
         self.job_factory = job_factory
         self.n_jobs = int(n_jobs)
         self.spec = spec
         self.objective = objective
+        self.prefix = prefix
         self._uniform: list | None = None
 
     def uniform_results(self) -> list:
@@ -310,7 +316,7 @@ class HeldOutEvaluation:
         return self._uniform
 
     def run(self, model, vec_normalize) -> dict[str, float]:
-        """Evaluate; returns the ``eval/*`` scalars."""
+        """Evaluate; returns the ``{prefix}/*`` scalars (``J_difference``: mean of J policy - J uniform)."""
         from allocator.runner import run_job
 
         started = time.perf_counter()
@@ -328,20 +334,21 @@ class HeldOutEvaluation:
             to_target_uniform.append(theirs.compute_to_reach(target))
         j_policy = np.array([r.objective for r in policy])
         j_uniform = np.array([r.objective for r in uniform])
-        return {
-            "eval/J_policy": float(j_policy.mean()),
-            "eval/J_uniform": float(j_uniform.mean()),
-            "eval/J_difference": float((j_policy - j_uniform).mean()),
-            "eval/wins": float(np.sum(j_policy < j_uniform)),
-            "eval/compute_to_target_policy": float(np.mean(to_target_policy)),
-            "eval/compute_to_target_uniform": float(np.mean(to_target_uniform)),
-            "eval/target_reached_policy": float(np.mean(reached)),
-            "eval/final_val_loss_policy": float(np.mean([r.final_val_loss for r in policy])),
-            "eval/final_val_loss_uniform": float(np.mean([r.final_val_loss for r in uniform])),
-            "eval/compute_fraction_policy": float(np.mean([r.compute_fraction for r in policy])),
-            "eval/diverged_policy": float(np.mean([r.diverged for r in policy])),
-            "eval/seconds": time.perf_counter() - started,
+        scalars = {
+            "J_policy": float(j_policy.mean()),
+            "J_uniform": float(j_uniform.mean()),
+            "J_difference": float((j_policy - j_uniform).mean()),
+            "wins": float(np.sum(j_policy < j_uniform)),
+            "compute_to_target_policy": float(np.mean(to_target_policy)),
+            "compute_to_target_uniform": float(np.mean(to_target_uniform)),
+            "target_reached_policy": float(np.mean(reached)),
+            "final_val_loss_policy": float(np.mean([r.final_val_loss for r in policy])),
+            "final_val_loss_uniform": float(np.mean([r.final_val_loss for r in uniform])),
+            "compute_fraction_policy": float(np.mean([r.compute_fraction for r in policy])),
+            "diverged_policy": float(np.mean([r.diverged for r in policy])),
+            "seconds": time.perf_counter() - started,
         }
+        return {f"{self.prefix}/{name}": value for name, value in scalars.items()}
 
 
 class HeldOutEvaluationCallback(PeriodicCallback):

@@ -201,13 +201,21 @@ class TrainingConfig:
     seed: int = 0
     """Seeds PPO, the envs' job sampling and the network initialisation."""
     checkpoint_every: int = 2_000
-    """Save a checkpoint (and export the policy) every this many timesteps."""
+    """Save a checkpoint (and export the policy, or validate it: ``validation_jobs``) every
+    this many timesteps."""
     eval_every: int = 5_000
     """Run the held-out evaluation every this many timesteps (0: only at the end)."""
     eval_jobs: int = 4
     """Held-out jobs of each evaluation (0: no evaluation); the same jobs and seeds every time."""
     eval_seed: int = 12_345
     """Seed of the held-out evaluation jobs."""
+    validation_jobs: int = 0
+    """Keep the best policy rather than the last: at every checkpoint, run the policy and
+    uniform on this many jobs of the training distribution (fixed jobs and seeds, drawn apart
+    from the envs' jobs) and export ``policy.*`` only when the mean J difference improves.
+    0: export the last policy. The held-out evaluation never chooses."""
+    validation_seed: int = 1
+    """Seed of the validation jobs."""
 
     def validate(self, where: str) -> None:
         _at_least(where, "training.timesteps", self.timesteps, 1)
@@ -217,6 +225,8 @@ class TrainingConfig:
         _at_least(where, "training.eval_every", self.eval_every, 0)
         _at_least(where, "training.eval_jobs", self.eval_jobs, 0)
         _at_least(where, "training.eval_seed", self.eval_seed, 0)
+        _at_least(where, "training.validation_jobs", self.validation_jobs, 0)
+        _at_least(where, "training.validation_seed", self.validation_seed, 0)
 
 
 @dataclass

@@ -160,5 +160,10 @@ def run(args: argparse.Namespace) -> int:
             f"vs uniform {scalars['eval/J_uniform']:.4f} "
             f"(wins {int(scalars['eval/wins'])} of {config.training.eval_jobs})"
         )
+    if summary.selected is not None:
+        print(
+            f"kept the policy of {summary.selected['timesteps']} timesteps, the best on the validation jobs "
+            f"(mean J - J uniform {summary.selected['J_difference']:+.4f})"
+        )
     print(f"policy written to {out_dir}  (tensorboard --logdir {out_dir / 'tb'})")
     return 0

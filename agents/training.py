@@ -56,6 +56,7 @@ _CHECKPOINT_TMP = ".checkpoint.tmp"
 _CHECKPOINT_OLD = ".checkpoint.old"
 # VecNormalize's observation clip; the exported policy applies the same.
 CLIP_OBSERVATION = 10.0
+_VALIDATION_STREAM = 7919  # separates the validation jobs' seeds from every other job stream
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainingSummary:
     wall_time: float  # seconds of this call
     episodes: int  # episodes finished in this call
     evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    selected: dict | None = None  # with validation: {"timesteps", "J_difference"} of the exported policy
 
     @property
     def timesteps_per_second(self) -> float:
@@ -466,22 +468,66 @@ def _train(
 
     wall_before = float(previous_state.get("wall_time", 0.0))
 
+    objective = Objective(s=config.env.s, w=config.env.w)
+    validation = None
+    best: dict | None = previous_state.get("best_validation")
+    if training.validation_jobs > 0:
+        from allocator.jobs import JobDistribution
+
+        validation_distribution = JobDistribution(
+            config.env.split, device=config.env.device, data_bound_share=config.env.data_bound_share
+        )
+
+        def validation_job(index: int):
+            # a seed sequence of its own: not one of the envs' job pools, nor a fresh job an env draws
+            rng = np.random.default_rng([training.validation_seed, _VALIDATION_STREAM, index])
+            return validation_distribution.sample(rng, spec=spec)
+
+        validation = HeldOutEvaluation(
+            validation_job, training.validation_jobs, spec, objective, prefix="validation"
+        )
+
     def metadata() -> dict:
-        return {
+        extra = {
             "preset": preset,
             "timesteps": int(model.num_timesteps),
             "seed": training.seed,
             "config": config.to_dict(),
         }
+        if best is not None:
+            extra["validation"] = dict(best, jobs=training.validation_jobs, seed=training.validation_seed)
+        return extra
+
+    last_validated: int | None = None
 
     def checkpoint_now() -> None:
+        nonlocal best, last_validated
         state = {
             "num_timesteps": int(model.num_timesteps),
             "wall_time": wall_before + time.perf_counter() - started,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        save_checkpoint(model, vec_normalize, out_dir, state)
-        export(model, vec_normalize, config, out_dir, metadata())
+        if validation is None:
+            save_checkpoint(model, vec_normalize, out_dir, state)
+            export(model, vec_normalize, config, out_dir, metadata())
+            return
+        if last_validated != model.num_timesteps:  # the final checkpoint can fall on the last periodic one
+            last_validated = model.num_timesteps
+            # PPO samples its actions from torch's global generator, and a job may draw from it too
+            # (dropout, say): fork it, so that validating chooses among the policies training makes
+            # without changing them
+            import torch
+
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+                scalars = validation.run(model, vec_normalize)
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, model.num_timesteps)
+            score = scalars["validation/J_difference"]
+            if best is None or score < best["J_difference"]:
+                best = {"timesteps": int(model.num_timesteps), "J_difference": score}
+                export(model, vec_normalize, config, out_dir, metadata())  # before the state that records it
+            writer.add_scalar("validation/exported_timesteps", best["timesteps"], model.num_timesteps)
+        save_checkpoint(model, vec_normalize, out_dir, dict(state, best_validation=best))
 
     episodes = EpisodeAllocationCallback()
     callbacks = [episodes, CallOnPeriod(training.checkpoint_every, checkpoint_now)]
@@ -495,9 +541,7 @@ def _train(
             rng = np.random.default_rng([training.eval_seed, index])
             return heldout.sample(rng, spec=spec)
 
-        evaluation = HeldOutEvaluation(
-            heldout_job, training.eval_jobs, spec, Objective(s=config.env.s, w=config.env.w)
-        )
+        evaluation = HeldOutEvaluation(heldout_job, training.eval_jobs, spec, objective)
         # eval_every 0: only the final evaluation
         every = training.eval_every or (training.timesteps + 1)
         evaluation_callback = HeldOutEvaluationCallback(evaluation, every)
@@ -546,4 +590,5 @@ def _train(
         wall_time=time.perf_counter() - started,
         episodes=episodes.episodes_logged,
         evaluations=evaluation_callback.history if evaluation_callback else [],
+        selected=best if validation is not None else None,
     )

@@ -274,6 +274,54 @@ def test_attention_policy_with_uniform_reference_trains_and_exports(tmp_path):
     assert differences and all(abs(event.value) < 5 for event in differences)
 
 
+def test_with_validation_jobs_the_exported_policy_is_the_best_on_validation(tmp_path, monkeypatch, capsys):
+    from agents.callbacks import HeldOutEvaluation
+
+    real_run = HeldOutEvaluation.run
+    script = iter([0.1, -0.2, 0.3])  # checkpoints at 64, 128 and 192 (the last also the final one)
+    seen = []
+
+    def scripted(self, model, vec_normalize):
+        scalars = real_run(self, model, vec_normalize)  # the real evaluation runs; only its score is scripted
+        seen.append((self.prefix, self.n_jobs))
+        scalars[f"{self.prefix}/J_difference"] = next(script)
+        return scalars
+
+    monkeypatch.setattr(HeldOutEvaluation, "run", scripted)
+    config = tmp_path / "validated.yaml"
+    config.write_text("training:\n  validation_jobs: 1\n  eval_jobs: 0\n")
+    out = tmp_path / "validated"
+    argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "192", "--out", str(out)]
+    assert main([*argv, "--no-progress-bar"]) == 0
+
+    assert seen == [("validation", 1)] * 3
+    extra = json.loads((out / "policy.json").read_text())["extra"]
+    assert extra["timesteps"] == 128  # not the last policy: the one with the lowest validation J difference
+    assert extra["validation"] == {"timesteps": 128, "J_difference": -0.2, "jobs": 1, "seed": 1}
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["num_timesteps"] == 192  # the checkpoint for --resume is still the latest model
+    assert state["best_validation"] == {"timesteps": 128, "J_difference": -0.2}
+    assert "kept the policy of 128 timesteps" in capsys.readouterr().out
+    accumulator = scalars(out / "tb")
+    assert [e.step for e in accumulator.Scalars("validation/J_difference")] == [64, 128, 192]
+    assert [e.value for e in accumulator.Scalars("validation/exported_timesteps")] == [64, 128, 128]
+
+
+def test_validation_chooses_among_the_policies_training_makes_without_changing_them(tmp_path):
+    from stable_baselines3 import PPO
+
+    final = {}
+    for jobs in (0, 1):
+        config = tmp_path / f"v{jobs}.yaml"
+        config.write_text(f"training:\n  validation_jobs: {jobs}\n  eval_jobs: 0\n")
+        out = tmp_path / f"v{jobs}"
+        argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "128", "--out", str(out)]
+        assert main([*argv, "--no-progress-bar"]) == 0
+        final[jobs] = PPO.load(out / "checkpoint" / "model.zip", device="cpu").policy.state_dict()
+    for name, tensor in final[0].items():
+        assert torch.equal(tensor, final[1][name]), name
+
+
 # ---------------------------------------------------------------------- kill and resume
 
 
