@@ -16,12 +16,17 @@ floor against which a policy's "win" over uniform on the same job and seed
 should be read; on compute-bound jobs, where the best a controller can gain is
 0.001 to 0.02 of J (stopping_oracle.py), it decides most pairs.
 
-    python benchmarks/noise_floor.py --split train --seeds 3
+    python benchmarks/noise_floor.py --split heldout --seeds 3 --out runs/noise-floor-heldout.csv
+
+With ``--out``, every pair of runs goes to a CSV that
+``compare_runs.py --noise-floor`` reads to sort a policy's pairs into wins
+and losses larger than the noise floor of the same job and seed, and the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import sys
 from pathlib import Path
@@ -94,16 +99,30 @@ def summary_table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def write_csv(rows: dict[str, list[dict]], path: str | Path) -> None:
+    """One line per (perturbation, job, seed): job, seed, regime, perturbation, uniform, perturbed."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["job", "seed", "regime", "perturbation", "uniform", "perturbed"])
+        for name, runs in rows.items():
+            for r in runs:
+                writer.writerow([r["job"], r["seed"], r["regime"], name, repr(r["uniform"]), repr(r["perturbed"])])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="train", choices=["train", "heldout", "all"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=20, help="steps per interval (the presets' spec)")
+    parser.add_argument("--out", default=None, help="also write every pair of runs to this CSV file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = measure(resolve_jobs(None, args.split, device="cpu"), list(range(args.seeds)), AllocationSpec(max_steps=args.max_steps))
     print()
     print(summary_table(rows))
+    if args.out:
+        write_csv(rows, args.out)
+        print(f"\nwrote {args.out}")
     return 0
 
 

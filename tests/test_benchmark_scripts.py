@@ -117,3 +117,37 @@ def test_noise_floor_perturbations_move_the_trajectory_and_nothing_else():
     table = noise.summary_table(rows)
     change = tilted["perturbed"] - reference
     assert f"| shares +-0.01 | all | 1 | {int(change < 0)} | {change:+.4f} |" in table
+
+
+def test_noise_floor_file_sorts_a_policys_pairs_into_beyond_and_within_the_noise(tmp_path, capsys):
+    compare, noise = load_script("compare_runs"), load_script("noise_floor")
+    floor_rows = {
+        "shares +-0.01": [
+            {"job": "digits-mlp", "seed": 0, "regime": "compute-bound", "uniform": 0.40, "perturbed": 0.42},
+            {"job": "digits-mlp", "seed": 1, "regime": "compute-bound", "uniform": 0.40, "perturbed": 0.39},
+        ],
+        "gate 0.99": [
+            {"job": "digits-mlp", "seed": 0, "regime": "compute-bound", "uniform": 0.40, "perturbed": 0.37},
+            {"job": "digits-mlp", "seed": 1, "regime": "compute-bound", "uniform": 0.40, "perturbed": 0.40},
+        ],
+    }
+    noise.write_csv(floor_rows, tmp_path / "floor.csv")
+    floor = compare.read_noise_floor(tmp_path / "floor.csv")
+    assert floor == {("digits-mlp", 0): pytest.approx(0.03), ("digits-mlp", 1): pytest.approx(0.01)}  # the largest change
+    rows = [
+        ("digits-mlp", 0, "policy", 0.38),  # 0.02 better: within seed 0's floor of 0.03
+        ("digits-mlp", 0, "uniform", 0.40),
+        ("digits-mlp", 1, "policy", 0.45),  # 0.05 worse: beyond seed 1's floor of 0.01
+        ("digits-mlp", 1, "uniform", 0.40),
+        ("digits-mlp", 2, "policy", 0.10),  # no floor measured for seed 2: left out
+        ("digits-mlp", 2, "uniform", 0.40),
+    ]
+    (tmp_path / "results.csv").write_text(
+        "job,seed,controller,objective,compute_fraction\n"
+        + "".join(f"{job},{seed},{controller},{j},1.0\n" for job, seed, controller, j in rows)
+    )
+    counts = compare.against_noise(compare.read_runs(tmp_path), floor)
+    assert counts["compute-bound"] == (0, 1, 1, 2)
+    assert compare.main([str(tmp_path), "--noise-floor", str(tmp_path / "floor.csv")]) == 0
+    assert "| 0 / 1 / 1 (2) | 0 / 1 / 1 (2) | 0 / 0 / 0 (0) |" in capsys.readouterr().out
+    assert compare.main([str(tmp_path), "--noise-floor", str(tmp_path / "missing.csv")]) == 2
