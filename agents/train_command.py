@@ -155,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary.evaluations:
         step, scalars = summary.evaluations[-1]
+        which = "" if summary.selected is None else " of the last policy"  # not necessarily the one kept
         print(
-            f"held-out evaluation at {step} timesteps: J policy {scalars['eval/J_policy']:.4f} "
+            f"held-out evaluation{which} at {step} timesteps: J policy {scalars['eval/J_policy']:.4f} "
             f"vs uniform {scalars['eval/J_uniform']:.4f} "
             f"(wins {int(scalars['eval/wins'])} of {config.training.eval_jobs})"
         )
