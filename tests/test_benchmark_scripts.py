@@ -151,3 +151,27 @@ def test_noise_floor_file_sorts_a_policys_pairs_into_beyond_and_within_the_noise
     assert compare.main([str(tmp_path), "--noise-floor", str(tmp_path / "floor.csv")]) == 0
     assert "| 0 / 1 / 1 (2) | 0 / 1 / 1 (2) | 0 / 0 / 0 (0) |" in capsys.readouterr().out
     assert compare.main([str(tmp_path), "--noise-floor", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_stop_guard_lets_a_policy_stop_only_after_the_validation_loss_turned_up():
+    from allocator.allocation import Allocation
+
+    guard_module = load_script("stop_guard")
+
+    class AlwaysStop:
+        def reset(self, job):
+            pass
+
+        def act(self, observation):
+            return Allocation((0.25, 0.25, 0.25, 0.25), 1.0, (1.0, 1.0, 1.0, 1.0), 0)
+
+    job = make_job()
+    guard = guard_module.StopGuard(AlwaysStop())
+    guard.reset(job)
+    observation = job.observation()
+    at_best = observation.copy()
+    at_best[guard.above_best] = 0.0
+    assert guard.act(at_best).steps == job.spec.max_steps  # still improving: it trains on
+    turned_up = observation.copy()
+    turned_up[guard.above_best] = 0.05
+    assert guard.act(turned_up).stops

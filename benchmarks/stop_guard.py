@@ -1,0 +1,77 @@
+"""Would a trained policy do better if it could only stop once the validation loss has turned up?
+
+Wraps a policy so that a stop (zero steps) is honoured only when the last
+validation loss is above the best so far (``val_loss_above_best > 0``);
+otherwise the interval runs ``max_steps`` steps with the policy's other
+entries. Runs uniform, the policy and the guarded policy on every job and
+seed of a split and prints mean J and wins over uniform:
+
+    python benchmarks/stop_guard.py --split train runs/quick-here-s2 runs/e13-s0-last
+
+BENCHMARKS.md section 5 (fourth round) has what it found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+
+from allocator import AllocatorPolicy
+from allocator.allocation import Allocation
+from allocator.evaluation import build_job, resolve_jobs
+from allocator.runner import run_job
+from allocator.stats import ObservationLayout
+
+
+class StopGuard:
+    """``policy``, except that it cannot stop while the validation loss is at its best."""
+
+    name = "stop-guard"
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+
+    def reset(self, job) -> None:
+        self.policy.reset(job)
+        self.spec = job.spec
+        self.above_best = ObservationLayout(job.spec).global_index("val_loss_above_best")
+
+    def act(self, observation) -> Allocation:
+        allocation = self.policy.act(observation)
+        if allocation.stops and observation[self.above_best] <= 0.0:
+            return Allocation(allocation.sample_shares, allocation.keep_fraction, allocation.layer_gates, self.spec.max_steps)
+        return allocation
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("policies", nargs="+", metavar="DIR", help="trained policy directories")
+    parser.add_argument("--split", default="train", choices=["train", "heldout", "all"])
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    jobs = resolve_jobs(None, args.split, device="cpu")
+    print("| policy | uniform mean J | policy mean J (wins) | with the stop guard (wins) |")
+    print("| --- | ---: | ---: | ---: |")
+    for path in args.policies:
+        spec = AllocatorPolicy.load(path).spec
+        rows = []
+        for source in jobs:
+            for seed in range(args.seeds):
+                uniform = run_job(build_job(source, seed, spec), "uniform").objective
+                plain = run_job(build_job(source, seed, spec), AllocatorPolicy.load(path)).objective
+                guarded = run_job(build_job(source, seed, spec), StopGuard(AllocatorPolicy.load(path))).objective
+                rows.append((uniform, plain, guarded))
+        cells = [
+            f"{statistics.fmean(r[column] for r in rows):.4f} ({sum(r[column] < r[0] for r in rows)}/{len(rows)})"
+            for column in (1, 2)
+        ]
+        print(f"| {path} | {statistics.fmean(r[0] for r in rows):.4f} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
