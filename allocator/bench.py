@@ -42,7 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved pairs of runs")
     parser.add_argument("--samples", type=int, default=8192, help="training-set size (synthetic)")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu' or 'cuda'")
+    parser.add_argument("--device", default="auto", help="where the training jobs run (overhead, env): 'auto' (CUDA when available), 'cpu' or 'cuda'")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
