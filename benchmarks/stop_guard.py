@@ -3,8 +3,10 @@
 Wraps a policy so that a stop (zero steps) is honoured only when the last
 validation loss is above the best so far (``val_loss_above_best > 0``);
 otherwise the interval runs ``max_steps`` steps with the policy's other
-entries. Runs uniform, the policy and the guarded policy on every job and
-seed of a split and prints mean J and wins over uniform:
+entries. With ``--falling-faster-than X`` a stop at the best is refused only
+while the loss is still falling fast (``val_loss_trend < -X``, in log-loss per
+budget share). Runs uniform, the policy and the guarded policy on every job
+and seed of a split and prints mean J and wins over uniform:
 
     python benchmarks/stop_guard.py --split train runs/quick-here-s2 runs/e13-s0-last
 
@@ -27,21 +29,30 @@ from allocator.stats import ObservationLayout
 
 
 class StopGuard:
-    """``policy``, except that it cannot stop while the validation loss is at its best."""
+    """``policy``, except that it cannot stop while the validation loss is at its best.
+
+    With ``falling_faster_than`` set, only while it is at its best and its
+    trend is below ``-falling_faster_than``.
+    """
 
     name = "stop-guard"
 
-    def __init__(self, policy) -> None:
+    def __init__(self, policy, falling_faster_than: float | None = None) -> None:
         self.policy = policy
+        self.falling_faster_than = falling_faster_than
 
     def reset(self, job) -> None:
         self.policy.reset(job)
         self.spec = job.spec
-        self.above_best = ObservationLayout(job.spec).global_index("val_loss_above_best")
+        layout = ObservationLayout(job.spec)
+        self.above_best = layout.global_index("val_loss_above_best")
+        self.trend = layout.global_index("val_loss_trend")
 
     def act(self, observation) -> Allocation:
         allocation = self.policy.act(observation)
-        if allocation.stops and observation[self.above_best] <= 0.0:
+        at_best = observation[self.above_best] <= 0.0
+        falling = self.falling_faster_than is None or observation[self.trend] < -self.falling_faster_than
+        if allocation.stops and at_best and falling:
             return Allocation(allocation.sample_shares, allocation.keep_fraction, allocation.layer_gates, self.spec.max_steps)
         return allocation
 
@@ -51,6 +62,13 @@ def main(argv=None) -> int:
     parser.add_argument("policies", nargs="+", metavar="DIR", help="trained policy directories")
     parser.add_argument("--split", default="train", choices=["train", "heldout", "all"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--falling-faster-than",
+        type=float,
+        default=None,
+        metavar="X",
+        help="refuse a stop at the best only while val_loss_trend < -X (default: always at the best)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     jobs = resolve_jobs(None, args.split, device="cpu")
@@ -63,7 +81,7 @@ def main(argv=None) -> int:
             for seed in range(args.seeds):
                 uniform = run_job(build_job(source, seed, spec), "uniform").objective
                 plain = run_job(build_job(source, seed, spec), AllocatorPolicy.load(path)).objective
-                guarded = run_job(build_job(source, seed, spec), StopGuard(AllocatorPolicy.load(path))).objective
+                guarded = run_job(build_job(source, seed, spec), StopGuard(AllocatorPolicy.load(path), args.falling_faster_than)).objective
                 rows.append((uniform, plain, guarded))
         cells = [
             f"{statistics.fmean(r[column] for r in rows):.4f} ({sum(r[column] < r[0] for r in rows)}/{len(rows)})"

@@ -175,3 +175,10 @@ def test_stop_guard_lets_a_policy_stop_only_after_the_validation_loss_turned_up(
     turned_up = observation.copy()
     turned_up[guard.above_best] = 0.05
     assert guard.act(turned_up).stops
+    # the milder guard refuses a stop at the best only while the loss still falls fast
+    mild = guard_module.StopGuard(AlwaysStop(), falling_faster_than=1.0)
+    mild.reset(job)
+    at_best[mild.trend] = -0.5
+    assert mild.act(at_best).stops
+    at_best[mild.trend] = -2.0
+    assert mild.act(at_best).steps == job.spec.max_steps
