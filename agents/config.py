@@ -107,18 +107,14 @@ class EnvConfig:
 
 
 def _check_device(where: str, device) -> None:
-    import torch
-
     from allocator.job import _resolve_device
 
-    try:
-        resolved = _resolve_device(device) if isinstance(device, str) else None
-    except ValueError:
-        resolved = None
-    if resolved is None:
+    if not isinstance(device, str):  # torch.device(3) would read a YAML number as cuda:3
         raise ValueError(f"{where}: env.device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got {device!r}")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{where}: env.device is {device!r} but torch sees no GPU; use 'cpu' or 'auto'")
+    try:
+        _resolve_device(device)
+    except ValueError as error:  # the same checks as every job's device, named as the config key
+        raise ValueError(f"{where}: env.{error}") from None
 
 
 @dataclass

@@ -263,6 +263,13 @@ def test_bad_input_raises_value_error_naming_the_argument(change, argument):
         TrainingJob(**options)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_a_cuda_job_without_a_gpu_is_a_clear_error():
+    x, y = make_classification()
+    with pytest.raises(ValueError, match="device is 'cuda' but torch sees no GPU"):
+        TrainingJob(make_mlp(), (x[:1000], y[:1000]), (x[1000:], y[1000:]), device="cuda")
+
+
 def test_use_spec_changes_the_groups_before_the_first_interval_only():
     job = make_job()
     job.use_spec(AllocationSpec(sample_groups=2, layer_groups=2, max_steps=5))
