@@ -215,6 +215,7 @@ def _run_sync_bench(args) -> int:
         for label in ("mixed", *BASELINES):
             job = make_job(name, seed=0, device="cuda")
             controller = None if label == "mixed" else make_controller(label)
+            fixed = _mixed_allocation(job.spec) if controller is None else None
             if controller is not None:
                 controller.reset(job)
             job.observation()  # start-up (FLOP counting, first validation) synchronises; it is paid once
@@ -223,7 +224,7 @@ def _run_sync_bench(args) -> int:
                 if job.done:
                     break
                 # the controller acts on the host, from the observation the last interval's one read produced
-                allocation = _mixed_allocation(job.spec) if controller is None else controller.act(job.observation())
+                allocation = fixed if controller is None else controller.act(job.observation())
                 torch.cuda.synchronize()
                 started = time.perf_counter()
                 with host_synchronisations() as syncs:
