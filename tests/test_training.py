@@ -110,6 +110,7 @@ def test_the_envs_run_their_jobs_on_the_configured_device(tmp_path):
     path = tmp_path / "auto.yaml"
     path.write_text("env:\n  device: auto\n")
     config = resolve_config("tiny", path)
+    assert env_kwargs(config)["device"] == "auto"  # passed on to the envs, not replaced
     venv = make_vec_env(config, seed=0)
     try:
         venv.reset()
@@ -307,9 +308,18 @@ def test_with_validation_jobs_the_exported_policy_is_the_best_on_validation(tmp_
     assert [e.value for e in accumulator.Scalars("validation/exported_timesteps")] == [64, 128, 128]
 
 
-def test_validation_chooses_among_the_policies_training_makes_without_changing_them(tmp_path):
+def test_validation_chooses_among_the_policies_training_makes_without_changing_them(tmp_path, monkeypatch):
     from stable_baselines3 import PPO
 
+    from agents.callbacks import HeldOutEvaluation
+
+    real_run = HeldOutEvaluation.run
+
+    def drawing_run(self, model, vec_normalize):
+        torch.rand(1000)  # as a validation job with dropout would: PPO samples its actions from this generator
+        return real_run(self, model, vec_normalize)
+
+    monkeypatch.setattr(HeldOutEvaluation, "run", drawing_run)
     final = {}
     for jobs in (0, 1):
         config = tmp_path / f"v{jobs}.yaml"
