@@ -75,13 +75,14 @@ def main(argv=None) -> int:
     print("| policy | uniform mean J | policy mean J (wins) | with the stop guard (wins) |")
     print("| --- | ---: | ---: | ---: |")
     for path in args.policies:
-        spec = AllocatorPolicy.load(path).spec
+        policy = AllocatorPolicy.load(path)  # reset by run_job before every run
+        guard = StopGuard(policy, args.falling_faster_than)
         rows = []
         for source in jobs:
             for seed in range(args.seeds):
-                uniform = run_job(build_job(source, seed, spec), "uniform").objective
-                plain = run_job(build_job(source, seed, spec), AllocatorPolicy.load(path)).objective
-                guarded = run_job(build_job(source, seed, spec), StopGuard(AllocatorPolicy.load(path), args.falling_faster_than)).objective
+                uniform = run_job(build_job(source, seed, policy.spec), "uniform").objective
+                plain = run_job(build_job(source, seed, policy.spec), policy).objective
+                guarded = run_job(build_job(source, seed, policy.spec), guard).objective
                 rows.append((uniform, plain, guarded))
         cells = [
             f"{statistics.fmean(r[column] for r in rows):.4f} ({sum(r[column] < r[0] for r in rows)}/{len(rows)})"
