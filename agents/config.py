@@ -75,6 +75,11 @@ class EnvConfig:
     data_bound_share: float = 0.5
     """Share of data-bound jobs (the validation loss turns up before the budget ends) among
     the sampled training jobs; the rest are compute-bound."""
+    families: list = field(default_factory=list)
+    """Model families of the training jobs (``mlp``, ``resmlp``, ``cnn1d`` in the train split),
+    named jobs included; empty: all of them. Leave one out (``[mlp, resmlp]``) and validate on
+    it (``training.validation_families``) to measure transfer to an unseen architecture
+    without touching the held-out split."""
     device: str = "cpu"
     """Device of the training jobs the envs run: ``cpu``, ``auto`` (CUDA when available),
     ``cuda``, ``cuda:1``, ... The default is ``cpu``: the built-in jobs are small, so on a GPU
@@ -95,6 +100,7 @@ class EnvConfig:
         _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)
         _in_range(where, "env.dead_zone", self.dead_zone, 0.0, -STOP_BELOW, high_open=True)
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
+        _check_families(where, "env.families", self.families, self.split)
         unknown = [name for name in self.ignored_features if name not in FEATURE_NAMES]
         if unknown or not all(isinstance(name, str) for name in self.ignored_features):
             raise ValueError(
@@ -104,6 +110,18 @@ class EnvConfig:
         _in_range(where, "env.s", self.s, 0.0, 1.0)
         _at_least(where, "env.w", self.w, 0.0)
         _check_device(where, self.device)
+
+
+def _check_families(where: str, key: str, families, split: str) -> None:
+    from allocator.jobs import JobDistribution
+
+    if not isinstance(families, list) or not all(isinstance(name, str) for name in families):
+        raise ValueError(f"{where}: {key} must be a list of model family names, got {families!r}")
+    if families:
+        try:
+            JobDistribution(split, families=families)
+        except ValueError as error:
+            raise ValueError(f"{where}: {key}: {error}") from None
 
 
 def _check_device(where: str, device) -> None:
@@ -212,6 +230,9 @@ class TrainingConfig:
     0: export the last policy. The held-out evaluation never chooses."""
     validation_seed: int = 1
     """Seed of the validation jobs."""
+    validation_families: list = field(default_factory=list)
+    """Model families of the validation jobs; empty: those of training (``env.families``).
+    With a family left out of ``env.families``, ``validation/`` measures transfer to it."""
 
     def validate(self, where: str) -> None:
         _at_least(where, "training.timesteps", self.timesteps, 1)
@@ -238,6 +259,7 @@ class TrainConfig:
         self.env.validate(where)
         self.ppo.validate(where)
         self.training.validate(where)
+        _check_families(where, "training.validation_families", self.training.validation_families, self.env.split)
         return self
 
     def to_dict(self) -> dict:

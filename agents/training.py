@@ -96,6 +96,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "job_pool_seed": env.job_pool_seed,
         "ignored_features": list(env.ignored_features),
         "data_bound_share": env.data_bound_share,
+        "families": list(env.families) or None,
         "num_threads": 1,
         "device": env.device,
     }
@@ -475,7 +476,10 @@ def _train(
         from allocator.jobs import JobDistribution
 
         validation_distribution = JobDistribution(
-            config.env.split, device=config.env.device, data_bound_share=config.env.data_bound_share
+            config.env.split,
+            device=config.env.device,
+            data_bound_share=config.env.data_bound_share,
+            families=training.validation_families or config.env.families or None,
         )
 
         def validation_job(index: int):

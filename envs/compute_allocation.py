@@ -80,6 +80,8 @@ class ComputeAllocationEnv(gym.Env):
       with ``sample(rng, spec) -> TrainingJob``.
     * ``data_bound_share``: share of data-bound jobs among the built-in
       distribution's sampled recipes (default 0.5; ignored with ``jobs``).
+    * ``families``: model families of the built-in distribution's jobs
+      (default ``None``: all of the split's; ignored with ``jobs``).
     * ``num_threads``: torch threads for this env's process (default 1, so
       several envs in subprocesses share the cores well).
     * ``device``: device of the sampled jobs (default ``"cpu"``).
@@ -135,6 +137,7 @@ class ComputeAllocationEnv(gym.Env):
         job_pool_seed: int = 0,
         ignored_features: Sequence[str] = (),
         data_bound_share: float = 0.5,
+        families: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -164,7 +167,9 @@ class ComputeAllocationEnv(gym.Env):
         if jobs is None:
             from allocator.jobs import JobDistribution
 
-            jobs = JobDistribution(split=split, device=device, data_bound_share=data_bound_share)
+            jobs = JobDistribution(
+                split=split, device=device, data_bound_share=data_bound_share, families=families
+            )
         if not callable(getattr(jobs, "sample", None)):
             raise ValueError("jobs must have sample(rng, spec) -> TrainingJob")
         self.jobs = jobs

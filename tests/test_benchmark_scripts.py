@@ -182,3 +182,19 @@ def test_stop_guard_lets_a_policy_stop_only_after_the_validation_loss_turned_up(
     assert mild.act(at_best).stops
     at_best[mild.trend] = -2.0
     assert mild.act(at_best).steps == job.spec.max_steps
+
+
+def test_family_transfer_draws_distinct_jobs_of_the_left_out_family_only():
+    transfer = load_script("family_transfer")
+    recipes = transfer.transfer_recipes("train", ["cnn1d"], 12)
+    assert len(recipes) == 12
+    assert {recipe.model for recipe in recipes.values()} == {"cnn1d"}
+    assert {recipe.regime for recipe in recipes.values()} == {"compute-bound", "data-bound"}
+    assert list(transfer.transfer_recipes("train", ["cnn1d"], 12)) == list(recipes)  # same jobs for every policy
+
+
+def test_family_transfer_refuses_a_family_of_the_other_split(capsys):
+    transfer = load_script("family_transfer")
+    with pytest.raises(SystemExit):
+        transfer.main(["--families", "cnn2d", "--out", "unused", "some-policy"])
+    assert "model families ['cnn1d', 'mlp', 'resmlp'], got ['cnn2d']" in capsys.readouterr().err

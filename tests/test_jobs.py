@@ -361,3 +361,26 @@ def test_an_even_regime_mix_draws_the_same_jobs_as_before_the_option():
     ]
     with pytest.raises(ValueError, match="data_bound_share"):
         JobDistribution("train", data_bound_share=1.5)
+
+
+def test_a_family_filter_draws_only_those_families_named_jobs_included():
+    jobs = JobDistribution("train", families=["mlp", "resmlp"])
+    recipes = jobs.recipes(0, 300)
+    assert {recipe.model for recipe in recipes} == {"mlp", "resmlp"}
+    assert "mnist1d-cnn1d" not in {recipe.name for recipe in recipes}
+    assert jobs.model_families == ("mlp", "resmlp")
+    # the left-out family alone: only the variant that has it (MNIST-1D), and its named job
+    left_out = JobDistribution("train", families=["cnn1d"]).recipes(0, 100)
+    assert {(recipe.model, recipe.dataset) for recipe in left_out} == {("cnn1d", "mnist1d")}
+    assert "mnist1d-cnn1d" in {recipe.name for recipe in left_out}
+
+
+def test_without_a_family_filter_the_draws_are_unchanged():
+    every_family = JobDistribution("train", families=["mlp", "resmlp", "cnn1d"]).recipes(3, 20)
+    assert every_family == JobDistribution("train").recipes(3, 20)
+
+
+@pytest.mark.parametrize("families", [["cnn2d"], [], ["mlp", "lstm"]])
+def test_a_family_the_split_does_not_have_is_refused(families):
+    with pytest.raises(ValueError, match="families must be a non-empty subset of the train split"):
+        JobDistribution("train", families=families)

@@ -82,6 +82,9 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("- just a list\n", "must be a mapping"),
         ("env:\n  ignored_features: [budget]\n", "env.ignored_features has unknown feature"),
         ("env:\n  dead_zone: 0.5\n", r"env.dead_zone must be in \[0, 0.5\)"),
+        ("env:\n  families: [cnn2d]\n", "env.families: families must be a non-empty subset of the train split"),
+        ("env:\n  families: mlp\n", "env.families must be a list, got 'mlp'"),
+        ("training:\n  validation_families: [lstm]\n", "training.validation_families: families must be"),
         ("env:\n  device: gpu0\n", "env.device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got 'gpu0'"),
         # PyYAML would keep the second 'ppo' and drop the first without a word
         ("ppo:\n  learning_rate: 0.1\nppo:\n  n_epochs: 2\n", "duplicate key 'ppo'"),
@@ -330,6 +333,36 @@ def test_validation_chooses_among_the_policies_training_makes_without_changing_t
         final[jobs] = PPO.load(out / "checkpoint" / "model.zip", device="cpu").policy.state_dict()
     for name, tensor in final[0].items():
         assert torch.equal(tensor, final[1][name]), name
+
+
+def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypatch):
+    from agents.callbacks import HeldOutEvaluation
+    from agents.training import make_vec_env
+
+    path = tmp_path / "leave-one-out.yaml"
+    path.write_text(
+        "env:\n  families: [mlp, resmlp]\n"
+        "training:\n  validation_families: [cnn1d]\n  validation_jobs: 2\n  eval_jobs: 0\n"
+    )
+    config = resolve_config("tiny", path)
+    venv = make_vec_env(config, seed=0)
+    try:
+        (env,) = venv.envs
+        assert env.unwrapped.jobs.model_families == ("mlp", "resmlp")
+    finally:
+        venv.close()
+
+    real_run = HeldOutEvaluation.run
+    validated = []
+
+    def recording_run(self, model, vec_normalize):
+        validated.extend(self.job_factory(index).name for index in range(self.n_jobs))
+        return real_run(self, model, vec_normalize)
+
+    monkeypatch.setattr(HeldOutEvaluation, "run", recording_run)
+    argv = ["train", "--preset", "tiny", "--config", str(path), "--timesteps", "64", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--no-progress-bar"]) == 0
+    assert len(validated) == 2 and all("cnn1d" in name for name in validated), validated
 
 
 # ---------------------------------------------------------------------- kill and resume

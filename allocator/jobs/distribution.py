@@ -369,6 +369,11 @@ class JobDistribution:
         data_bound_share: probability that a sampled (not named) recipe is
             data-bound; the rest are compute-bound. 0.5 draws exactly as
             before this option existed, so the presets' job pools are unchanged.
+        families: only these model families (named jobs included), e.g.
+            ``("mlp", "resmlp")`` to leave the 1-D CNN out of training and
+            measure transfer to it on the same split; ``None``: all of the
+            split's families, drawn exactly as before this option existed.
+            Dataset variants none of whose families are kept are not drawn.
 
     Example::
 
@@ -384,6 +389,7 @@ class JobDistribution:
         named_share: float = 0.2,
         device: str = "auto",
         data_bound_share: float = 0.5,
+        families: Sequence[str] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -395,13 +401,29 @@ class JobDistribution:
         self.named_share = float(named_share)
         self.data_bound_share = float(data_bound_share)
         self.device = device
+        self.families = None if families is None else tuple(families)
         self.variants = _VARIANTS[split]
+        self.named = names(split)
+        if self.families is not None:
+            available = self.model_families
+            unknown = [family for family in self.families if family not in available]
+            if unknown or not self.families:
+                raise ValueError(
+                    f"families must be a non-empty subset of the {split} split's model families "
+                    f"{list(available)}, got {list(self.families)}"
+                )
+            kept = {
+                variant: (dataset, fixed, tuple(f for f in fams if f in self.families))
+                for variant, (dataset, fixed, fams) in self.variants.items()
+            }
+            self.variants = {variant: entry for variant, entry in kept.items() if entry[2]}
+            self.named = [name for name in self.named if NAMED_JOBS[name].model in self.families]
 
     @property
     def model_families(self) -> tuple[str, ...]:
-        """The model families this split draws from (named jobs included)."""
+        """The model families this distribution draws from (named jobs included)."""
         families = {f for _, _, fams in self.variants.values() for f in fams}
-        families |= {NAMED_JOBS[name].model for name in names(self.split)}
+        families |= {NAMED_JOBS[name].model for name in self.named}
         return tuple(sorted(families))
 
     def sample(self, rng: np.random.Generator | int | None = None, spec=None):
@@ -419,9 +441,8 @@ class JobDistribution:
     def sample_recipe(self, rng: np.random.Generator | int | None = None) -> JobRecipe:
         """Draw one :class:`JobRecipe` of this split from ``rng`` (nothing is built)."""
         rng = np.random.default_rng(rng)
-        if rng.random() < self.named_share:
-            split_names = names(self.split)
-            return NAMED_JOBS[split_names[int(rng.integers(len(split_names)))]]
+        if rng.random() < self.named_share and self.named:
+            return NAMED_JOBS[self.named[int(rng.integers(len(self.named)))]]
 
         if self.data_bound_share == 0.5:  # the original draw: keeps seeded job pools as they were
             regime = REGIMES[int(rng.integers(len(REGIMES)))]
@@ -504,4 +525,5 @@ class JobDistribution:
         return options
 
     def __repr__(self) -> str:
-        return f"JobDistribution(split={self.split!r}, named_share={self.named_share})"
+        families = "" if self.families is None else f", families={list(self.families)}"
+        return f"JobDistribution(split={self.split!r}, named_share={self.named_share}{families})"

@@ -1,0 +1,91 @@
+"""How well do policies transfer to a model family they were not trained on, within the train split?
+
+The held-out split measures transfer to new architectures, but it must not be
+used to choose. This measures the same kind of transfer on the train split:
+train with a family left out (``env.families: [mlp, resmlp]``), then run the
+policy and uniform here on jobs drawn from the left-out family alone
+(``--families cnn1d``). Every policy runs the same jobs and seeds, and each
+gets an ``evaluate`` report (``results.csv``, readable by
+``compare_runs.py``) under ``--out``:
+
+    python benchmarks/family_transfer.py --families cnn1d --jobs 16 --seeds 2 \\
+        --out runs/transfer-cnn1d runs/lofo-quick-s0 runs/lofo-e14-s0
+
+It prints mean J and wins over uniform, overall and by the regime each job
+was drawn for. BENCHMARKS.md section 5 (fifth round) has what it found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from allocator.evaluation import evaluate
+from allocator.jobs import JobDistribution
+
+# apart from the envs' job pools (job_pool_seed 0) and the validation jobs (validation_seed 1)
+JOB_SEED = 2024
+
+
+def transfer_recipes(split: str, families: list[str], count: int, job_seed: int = JOB_SEED) -> dict:
+    """``{name: JobRecipe}``: ``count`` distinct recipes of ``split`` drawn from ``families`` only."""
+    distribution = JobDistribution(split, families=families)
+    recipes: dict = {}
+    for recipe in distribution.recipes(job_seed, count * 4):  # named jobs can repeat; keep distinct ones
+        recipes.setdefault(recipe.name, recipe)
+        if len(recipes) == count:
+            break
+    return recipes
+
+
+def J(report, job: str, seed: int, controller: str) -> float:
+    return report.run(job, seed, controller).result.objective
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("policies", nargs="+", metavar="DIR", help="trained policy directories")
+    parser.add_argument("--families", required=True, help="comma-separated model families, e.g. cnn1d")
+    parser.add_argument("--split", default="train", choices=["train", "heldout"])
+    parser.add_argument("--jobs", type=int, default=16, help="distinct jobs drawn from those families")
+    parser.add_argument("--seeds", type=int, default=2, help="job seeds per job")
+    parser.add_argument("--out", required=True, type=Path, help="one evaluate report per policy goes under it")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        recipes = transfer_recipes(args.split, [f.strip() for f in args.families.split(",") if f.strip()], args.jobs)
+    except ValueError as error:
+        parser.error(str(error))
+    jobs = {name: (lambda seed, r=recipe: r.build(seed=seed, device="cpu")) for name, recipe in recipes.items()}
+    print(f"{len(jobs)} jobs x {args.seeds} seeds of the {args.split} split, families {args.families}")
+    print("| policy | uniform mean J | policy mean J | wins | compute-bound wins | data-bound wins |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for path in args.policies:
+        report = evaluate(
+            path, split=None, seeds=args.seeds, baselines=["uniform"], jobs=jobs, device="cpu",
+            out_dir=args.out / Path(path).name, progress=False,
+        )
+        pairs = [
+            (J(report, job, seed, "uniform"), J(report, job, seed, "policy"), recipes[job].regime)
+            for job in jobs
+            for seed in range(args.seeds)
+        ]
+
+        def wins(regime=None) -> str:
+            chosen = [p for p in pairs if regime is None or p[2] == regime]
+            return f"{sum(mine < theirs for theirs, mine, _ in chosen)}/{len(chosen)}"
+
+        print(
+            f"| {path} | {statistics.fmean(p[0] for p in pairs):.4f} | {statistics.fmean(p[1] for p in pairs):.4f} "
+            f"| {wins()} | {wins('compute-bound')} | {wins('data-bound')} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
