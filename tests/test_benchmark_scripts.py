@@ -198,3 +198,17 @@ def test_family_transfer_refuses_a_family_of_the_other_split(capsys):
     with pytest.raises(SystemExit):
         transfer.main(["--families", "cnn2d", "--out", "unused", "some-policy"])
     assert "model families ['cnn1d', 'mlp', 'resmlp'], got ['cnn2d']" in capsys.readouterr().err
+
+
+def test_lever_ablation_sets_one_lever_back_to_standard_training_and_leaves_the_rest():
+    from allocator.allocation import Allocation, AllocationSpec
+
+    ablation = load_script("lever_ablation")
+    spec = AllocationSpec(sample_groups=2, layer_groups=2, max_steps=10)
+    chosen = Allocation((0.8, 0.2), 0.5, (1.0, 0.3), 0)
+    assert ablation.standard("sample shares", chosen, spec) == Allocation((0.5, 0.5), 0.5, (1.0, 0.3), 0)
+    assert ablation.standard("keep fraction", chosen, spec) == Allocation((0.8, 0.2), 1.0, (1.0, 0.3), 0)
+    assert ablation.standard("layer gates", chosen, spec) == Allocation((0.8, 0.2), 0.5, (1.0, 1.0), 0)
+    assert ablation.standard("stopping", chosen, spec) == Allocation((0.8, 0.2), 0.5, (1.0, 0.3), 10)
+    fewer_steps = Allocation((0.8, 0.2), 0.5, (1.0, 0.3), 4)
+    assert ablation.standard("stopping", fewer_steps, spec) == fewer_steps  # only a stop is undone
