@@ -80,6 +80,10 @@ class EnvConfig:
     named jobs included; empty: all of them. Leave one out (``[mlp, resmlp]``) and validate on
     it (``training.validation_families``) to measure transfer to an unseen architecture
     without touching the held-out split."""
+    balance_families: bool = False
+    """Draw each sampled training job's model family evenly first, then a dataset that has it
+    (in the train split the 1-D CNN then makes a third of the sampled jobs rather than a
+    twelfth); false: the dataset first, as the presets were trained."""
     device: str = "cpu"
     """Device of the training jobs the envs run: ``cpu``, ``auto`` (CUDA when available),
     ``cuda``, ``cuda:1``, ... The default is ``cpu``: the built-in jobs are small, so on a GPU

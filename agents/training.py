@@ -97,6 +97,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "ignored_features": list(env.ignored_features),
         "data_bound_share": env.data_bound_share,
         "families": list(env.families) or None,
+        "balance_families": env.balance_families,
         "num_threads": 1,
         "device": env.device,
     }
@@ -480,6 +481,7 @@ def _train(
             device=config.env.device,
             data_bound_share=config.env.data_bound_share,
             families=training.validation_families or config.env.families or None,
+            balance_families=config.env.balance_families,
         )
 
         def validation_job(index: int):

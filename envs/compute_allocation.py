@@ -82,6 +82,8 @@ class ComputeAllocationEnv(gym.Env):
       distribution's sampled recipes (default 0.5; ignored with ``jobs``).
     * ``families``: model families of the built-in distribution's jobs
       (default ``None``: all of the split's; ignored with ``jobs``).
+    * ``balance_families``: draw the built-in distribution's model family
+      evenly first (default ``False``; ignored with ``jobs``).
     * ``num_threads``: torch threads for this env's process (default 1, so
       several envs in subprocesses share the cores well).
     * ``device``: device of the sampled jobs (default ``"cpu"``).
@@ -138,6 +140,7 @@ class ComputeAllocationEnv(gym.Env):
         ignored_features: Sequence[str] = (),
         data_bound_share: float = 0.5,
         families: Sequence[str] | None = None,
+        balance_families: bool = False,
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -168,7 +171,11 @@ class ComputeAllocationEnv(gym.Env):
             from allocator.jobs import JobDistribution
 
             jobs = JobDistribution(
-                split=split, device=device, data_bound_share=data_bound_share, families=families
+                split=split,
+                device=device,
+                data_bound_share=data_bound_share,
+                families=families,
+                balance_families=balance_families,
             )
         if not callable(getattr(jobs, "sample", None)):
             raise ValueError("jobs must have sample(rng, spec) -> TrainingJob")

@@ -384,3 +384,17 @@ def test_without_a_family_filter_the_draws_are_unchanged():
 def test_a_family_the_split_does_not_have_is_refused(families):
     with pytest.raises(ValueError, match="families must be a non-empty subset of the train split"):
         JobDistribution("train", families=families)
+
+
+def test_balanced_families_give_each_model_family_an_even_share_of_sampled_jobs():
+    def share_of_cnn1d(jobs):
+        models = [recipe.model for recipe in jobs.recipes(0, 600)]
+        return models.count("cnn1d") / len(models)
+
+    # the variant first: the 1-D CNN comes only with MNIST-1D, one variant of four, one family of three
+    assert share_of_cnn1d(JobDistribution("train", named_share=0.0)) == pytest.approx(1 / 12, abs=0.03)
+    assert share_of_cnn1d(JobDistribution("train", named_share=0.0, balance_families=True)) == pytest.approx(
+        1 / 3, abs=0.05
+    )
+    balanced = JobDistribution("train", named_share=0.0, balance_families=True).recipes(1, 100)
+    assert {recipe.dataset for recipe in balanced if recipe.model == "cnn1d"} == {"mnist1d"}

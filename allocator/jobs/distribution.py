@@ -374,6 +374,10 @@ class JobDistribution:
             measure transfer to it on the same split; ``None``: all of the
             split's families, drawn exactly as before this option existed.
             Dataset variants none of whose families are kept are not drawn.
+        balance_families: draw a sampled recipe's model family first, evenly,
+            then a dataset variant that has it. ``False`` (the default) draws
+            the variant first and a family of it, so a family offered by one
+            variant alone (the 1-D CNN: MNIST-1D only) is rarer than the others.
 
     Example::
 
@@ -390,6 +394,7 @@ class JobDistribution:
         device: str = "auto",
         data_bound_share: float = 0.5,
         families: Sequence[str] | None = None,
+        balance_families: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -402,6 +407,7 @@ class JobDistribution:
         self.data_bound_share = float(data_bound_share)
         self.device = device
         self.families = None if families is None else tuple(families)
+        self.balance_families = bool(balance_families)
         self.variants = _VARIANTS[split]
         self.named = names(split)
         if self.families is not None:
@@ -448,9 +454,16 @@ class JobDistribution:
             regime = REGIMES[int(rng.integers(len(REGIMES)))]
         else:
             regime = "data-bound" if rng.random() < self.data_bound_share else "compute-bound"
-        variant = list(self.variants)[int(rng.integers(len(self.variants)))]
-        dataset, fixed, families = self.variants[variant]
-        family = families[int(rng.integers(len(families)))]
+        if self.balance_families:
+            sampled_families = sorted({f for _, _, fams in self.variants.values() for f in fams})
+            family = sampled_families[int(rng.integers(len(sampled_families)))]
+            offering = [variant for variant, (_, _, fams) in self.variants.items() if family in fams]
+            variant = offering[int(rng.integers(len(offering)))]
+            dataset, fixed, _ = self.variants[variant]
+        else:
+            variant = list(self.variants)[int(rng.integers(len(self.variants)))]
+            dataset, fixed, families = self.variants[variant]
+            family = families[int(rng.integers(len(families)))]
         widths, depths, batches = _SIZES[family]
         data_bound = regime == "data-bound"
         # Data-bound jobs get the wider models: more capacity to memorise noise.
