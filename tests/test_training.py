@@ -365,6 +365,19 @@ def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypat
     assert len(validated) == 2 and all("cnn1d" in name for name in validated), validated
 
 
+def test_balanced_families_reach_the_envs_job_distribution(tmp_path):
+    from agents.training import make_vec_env
+
+    path = tmp_path / "balanced.yaml"
+    path.write_text("env:\n  balance_families: true\n")
+    venv = make_vec_env(resolve_config("tiny", path), seed=0)
+    try:
+        (env,) = venv.envs
+        assert env.unwrapped.jobs.balance_families
+    finally:
+        venv.close()
+
+
 # ---------------------------------------------------------------------- kill and resume
 
 
