@@ -384,6 +384,8 @@ def test_without_a_family_filter_the_draws_are_unchanged():
 def test_a_family_the_split_does_not_have_is_refused(families):
     with pytest.raises(ValueError, match="families must be a non-empty subset of the train split"):
         JobDistribution("train", families=families)
+    with pytest.raises(ValueError, match="families must be a list of model family names, got 'mlp'"):
+        JobDistribution("train", families="mlp")
 
 
 def test_balanced_families_give_each_model_family_an_even_share_of_sampled_jobs():

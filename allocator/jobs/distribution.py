@@ -406,6 +406,8 @@ class JobDistribution:
         self.named_share = float(named_share)
         self.data_bound_share = float(data_bound_share)
         self.device = device
+        if isinstance(families, str):  # tuple("mlp") would be three one-letter families
+            raise ValueError(f"families must be a list of model family names, got {families!r}")
         self.families = None if families is None else tuple(families)
         self.balance_families = bool(balance_families)
         self.variants = _VARIANTS[split]
@@ -428,9 +430,13 @@ class JobDistribution:
     @property
     def model_families(self) -> tuple[str, ...]:
         """The model families this distribution draws from (named jobs included)."""
-        families = {f for _, _, fams in self.variants.values() for f in fams}
+        families = set(self._sampled_families())
         families |= {NAMED_JOBS[name].model for name in self.named}
         return tuple(sorted(families))
+
+    def _sampled_families(self) -> list[str]:
+        """The model families of the dataset variants, sorted (named jobs not included)."""
+        return sorted({family for _, _, families in self.variants.values() for family in families})
 
     def sample(self, rng: np.random.Generator | int | None = None, spec=None):
         """Draw a training job from this split: a fresh :class:`TrainingJob` seeded from ``rng``."""
@@ -455,7 +461,7 @@ class JobDistribution:
         else:
             regime = "data-bound" if rng.random() < self.data_bound_share else "compute-bound"
         if self.balance_families:
-            sampled_families = sorted({f for _, _, fams in self.variants.values() for f in fams})
+            sampled_families = self._sampled_families()
             family = sampled_families[int(rng.integers(len(sampled_families)))]
             offering = [variant for variant, (_, _, fams) in self.variants.items() if family in fams]
             variant = offering[int(rng.integers(len(offering)))]
