@@ -42,8 +42,20 @@ def transfer_recipes(split: str, families: list[str], count: int, job_seed: int 
     return recipes
 
 
-def J(report, job: str, seed: int, controller: str) -> float:
+def objective_of(report, job: str, seed: int, controller: str) -> float:
     return report.run(job, seed, controller).result.objective
+
+
+def wins(pairs, regime: str | None = None) -> str:
+    """ "won/all" over ``(uniform J, policy J, regime)`` pairs, of one regime or all."""
+    chosen = [pair for pair in pairs if regime is None or pair[2] == regime]
+    return f"{sum(mine < theirs for theirs, mine, _ in chosen)}/{len(chosen)}"
+
+
+def report_name(path: str) -> str:
+    """A policy directory's folder under --out: its name, or its parent's for ``.../NAME/policy``."""
+    path = Path(path)
+    return path.parent.name if path.name == "policy" and path.parent.name else path.name
 
 
 def main(argv=None) -> int:
@@ -53,35 +65,49 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="train", choices=["train", "heldout"])
     parser.add_argument("--jobs", type=int, default=16, help="distinct jobs drawn from those families")
     parser.add_argument("--seeds", type=int, default=2, help="job seeds per job")
-    parser.add_argument("--out", required=True, type=Path, help="one evaluate report per policy goes under it")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="one evaluate report per policy goes under it"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        recipes = transfer_recipes(args.split, [f.strip() for f in args.families.split(",") if f.strip()], args.jobs)
+        recipes = transfer_recipes(
+            args.split, [f.strip() for f in args.families.split(",") if f.strip()], args.jobs
+        )
     except ValueError as error:
         parser.error(str(error))
-    jobs = {name: (lambda seed, r=recipe: r.build(seed=seed, device="cpu")) for name, recipe in recipes.items()}
+    jobs = {
+        name: (lambda seed, r=recipe: r.build(seed=seed, device="cpu")) for name, recipe in recipes.items()
+    }
     print(f"{len(jobs)} jobs x {args.seeds} seeds of the {args.split} split, families {args.families}")
     print("| policy | uniform mean J | policy mean J | wins | compute-bound wins | data-bound wins |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for path in args.policies:
-        report = evaluate(
-            path, split=None, seeds=args.seeds, baselines=["uniform"], jobs=jobs, device="cpu",
-            out_dir=args.out / Path(path).name, progress=False,
-        )
+        try:
+            report = evaluate(
+                path,
+                split=None,
+                seeds=args.seeds,
+                baselines=["uniform"],
+                jobs=jobs,
+                device="cpu",
+                out_dir=args.out / report_name(path),
+                progress=False,
+            )
+        except (ValueError, OSError) as error:
+            parser.error(f"{path}: {error}")
         pairs = [
-            (J(report, job, seed, "uniform"), J(report, job, seed, "policy"), recipes[job].regime)
+            (
+                objective_of(report, job, seed, "uniform"),
+                objective_of(report, job, seed, "policy"),
+                recipes[job].regime,
+            )
             for job in jobs
             for seed in range(args.seeds)
         ]
-
-        def wins(regime=None) -> str:
-            chosen = [p for p in pairs if regime is None or p[2] == regime]
-            return f"{sum(mine < theirs for theirs, mine, _ in chosen)}/{len(chosen)}"
-
         print(
             f"| {path} | {statistics.fmean(p[0] for p in pairs):.4f} | {statistics.fmean(p[1] for p in pairs):.4f} "
-            f"| {wins()} | {wins('compute-bound')} | {wins('data-bound')} |",
+            f"| {wins(pairs)} | {wins(pairs, 'compute-bound')} | {wins(pairs, 'data-bound')} |",
             flush=True,
         )
     return 0

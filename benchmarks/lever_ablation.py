@@ -69,7 +69,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("policies", nargs="+", metavar="DIR", help="trained policy directories")
     parser.add_argument("--split", default="train", choices=["train", "heldout"])
-    parser.add_argument("--families", default=None, help="jobs drawn from these model families (comma-separated)")
+    parser.add_argument(
+        "--families", default=None, help="jobs drawn from these model families (comma-separated)"
+    )
     parser.add_argument("--jobs", type=int, default=16, help="with --families: how many distinct jobs")
     parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args(argv)
@@ -85,7 +87,11 @@ def main(argv=None) -> int:
             builders = [source.build for source in resolve_jobs(None, args.split, device="cpu")]
     except ValueError as error:
         parser.error(str(error))
-    print("| policy | uniform | policy as trained | " + " | ".join(f"standard {lever}" for lever in LEVERS) + " |")
+    print(
+        "| policy | uniform | policy as trained | "
+        + " | ".join(f"standard {lever}" for lever in LEVERS)
+        + " |"
+    )
     print("| --- | ---: | ---: | " + " | ".join("---:" for _ in LEVERS) + " |")
     for path in args.policies:
         policy = AllocatorPolicy.load(path)  # reset by run_job before every run
@@ -93,9 +99,10 @@ def main(argv=None) -> int:
         rows = []
         for build in builders:
             for seed in range(args.seeds):
-                def objective(controller, build=build, seed=seed) -> float:
+
+                def objective(controller, build=build, seed=seed, spec=policy.spec) -> float:
                     job = build(seed)
-                    job.use_spec(policy.spec)
+                    job.use_spec(spec)
                     return run_job(job, controller).objective
 
                 uniform = objective("uniform")
@@ -104,7 +111,9 @@ def main(argv=None) -> int:
             f"{statistics.fmean(r[c] for r in rows):.4f} ({sum(r[c] < r[0] for r in rows)}/{len(rows)})"
             for c in range(1, len(controllers) + 1)
         ]
-        print(f"| {path} | {statistics.fmean(r[0] for r in rows):.4f} | " + " | ".join(cells) + " |", flush=True)
+        print(
+            f"| {path} | {statistics.fmean(r[0] for r in rows):.4f} | " + " | ".join(cells) + " |", flush=True
+        )
     return 0
 
 
