@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from allocator.evaluation import evaluate
+from allocator.evaluation import evaluate, parse_names
 from allocator.jobs import JobDistribution
 
 # apart from the envs' job pools (job_pool_seed 0) and the validation jobs (validation_seed 1)
@@ -40,6 +40,13 @@ def transfer_recipes(split: str, families: list[str], count: int, job_seed: int 
         if len(recipes) == count:
             break
     return recipes
+
+
+def job_builders(recipes: dict) -> dict:
+    """``{name: build(seed)}`` for ``evaluate``: each recipe built on the CPU with the given seed."""
+    return {
+        name: (lambda seed, r=recipe: r.build(seed=seed, device="cpu")) for name, recipe in recipes.items()
+    }
 
 
 def objective_of(report, job: str, seed: int, controller: str) -> float:
@@ -71,14 +78,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
-        recipes = transfer_recipes(
-            args.split, [f.strip() for f in args.families.split(",") if f.strip()], args.jobs
-        )
+        recipes = transfer_recipes(args.split, parse_names(args.families), args.jobs)
     except ValueError as error:
         parser.error(str(error))
-    jobs = {
-        name: (lambda seed, r=recipe: r.build(seed=seed, device="cpu")) for name, recipe in recipes.items()
-    }
+    jobs = job_builders(recipes)
     print(f"{len(jobs)} jobs x {args.seeds} seeds of the {args.split} split, families {args.families}")
     print("| policy | uniform mean J | policy mean J | wins | compute-bound wins | data-bound wins |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

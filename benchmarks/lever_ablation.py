@@ -25,28 +25,33 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from family_transfer import transfer_recipes  # noqa: E402
+from family_transfer import job_builders, transfer_recipes  # noqa: E402
 
 from allocator import AllocatorPolicy  # noqa: E402
-from allocator.evaluation import resolve_jobs  # noqa: E402
+from allocator.allocation import Allocation  # noqa: E402
+from allocator.evaluation import parse_names, resolve_jobs  # noqa: E402
 from allocator.runner import run_job  # noqa: E402
+
+# each lever and the Allocation field that holds it
+LEVERS = {
+    "sample shares": "sample_shares",
+    "keep fraction": "keep_fraction",
+    "layer gates": "layer_gates",
+    "stopping": "steps",
+}
 
 
 def standard(lever: str, allocation, spec):
-    """``allocation`` with ``lever`` set to what standard training does."""
-    if lever == "sample shares":
-        count = len(allocation.sample_shares)
-        return dataclasses.replace(allocation, sample_shares=(1.0 / count,) * count)
-    if lever == "keep fraction":
-        return dataclasses.replace(allocation, keep_fraction=1.0)
-    if lever == "layer gates":
-        return dataclasses.replace(allocation, layer_gates=(1.0,) * len(allocation.layer_gates))
-    if lever == "stopping":
-        return dataclasses.replace(allocation, steps=spec.max_steps) if allocation.stops else allocation
-    raise ValueError(f"unknown lever {lever!r}")
+    """``allocation`` with ``lever`` set to what standard training (``Allocation.uniform``) does.
 
-
-LEVERS = ("sample shares", "keep fraction", "layer gates", "stopping")
+    For ``stopping`` only a stop is undone: an interval of fewer steps keeps them.
+    """
+    if lever not in LEVERS:
+        raise ValueError(f"unknown lever {lever!r}")
+    if lever == "stopping" and not allocation.stops:
+        return allocation
+    field = LEVERS[lever]
+    return dataclasses.replace(allocation, **{field: getattr(Allocation.uniform(spec), field)})
 
 
 class WithStandardLever:
@@ -78,11 +83,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     try:
         if args.families:
-            families = [f.strip() for f in args.families.split(",") if f.strip()]
-            builders = [
-                (lambda seed, r=recipe: r.build(seed=seed, device="cpu"))
-                for recipe in transfer_recipes(args.split, families, args.jobs).values()
-            ]
+            recipes = transfer_recipes(args.split, parse_names(args.families), args.jobs)
+            builders = list(job_builders(recipes).values())
         else:
             builders = [source.build for source in resolve_jobs(None, args.split, device="cpu")]
     except ValueError as error:

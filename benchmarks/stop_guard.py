@@ -16,6 +16,7 @@ BENCHMARKS.md section 5 (fourth round) has what it found.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 
@@ -53,7 +54,7 @@ class StopGuard:
         at_best = observation[self.above_best] <= 0.0
         falling = self.falling_faster_than is None or observation[self.trend] < -self.falling_faster_than
         if allocation.stops and at_best and falling:
-            return Allocation(allocation.sample_shares, allocation.keep_fraction, allocation.layer_gates, self.spec.max_steps)
+            return dataclasses.replace(allocation, steps=self.spec.max_steps)
         return allocation
 
 
@@ -88,7 +89,9 @@ def main(argv=None) -> int:
             f"{statistics.fmean(r[column] for r in rows):.4f} ({sum(r[column] < r[0] for r in rows)}/{len(rows)})"
             for column in (1, 2)
         ]
-        print(f"| {path} | {statistics.fmean(r[0] for r in rows):.4f} | " + " | ".join(cells) + " |", flush=True)
+        print(
+            f"| {path} | {statistics.fmean(r[0] for r in rows):.4f} | " + " | ".join(cells) + " |", flush=True
+        )
     return 0
 
 
