@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from allocator import AllocatorPolicy
 from allocator.evaluation import evaluate, parse_names
 from allocator.jobs import JobDistribution
 
@@ -85,20 +86,23 @@ def main(argv=None) -> int:
     print(f"{len(jobs)} jobs x {args.seeds} seeds of the {args.split} split, families {args.families}")
     print("| policy | uniform mean J | policy mean J | wins | compute-bound wins | data-bound wins |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for path in args.policies:
+    policies = {}
+    for path in args.policies:  # all of them before any run: a bad directory stops nothing half done
         try:
-            report = evaluate(
-                path,
-                split=None,
-                seeds=args.seeds,
-                baselines=["uniform"],
-                jobs=jobs,
-                device="cpu",
-                out_dir=args.out / report_name(path),
-                progress=False,
-            )
+            policies[path] = AllocatorPolicy.load(path)
         except (ValueError, OSError) as error:
-            parser.error(f"{path}: {error}")
+            parser.error(str(error))
+    for path, policy in policies.items():
+        report = evaluate(
+            policy,
+            split=None,
+            seeds=args.seeds,
+            baselines=["uniform"],
+            jobs=jobs,
+            device="cpu",
+            out_dir=args.out / report_name(path),
+            progress=False,
+        )
         pairs = [
             (
                 objective_of(report, job, seed, "uniform"),

@@ -95,8 +95,13 @@ def main(argv=None) -> int:
         + " |"
     )
     print("| --- | ---: | ---: | " + " | ".join("---:" for _ in LEVERS) + " |")
-    for path in args.policies:
-        policy = AllocatorPolicy.load(path)  # reset by run_job before every run
+    policies = {}
+    for path in args.policies:  # all of them before any run: a bad directory stops nothing half done
+        try:
+            policies[path] = AllocatorPolicy.load(path)  # reset by run_job before every run
+        except (ValueError, OSError) as error:
+            parser.error(str(error))
+    for path, policy in policies.items():
         controllers = [policy] + [WithStandardLever(policy, lever) for lever in LEVERS]
         rows = []
         for build in builders:

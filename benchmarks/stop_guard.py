@@ -75,8 +75,13 @@ def main(argv=None) -> int:
     jobs = resolve_jobs(None, args.split, device="cpu")
     print("| policy | uniform mean J | policy mean J (wins) | with the stop guard (wins) |")
     print("| --- | ---: | ---: | ---: |")
-    for path in args.policies:
-        policy = AllocatorPolicy.load(path)  # reset by run_job before every run
+    policies = {}
+    for path in args.policies:  # all of them before any run: a bad directory stops nothing half done
+        try:
+            policies[path] = AllocatorPolicy.load(path)  # reset by run_job before every run
+        except (ValueError, OSError) as error:
+            parser.error(str(error))
+    for path, policy in policies.items():
         guard = StopGuard(policy, args.falling_faster_than)
         rows = []
         for source in jobs:
