@@ -305,8 +305,6 @@ class TrainingJob:
         # position in the loss-sorted order -> sample group (group 0: lowest losses)
         self._group_of_position = (torch.arange(n, device=self.device) * spec.sample_groups) // n
         self._group_bounds = [(g * n) // spec.sample_groups for g in range(spec.sample_groups + 1)]
-        # per sample group: sum of log(loss now / loss when last seen) of redrawn samples, and their count
-        self._loss_change_sums = torch.zeros(2, spec.sample_groups, device=self.device)
         self._gradient_sums = [torch.zeros_like(p) for group in self._group_parameters for p in group]
         self._parameter_group = [g for g, group in enumerate(self._group_parameters) for _ in group]
         self._parameter_group_index = torch.tensor(self._parameter_group, device=self.device)
@@ -430,7 +428,6 @@ class TrainingJob:
         gates = np.asarray(allocation.layer_gates)
         self._prepare_sampling(allocation.sample_shares)
         self._train_loss_sum = torch.zeros((), device=self.device)
-        self._loss_change_sums.zero_()
         self._gradient_square_sums = torch.zeros(self.spec.layer_groups, device=self.device)
         self._trained_steps = np.zeros(self.spec.layer_groups, dtype=np.int64)
         torch._foreach_zero_(self._gradient_sums)
@@ -511,18 +508,16 @@ class TrainingJob:
         # largest remainders get the leftover slots, so counts sum to the batch
         for g in np.argsort(-(raw - counts), kind="stable")[: batch - counts.sum()]:
             counts[g] += 1
-        starts, sizes, groups = [], [], []
+        starts, sizes = [], []
         for g, count in enumerate(counts):
             low, high = self._group_bounds[g], self._group_bounds[g + 1]
             if high <= low:  # fewer samples than groups: draw from the whole set
                 low, high = 0, self.training_set_size
             starts += [low] * int(count)
             sizes += [high - low] * int(count)
-            groups += [g] * int(count)
         # one host-to-device copy per interval, none per step, and it does not wait for the GPU
         self._slot_start = _to_device(torch.tensor(starts, dtype=torch.long), self.device)
         self._slot_size = _to_device(torch.tensor(sizes, dtype=torch.float32), self.device)
-        self._slot_group = _to_device(torch.tensor(groups, dtype=torch.long), self.device)
         self.last_batch_group_counts = counts
 
     def _set_trained(self, trained: tuple[bool, ...]) -> None:
@@ -550,14 +545,6 @@ class TrainingJob:
 
     def _remember(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
         losses = losses.detach().float()
-        previous = self._last_loss[indices]
-        seen_before = torch.isfinite(previous)
-        change = torch.where(
-            seen_before, losses.clamp_min(1e-12).log() - previous.clamp_min(1e-12).log(), torch.zeros_like(losses)
-        )
-        # the batch slot says which sample group a sample was drawn from
-        self._loss_change_sums[0].index_add_(0, self._slot_group, change)
-        self._loss_change_sums[1].index_add_(0, self._slot_group, seen_before.float())
         self._last_loss[indices] = losses
         self._last_seen.index_fill_(0, indices, self._step_count)
         self._train_loss_sum += losses.sum()
@@ -649,7 +636,6 @@ class TrainingJob:
                 self._gradient_square_sums,
                 sum_norms,
                 sums.reshape(-1),
-                self._loss_change_sums.reshape(-1),
             ]
         ).double().cpu().numpy()  # the one host synchronisation of the interval
 
@@ -658,7 +644,7 @@ class TrainingJob:
         weight_sq = packed[offset : offset + groups]
         grad_sq = packed[offset + groups : offset + 2 * groups]
         sum_sq = packed[offset + 2 * groups : offset + 3 * groups]
-        counts, log_sum, log_sq_sum, stale_sum, change_sum, redrawn = packed[offset + 3 * groups :].reshape(6, k)
+        counts, log_sum, log_sq_sum, stale_sum = packed[offset + 3 * groups :].reshape(4, k)
         group_sizes = np.diff(self._group_bounds)
 
         train_loss = train_sum / drawn if drawn else float("nan")
@@ -689,7 +675,6 @@ class TrainingJob:
             group_log_loss=mean_log,
             group_log_loss_spread=np.sqrt(np.maximum(variance, 0.0)),
             group_staleness=stale_sum / np.maximum(group_sizes, 1),
-            group_loss_change=np.where(redrawn > 0, change_sum / np.maximum(redrawn, 1), 0.0),
             layer_log_grad_to_weight=ratio,
             layer_coherence=np.clip(coherence, 0.0, 1.0),
         )

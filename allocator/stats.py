@@ -3,7 +3,7 @@
 The observation is a float32 vector of scale-free features, the same size for
 every model and dataset, so one policy serves any job. Its layout is::
 
-    [ global (15) | K x per-sample-group (5) | G x per-layer-group (4) ]
+    [ global (15) | K x per-sample-group (4) | G x per-layer-group (4) ]
 
 Global features (``GLOBAL_FEATURES``):
 
@@ -34,14 +34,8 @@ paying. It is noisy (the validation set is finite); ``val_loss_trend`` smooths i
 Per sample group k (``SAMPLE_GROUP_FEATURES``), group 0 the lowest losses:
 ``log_loss`` (mean log(last seen loss / initial val loss) of its seen
 samples), ``log_loss_spread`` (their standard deviation), ``staleness`` (mean
-optimizer steps since seen, over the budget's steps; 1 for never seen),
-``previous_share`` (K times the previous share: 1 is uniform) and
-``loss_change`` (mean log(loss now / loss when last seen) of the group's
-samples drawn again in the interval; 0 when none was). ``loss_change`` shows
-what training does to each group's own loss: a high-loss group whose losses
-do not fall is noise or unlearnable, and spending backward passes on it
-(selective backprop, a larger share) buys little. Policies trained before it
-existed read the observation without it (:meth:`ObservationLayout.positions_in`).
+optimizer steps since seen, over the budget's steps; 1 for never seen) and
+``previous_share`` (K times the previous share: 1 is uniform).
 
 Per layer group g (``LAYER_GROUP_FEATURES``), in forward order, head last:
 ``log_grad_to_weight`` (log of RMS gradient norm over weight norm in the
@@ -81,7 +75,7 @@ GLOBAL_FEATURES = (
     "budget_since_best",
 )
 TREND_DECAY = 0.5  # weight of the old trend in val_loss_trend: a half-life of one interval
-SAMPLE_GROUP_FEATURES = ("log_loss", "log_loss_spread", "staleness", "previous_share", "loss_change")
+SAMPLE_GROUP_FEATURES = ("log_loss", "log_loss_spread", "staleness", "previous_share")
 LAYER_GROUP_FEATURES = ("log_grad_to_weight", "change", "gradient_coherence", "previous_gate")
 FEATURE_NAMES = tuple(dict.fromkeys(GLOBAL_FEATURES + SAMPLE_GROUP_FEATURES + LAYER_GROUP_FEATURES))
 """Every feature name, once (``gradient_coherence`` is both global and per layer group)."""
@@ -95,63 +89,23 @@ class ObservationLayout:
 
         layout = ObservationLayout(job.spec)
         layout.sample_group_features(obs)[:, layout.sample_index("log_loss")]
-
-    The feature lists default to today's (``GLOBAL_FEATURES`` and so on). A
-    policy trained on an earlier version of the observation carries its own
-    lists in policy.json; :meth:`from_names` rebuilds its layout and
-    :meth:`positions_in` finds its features in today's observation.
     """
 
     spec: AllocationSpec
-    global_names: tuple[str, ...] = GLOBAL_FEATURES
-    sample_group_names: tuple[str, ...] = SAMPLE_GROUP_FEATURES
-    layer_group_names: tuple[str, ...] = LAYER_GROUP_FEATURES
-
-    @classmethod
-    def from_names(cls, spec: AllocationSpec, names: dict) -> ObservationLayout:
-        """The layout of policy.json's ``observation.features`` (keys ``global``,
-        ``per_sample_group``, ``per_layer_group``); unknown names raise ``ValueError``."""
-        sections = ("global", "per_sample_group", "per_layer_group")
-        lists = []
-        for section, known in zip(sections, (GLOBAL_FEATURES, SAMPLE_GROUP_FEATURES, LAYER_GROUP_FEATURES)):
-            section_names = names.get(section)
-            if not isinstance(section_names, (list, tuple)) or not all(
-                isinstance(n, str) for n in section_names
-            ):
-                raise ValueError(
-                    f"observation features {section!r} must be a list of names, got {section_names!r}"
-                )
-            unknown = [n for n in section_names if n not in known]
-            if unknown:
-                raise ValueError(
-                    f"{section} feature(s) {unknown} are not in this version's observation "
-                    f"(it has {list(known)})"
-                )
-            lists.append(tuple(section_names))
-        return cls(spec, *lists)
-
-    @property
-    def is_current(self) -> bool:
-        """True when this is today's layout: a job's observation needs no selection."""
-        return (self.global_names, self.sample_group_names, self.layer_group_names) == (
-            GLOBAL_FEATURES,
-            SAMPLE_GROUP_FEATURES,
-            LAYER_GROUP_FEATURES,
-        )
 
     @property
     def global_size(self) -> int:
-        return len(self.global_names)
+        return len(GLOBAL_FEATURES)
 
     @property
     def sample_group_size(self) -> int:
         """Features per sample group."""
-        return len(self.sample_group_names)
+        return len(SAMPLE_GROUP_FEATURES)
 
     @property
     def layer_group_size(self) -> int:
         """Features per layer group."""
-        return len(self.layer_group_names)
+        return len(LAYER_GROUP_FEATURES)
 
     @property
     def size(self) -> int:
@@ -163,69 +117,34 @@ class ObservationLayout:
 
     def to_dict(self) -> dict:
         return {
-            "global": list(self.global_names),
-            "per_sample_group": list(self.sample_group_names),
-            "per_layer_group": list(self.layer_group_names),
+            "global": list(GLOBAL_FEATURES),
+            "per_sample_group": list(SAMPLE_GROUP_FEATURES),
+            "per_layer_group": list(LAYER_GROUP_FEATURES),
             "size": self.size,
         }
 
     def global_index(self, name: str) -> int:
-        return self.global_names.index(name)
+        return GLOBAL_FEATURES.index(name)
 
     def sample_index(self, name: str) -> int:
-        return self.sample_group_names.index(name)
+        return SAMPLE_GROUP_FEATURES.index(name)
 
     def layer_index(self, name: str) -> int:
-        return self.layer_group_names.index(name)
+        return LAYER_GROUP_FEATURES.index(name)
 
     def global_features(self, observation: np.ndarray) -> np.ndarray:
         return np.asarray(observation)[: self.global_size]
 
     def sample_group_features(self, observation: np.ndarray) -> np.ndarray:
-        """``(K, sample_group_size)`` array: one row per sample group."""
+        """``(K, 4)`` array: one row per sample group."""
         start = self.global_size
         stop = start + self.spec.sample_groups * self.sample_group_size
         return np.asarray(observation)[start:stop].reshape(self.spec.sample_groups, -1)
 
     def layer_group_features(self, observation: np.ndarray) -> np.ndarray:
-        """``(G, layer_group_size)`` array: one row per layer group."""
+        """``(G, 4)`` array: one row per layer group."""
         start = self.global_size + self.spec.sample_groups * self.sample_group_size
         return np.asarray(observation)[start:].reshape(self.spec.layer_groups, -1)
-
-    def positions_in(self, other: ObservationLayout) -> np.ndarray:
-        """For each entry of this layout, in order, its position in ``other``'s observation.
-
-        ``observation[layout.positions_in(ObservationLayout(spec))]`` turns
-        today's observation into the one this (older) layout describes. Raises
-        ``ValueError`` when ``other`` lacks one of the features.
-        """
-        if (
-            other.spec.sample_groups != self.spec.sample_groups
-            or other.spec.layer_groups != self.spec.layer_groups
-        ):
-            raise ValueError("layouts of different numbers of sample or layer groups cannot be matched")
-        flat = np.arange(other.size)
-        missing = [
-            n
-            for n, known in (
-                *((n, other.global_names) for n in self.global_names),
-                *((n, other.sample_group_names) for n in self.sample_group_names),
-                *((n, other.layer_group_names) for n in self.layer_group_names),
-            )
-            if n not in known
-        ]
-        if missing:
-            raise ValueError(f"the observation lacks feature(s) {missing}")
-        parts = [
-            other.global_features(flat)[[other.global_index(n) for n in self.global_names]],
-            other.sample_group_features(flat)[
-                :, [other.sample_index(n) for n in self.sample_group_names]
-            ].reshape(-1),
-            other.layer_group_features(flat)[
-                :, [other.layer_index(n) for n in self.layer_group_names]
-            ].reshape(-1),
-        ]
-        return np.concatenate(parts).astype(np.int64)
 
     def positions(self, names: Iterable[str]) -> list[int]:
         """Sorted positions in the flat observation of every feature with one of these names.
@@ -235,16 +154,17 @@ class ObservationLayout:
         per sample group. An unknown name raises ``ValueError`` listing the known ones.
         """
         names = list(names)
-        known = tuple(dict.fromkeys(self.global_names + self.sample_group_names + self.layer_group_names))
-        unknown = [name for name in names if name not in known]
+        unknown = [name for name in names if name not in FEATURE_NAMES]
         if unknown:
-            raise ValueError(f"unknown observation feature(s) {unknown}; the features are {list(known)}")
+            raise ValueError(
+                f"unknown observation feature(s) {unknown}; the features are {list(FEATURE_NAMES)}"
+            )
         flat = np.arange(self.size)
-        found = [self.global_index(name) for name in names if name in self.global_names]
+        found = [self.global_index(name) for name in names if name in GLOBAL_FEATURES]
         for name in names:
-            if name in self.sample_group_names:
+            if name in SAMPLE_GROUP_FEATURES:
                 found += self.sample_group_features(flat)[:, self.sample_index(name)].tolist()
-            if name in self.layer_group_names:
+            if name in LAYER_GROUP_FEATURES:
                 found += self.layer_group_features(flat)[:, self.layer_index(name)].tolist()
         return sorted(set(found))
 
@@ -263,7 +183,6 @@ class IntervalStatistics:
     group_log_loss: np.ndarray  # (K,)
     group_log_loss_spread: np.ndarray  # (K,)
     group_staleness: np.ndarray  # (K,)
-    group_loss_change: np.ndarray  # (K,) 0 where no sample of the group was drawn again
     layer_log_grad_to_weight: np.ndarray  # (G,) NaN where the group was not trained
     layer_coherence: np.ndarray  # (G,) NaN where the group was not trained
 
@@ -352,7 +271,6 @@ class ObservationBuilder:
                 stats.group_log_loss_spread,
                 stats.group_staleness,
                 np.zeros(self.spec.sample_groups),  # previous share, filled in _assemble
-                stats.group_loss_change,
             ],
             axis=1,
         )

@@ -25,7 +25,6 @@ def interval(budget_used: float, val_loss: float) -> IntervalStatistics:
         group_log_loss=np.zeros(2),
         group_log_loss_spread=np.zeros(2),
         group_staleness=np.zeros(2),
-        group_loss_change=np.zeros(2),
         layer_log_grad_to_weight=np.zeros(2),
         layer_coherence=np.ones(2),
     )
@@ -76,7 +75,7 @@ def test_an_interval_that_spent_no_budget_keeps_the_last_trend():
 def test_layout_documents_fifteen_global_features():
     layout = ObservationLayout(SPEC)
     assert layout.global_size == 15
-    assert layout.size == 15 + 2 * 5 + 2 * 4
+    assert layout.size == 15 + 2 * 4 + 2 * 4
     assert layout.to_dict()["global"][-3:] == ["val_loss_slope", "val_loss_trend", "budget_since_best"]
 
 
@@ -94,28 +93,3 @@ def test_a_feature_name_finds_its_entries_in_every_section_it_appears_in():
 def test_an_unknown_feature_name_is_refused_with_the_known_names():
     with pytest.raises(ValueError, match="unknown observation feature.*'budget_usd'.*budget_used"):
         ObservationLayout(SPEC).positions(["budget_usd"])
-
-
-def test_an_older_layout_reads_its_own_features_out_of_todays_observation_by_name():
-    """A policy trained before loss_change existed lists its features in policy.json."""
-    today = ObservationLayout(SPEC)
-    names = today.to_dict()
-    names["per_sample_group"] = [n for n in names["per_sample_group"] if n != "loss_change"]
-    older = ObservationLayout.from_names(SPEC, names)
-    assert not older.is_current and today.is_current
-    assert older.size == today.size - SPEC.sample_groups
-    observation = np.arange(today.size, dtype=float)
-    selected = observation[older.positions_in(today)]
-    assert np.array_equal(older.global_features(selected), today.global_features(observation))
-    assert np.array_equal(
-        older.sample_group_features(selected),
-        today.sample_group_features(observation)[:, : len(older.sample_group_names)],
-    )
-    assert np.array_equal(older.layer_group_features(selected), today.layer_group_features(observation))
-
-
-def test_a_layout_naming_a_feature_this_version_lacks_is_refused():
-    names = ObservationLayout(SPEC).to_dict()
-    names["global"] = names["global"] + ["learning_rate"]
-    with pytest.raises(ValueError, match="'learning_rate'.* not in this version's observation"):
-        ObservationLayout.from_names(SPEC, names)
