@@ -66,6 +66,17 @@ def report_name(path: str) -> str:
     return path.parent.name if path.name == "policy" and path.parent.name else path.name
 
 
+def load_policies(parser: argparse.ArgumentParser, paths: list[str]) -> dict[str, AllocatorPolicy]:
+    """Every policy, loaded before any run: a bad directory is a one-line error and stops nothing half done."""
+    policies = {}
+    for path in paths:
+        try:
+            policies[path] = AllocatorPolicy.load(path)
+        except (ValueError, OSError) as error:
+            parser.error(str(error))
+    return policies
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("policies", nargs="+", metavar="DIR", help="trained policy directories")
@@ -86,12 +97,7 @@ def main(argv=None) -> int:
     print(f"{len(jobs)} jobs x {args.seeds} seeds of the {args.split} split, families {args.families}")
     print("| policy | uniform mean J | policy mean J | wins | compute-bound wins | data-bound wins |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    policies = {}
-    for path in args.policies:  # all of them before any run: a bad directory stops nothing half done
-        try:
-            policies[path] = AllocatorPolicy.load(path)
-        except (ValueError, OSError) as error:
-            parser.error(str(error))
+    policies = load_policies(parser, args.policies)
     for path, policy in policies.items():
         report = evaluate(
             policy,

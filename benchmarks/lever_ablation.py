@@ -25,9 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from family_transfer import job_builders, transfer_recipes  # noqa: E402
+from family_transfer import job_builders, load_policies, transfer_recipes  # noqa: E402
 
-from allocator import AllocatorPolicy  # noqa: E402
 from allocator.allocation import Allocation  # noqa: E402
 from allocator.evaluation import parse_names, resolve_jobs  # noqa: E402
 from allocator.runner import run_job  # noqa: E402
@@ -95,12 +94,7 @@ def main(argv=None) -> int:
         + " |"
     )
     print("| --- | ---: | ---: | " + " | ".join("---:" for _ in LEVERS) + " |")
-    policies = {}
-    for path in args.policies:  # all of them before any run: a bad directory stops nothing half done
-        try:
-            policies[path] = AllocatorPolicy.load(path)  # reset by run_job before every run
-        except (ValueError, OSError) as error:
-            parser.error(str(error))
+    policies = load_policies(parser, args.policies)  # each reset by run_job before every run
     for path, policy in policies.items():
         controllers = [policy] + [WithStandardLever(policy, lever) for lever in LEVERS]
         rows = []

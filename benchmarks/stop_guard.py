@@ -19,14 +19,18 @@ import argparse
 import dataclasses
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
-from allocator import AllocatorPolicy
-from allocator.allocation import Allocation
-from allocator.evaluation import build_job, resolve_jobs
-from allocator.runner import run_job
-from allocator.stats import ObservationLayout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from family_transfer import load_policies  # noqa: E402
+
+from allocator.allocation import Allocation  # noqa: E402
+from allocator.evaluation import build_job, resolve_jobs  # noqa: E402
+from allocator.runner import run_job  # noqa: E402
+from allocator.stats import ObservationLayout  # noqa: E402
 
 
 class StopGuard:
@@ -75,12 +79,7 @@ def main(argv=None) -> int:
     jobs = resolve_jobs(None, args.split, device="cpu")
     print("| policy | uniform mean J | policy mean J (wins) | with the stop guard (wins) |")
     print("| --- | ---: | ---: | ---: |")
-    policies = {}
-    for path in args.policies:  # all of them before any run: a bad directory stops nothing half done
-        try:
-            policies[path] = AllocatorPolicy.load(path)  # reset by run_job before every run
-        except (ValueError, OSError) as error:
-            parser.error(str(error))
+    policies = load_policies(parser, args.policies)  # each reset by run_job before every run
     for path, policy in policies.items():
         guard = StopGuard(policy, args.falling_faster_than)
         rows = []

@@ -212,3 +212,24 @@ def test_lever_ablation_sets_one_lever_back_to_standard_training_and_leaves_the_
     assert ablation.standard("stopping", chosen, spec) == Allocation((0.8, 0.2), 0.5, (1.0, 0.3), 10)
     fewer_steps = Allocation((0.8, 0.2), 0.5, (1.0, 0.3), 4)
     assert ablation.standard("stopping", fewer_steps, spec) == fewer_steps  # only a stop is undone
+
+
+@pytest.mark.parametrize(
+    "script, options",
+    [
+        ("family_transfer", ["--families", "cnn1d", "--jobs", "1", "--seeds", "1", "--out", "OUT"]),
+        ("lever_ablation", ["--families", "cnn1d", "--jobs", "1", "--seeds", "1"]),
+        ("stop_guard", ["--split", "train", "--seeds", "1"]),
+    ],
+)
+def test_a_bad_policy_directory_stops_the_script_before_any_run(script, options, tmp_path, capsys):
+    """Every policy is loaded first: the good one listed before the bad one never runs."""
+    module = load_script(script)
+    options = [str(tmp_path) if option == "OUT" else option for option in options]
+    good, bad = str(BENCHMARKS / "heldout-quick" / "policy"), str(tmp_path / "missing")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([*options, good, bad])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "missing" in captured.err and "does not exist" in captured.err
+    assert good not in captured.out  # no result row: nothing ran
