@@ -1,4 +1,4 @@
-"""The ``compute-allocator`` command: train, apply, evaluate, jobs, bench.
+"""The ``compute-allocator`` command: train, apply, evaluate, ensemble, jobs, bench.
 
 This is the composition root. Each subcommand lives in its own module that
 defines ``add_arguments(parser)`` and ``run(args) -> int``; the module is
@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (
         "allocator.evaluation",
         "run a policy and the baselines on the same jobs and seeds; write a report",
+    ),
+    "ensemble": (
+        "allocator.ensemble_command",
+        "combine trained policies (e.g. several seeds) into one that acts with their mean action",
     ),
     "jobs": ("allocator.jobs.command", "list the built-in training jobs, one a line"),
     "bench": ("allocator.bench", "measure the allocator's overhead against a plain PyTorch loop"),

@@ -64,6 +64,8 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "policy.safetensors"
 CONFIG_FILE = "policy.json"
 POLICY_KINDS = ("mlp", "attention")
+#: policy.json's kind for several policies acting as one (:mod:`allocator.ensemble`).
+ENSEMBLE_KIND = "ensemble"
 OBSERVATION_MEAN = "observation.mean"
 OBSERVATION_VAR = "observation.var"
 
@@ -409,10 +411,36 @@ class AllocatorPolicy:
             raise ValueError(
                 f"{config_path} must hold a JSON object, got {type(metadata).__name__}"
             )
-        spec, kind, sizes, actor, normalization = _parse_config(metadata, config_path)
-        ignored_positions = _ignored_positions(metadata["observation"], spec, config_path)
+        if metadata.get("kind") == ENSEMBLE_KIND:
+            from allocator.ensemble import PolicyEnsemble  # an ensemble is a policy of policies
 
-        tensors = _read_safetensors(weights_path)
+            return PolicyEnsemble.from_policy_file(directory, metadata)
+        return cls.from_parts(
+            metadata,
+            _read_safetensors(weights_path),
+            where=str(config_path),
+            weights=str(weights_path),
+            name=f"policy:{directory.resolve().name}",
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        metadata: dict,
+        tensors: Mapping[str, torch.Tensor],
+        where: str,
+        weights: str,
+        name: str,
+    ) -> AllocatorPolicy:
+        """Build a policy from a parsed policy.json and its tensors, validating both.
+
+        :meth:`load` reads them from a directory; an ensemble's loader passes
+        each member's part of its files. ``where`` and ``weights`` name the
+        sources in error messages.
+        """
+        spec, kind, sizes, actor, normalization = _parse_config(metadata, where)
+        ignored_positions = _ignored_positions(metadata["observation"], spec, where)
+
         expected = {f"actor.{key}": value for key, value in actor.state_dict().items()}
         size = observation_size(sizes, spec)
         if normalization["observation"]:
@@ -427,14 +455,14 @@ class AllocatorPolicy:
             if extra:
                 parts.append(f"unexpected tensor(s) {extra}")
             raise ValueError(
-                f"{weights_path} does not match {CONFIG_FILE} (kind {kind!r}, "
+                f"{weights} does not match {where} (kind {kind!r}, "
                 f"normalization.observation={normalization['observation']}): " + "; ".join(parts)
             )
         for key, reference in expected.items():
             tensor = tensors[key]
             if tuple(tensor.shape) != tuple(reference.shape):
                 raise ValueError(
-                    f"tensor {key!r} in {weights_path} has shape {tuple(tensor.shape)}, "
+                    f"tensor {key!r} in {weights} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(reference.shape)} for kind {kind!r} with spec "
                     f"K={spec.sample_groups}, G={spec.layer_groups} and an observation of "
                     f"{size} features: the weights do not match policy.json's spec, "
@@ -442,10 +470,10 @@ class AllocatorPolicy:
                 )
             if not tensor.is_floating_point():
                 raise ValueError(
-                    f"tensor {key!r} in {weights_path} has dtype {tensor.dtype}, expected a float"
+                    f"tensor {key!r} in {weights} has dtype {tensor.dtype}, expected a float"
                 )
             if not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"tensor {key!r} in {weights_path} holds NaN or inf values")
+                raise ValueError(f"tensor {key!r} in {weights} holds NaN or inf values")
         actor.load_state_dict(
             {
                 key[len("actor.") :]: tensors[key].to(torch.float32)
@@ -458,9 +486,7 @@ class AllocatorPolicy:
             mean = tensors[OBSERVATION_MEAN].to(torch.float64).numpy()
             var = tensors[OBSERVATION_VAR].to(torch.float64).numpy()
             if np.any(var < 0):
-                raise ValueError(
-                    f"tensor {OBSERVATION_VAR!r} in {weights_path} has negative variances"
-                )
+                raise ValueError(f"tensor {OBSERVATION_VAR!r} in {weights} has negative variances")
         return cls(
             actor,
             spec,
@@ -470,9 +496,17 @@ class AllocatorPolicy:
             normalization.get("clip_obs") or 0.0,
             normalization.get("epsilon") or 0.0,
             metadata,
-            name=f"policy:{directory.resolve().name}",
+            name=name,
             ignored_positions=ignored_positions,
         )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The policy's weights and normalisation statistics, named as in policy.safetensors."""
+        tensors = {f"actor.{key}": value.detach().clone() for key, value in self.actor.state_dict().items()}
+        if self._mean is not None:
+            tensors[OBSERVATION_MEAN] = torch.from_numpy(np.array(self._mean, dtype=np.float64))
+            tensors[OBSERVATION_VAR] = torch.from_numpy(np.array(self._var, dtype=np.float64))
+        return tensors
 
     # ------------------------------------------------------------------ acting
 
@@ -565,12 +599,11 @@ def _another_observation_version(who: str, reads: Any, gives: int) -> str:
     )
 
 
-def _ignored_positions(observation: dict, spec: AllocationSpec, config_path: Path) -> list[int]:
+def _ignored_positions(observation: dict, spec: AllocationSpec, where: str) -> list[int]:
     """Positions of the features named in policy.json's ``observation.ignored_features``."""
     names = observation.get("ignored_features", [])
     if not names:
         return []
-    where = str(config_path)
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise ValueError(f"{where}: 'observation.ignored_features' must be a list of names, got {names!r}")
     from allocator.stats import ObservationLayout
@@ -585,10 +618,9 @@ def _ignored_positions(observation: dict, spec: AllocationSpec, config_path: Pat
 
 
 def _parse_config(
-    metadata: dict, config_path: Path
+    metadata: dict, where: str
 ) -> tuple[AllocationSpec, str, dict[str, int], nn.Module, dict]:
-    """Validate policy.json and build the (untrained) actor it describes."""
-    where = str(config_path)
+    """Validate policy.json (``where`` names it in errors) and build the (untrained) actor it describes."""
     if metadata.get("format") != FORMAT_NAME:
         raise ValueError(
             f"{where}: 'format' must be {FORMAT_NAME!r}, got {metadata.get('format')!r}"

@@ -1,0 +1,202 @@
+"""Several trained policies acting as one: the mean of their deterministic actions.
+
+PPO runs that differ only in their seed learn different policies, and on new
+jobs they fail in different places (BENCHMARKS.md section 5: one seed stops a
+compute-bound CNN at half its budget, another selects samples where that
+costs loss). Averaging their actions keeps what the runs agree on and damps
+what only one of them does: a stop needs the mean of the steps entries to
+fall in the stop region, so one member alone rarely stops a job the others
+would run on.
+
+A policy ensemble is an ordinary policy directory, in the same safe format:
+
+* ``policy.json`` with ``"kind": "ensemble"``, the shared ``spec`` and
+  ``observation`` size, and ``"members"``: each member's own policy.json
+  (what it was trained with stays readable);
+* ``policy.safetensors`` with each member's tensors under ``members.{i}.``.
+
+``AllocatorPolicy.load(path)`` reads one as it reads a single policy, so
+``compute-allocator evaluate --policy DIR`` and ``apply --policy DIR`` take an
+ensemble unchanged. Make one from trained policy directories with
+``compute-allocator ensemble --out DIR POLICY_DIR POLICY_DIR ...`` or::
+
+    from allocator.ensemble import PolicyEnsemble
+
+    ensemble = PolicyEnsemble.from_directories(["runs/quick-s0", "runs/quick-s1", "runs/quick-s2"])
+    ensemble.save("runs/quick-ensemble")
+
+.. warning:: Every member must have the same :class:`AllocationSpec` (K, G,
+   max steps, keep floor, dead zone) and read the same observation: the
+   members' action entries are averaged position by position, which only
+   means something when each position means the same thing to every member.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from allocator.policy import (
+    CONFIG_FILE,
+    ENSEMBLE_KIND,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    AllocatorPolicy,
+    _read_safetensors,
+)
+
+MEMBER_PREFIX = "members"
+#: How the members' actions are combined (policy.json's ``combine``).
+COMBINE = "mean-action"
+
+
+class PolicyEnsemble(AllocatorPolicy):
+    """Several trained :class:`AllocatorPolicy` members acting as one controller.
+
+    ``action(observation)`` is the mean of the members' deterministic actions
+    (each the mean of its Gaussian clipped to ``[-1, 1]``), mapped to an
+    :class:`Allocation` by the shared spec. Each member normalises the raw
+    observation with its own VecNormalize statistics and hides its own
+    ignored features, so members trained with different options combine.
+
+    Attributes:
+        members: the member policies, in order.
+        spec, observation_size, metadata, name: as for :class:`AllocatorPolicy`;
+            ``kind`` is ``"ensemble"``.
+    """
+
+    def __init__(
+        self, members: Sequence[AllocatorPolicy], metadata: dict | None = None, name: str = "ensemble"
+    ) -> None:
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 policies, got {len(members)}")
+        for member in members:
+            if isinstance(member, PolicyEnsemble):
+                raise ValueError(
+                    f"{member.name} is already an ensemble; combine its members with the others instead"
+                )
+            if not isinstance(member, AllocatorPolicy):
+                raise ValueError(
+                    f"ensemble members must be AllocatorPolicy objects, got {type(member).__name__}"
+                )
+        first = members[0]
+        for member in members[1:]:
+            if member.spec != first.spec:
+                raise ValueError(
+                    f"{member.name} has spec {member.spec}, but {first.name} has {first.spec}: an ensemble's "
+                    "members must share K, G, max steps, the keep floor and the dead zone"
+                )
+            if member.observation_size != first.observation_size:
+                raise ValueError(
+                    f"{member.name} reads {member.observation_size} observation features, {first.name} reads "
+                    f"{first.observation_size}: the members were trained on different observations"
+                )
+        self.members = members
+        self.spec = first.spec
+        self.kind = ENSEMBLE_KIND
+        self.observation_size = first.observation_size
+        self.name = name
+        self.metadata = metadata if metadata is not None else self._policy_json()
+
+    @property
+    def normalizes_observation(self) -> bool:
+        """True when every member normalises observations with its shipped statistics."""
+        return all(member.normalizes_observation for member in self.members)
+
+    def normalize(self, observation):
+        raise TypeError(
+            "an ensemble has no single normalised observation: each member normalises with its own "
+            "statistics (use ensemble.members[i].normalize)"
+        )
+
+    @torch.no_grad()
+    def action(self, observation) -> np.ndarray:
+        """The mean of the members' deterministic actions for a raw observation (``(N,)`` or ``(B, N)``)."""
+        actions = [member.action(observation) for member in self.members]
+        return np.mean(actions, axis=0).astype(np.float32)
+
+    # ------------------------------------------------------------------ making and saving
+
+    @classmethod
+    def from_directories(cls, paths: Sequence[str | os.PathLike], name: str = "ensemble") -> PolicyEnsemble:
+        """Load each policy directory and combine them (``ValueError`` for a bad one)."""
+        return cls([AllocatorPolicy.load(path) for path in paths], name=name)
+
+    def _policy_json(self) -> dict:
+        first = self.members[0].metadata
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "kind": ENSEMBLE_KIND,
+            "combine": COMBINE,
+            "spec": self.spec.to_dict(),
+            "observation": {"size": self.observation_size, "features": first["observation"].get("features")},
+            "members": [member.metadata for member in self.members],
+            "extra": {"members": [member.name for member in self.members]},
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the ensemble as a policy directory (policy.json + policy.safetensors); returns it.
+
+        Refuses a directory that already holds a policy: an ensemble never
+        overwrites a trained run.
+        """
+        directory = Path(path)
+        if (directory / CONFIG_FILE).exists() or (directory / WEIGHTS_FILE).exists():
+            raise FileExistsError(f"{str(directory)!r} already holds a policy; choose a new --out")
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"{MEMBER_PREFIX}.{index}.{key}": tensor.contiguous()
+            for index, member in enumerate(self.members)
+            for key, tensor in member.tensors().items()
+        }
+        save_file(tensors, str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(self.metadata, indent=2) + "\n", encoding="utf-8")
+        return directory
+
+    @classmethod
+    def from_policy_file(cls, directory: Path, metadata: dict) -> PolicyEnsemble:
+        """Read an ensemble's policy directory (``AllocatorPolicy.load`` calls this for kind "ensemble")."""
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        where = str(config_path)
+        members_metadata = metadata.get("members")
+        if not isinstance(members_metadata, list) or not all(isinstance(m, dict) for m in members_metadata):
+            raise ValueError(f"{where}: an ensemble needs 'members', a list of policy.json objects")
+        if metadata.get("combine", COMBINE) != COMBINE:
+            raise ValueError(f"{where}: unknown 'combine' {metadata.get('combine')!r}; known: {COMBINE!r}")
+        tensors = _read_safetensors(weights_path)
+        by_member: list[dict[str, torch.Tensor]] = [{} for _ in members_metadata]
+        for key, tensor in tensors.items():
+            prefix, _, rest = key.partition(".")
+            index, _, name = rest.partition(".")
+            if prefix != MEMBER_PREFIX or not index.isdigit() or int(index) >= len(by_member) or not name:
+                raise ValueError(
+                    f"unexpected tensor {key!r} in {weights_path}: an ensemble's tensors are named "
+                    f"'{MEMBER_PREFIX}.<i>.<name>' for its {len(by_member)} members"
+                )
+            by_member[int(index)][name] = tensor
+        members = [
+            AllocatorPolicy.from_parts(
+                member_metadata,
+                member_tensors,
+                where=f"{where} (member {index})",
+                weights=f"{weights_path} (member {index})",
+                name=f"member:{index}",
+            )
+            for index, (member_metadata, member_tensors) in enumerate(zip(members_metadata, by_member))
+        ]
+        ensemble = cls(members, metadata=metadata, name=f"policy:{directory.resolve().name}")
+        if metadata.get("spec") is not None and metadata["spec"] != ensemble.spec.to_dict():
+            raise ValueError(f"{where}: 'spec' differs from its members' spec {ensemble.spec.to_dict()}")
+        return ensemble
+
+    def __repr__(self) -> str:
+        return f"PolicyEnsemble(name={self.name!r}, members={len(self.members)}, spec={self.spec})"

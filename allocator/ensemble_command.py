@@ -1,0 +1,41 @@
+"""Combine trained policies into one ensemble policy: the mean of their actions.
+
+``compute-allocator ensemble --out DIR POLICY_DIR POLICY_DIR ...`` loads each
+trained policy directory (for example the same preset trained with several
+``--seed``\\ s) and writes one policy directory that acts with the mean of
+their deterministic actions. It is read like any policy: ``evaluate --policy
+DIR``, ``apply --policy DIR`` and ``AllocatorPolicy.load(DIR)`` take it as it
+is, and it is as safe to load (safetensors + JSON, no pickle).
+
+Seeds of one recipe learn different policies and fail on new jobs in
+different places; the ensemble acts only where they agree (BENCHMARKS.md
+section 5, seventh round, measures it). Every policy must share the
+allocation spec (K, G, interval length, keep floor, dead zone).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "policies",
+        nargs="+",
+        metavar="POLICY_DIR",
+        help="two or more trained policy directories (each holds policy.safetensors + policy.json)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="the ensemble's policy directory to write (new or empty)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from allocator.ensemble import PolicyEnsemble
+
+    if len(args.policies) < 2:
+        raise ValueError(f"an ensemble needs at least 2 policy directories, got {len(args.policies)}")
+    ensemble = PolicyEnsemble.from_directories(args.policies)
+    directory = ensemble.save(args.out)
+    print(f"wrote {directory} ({len(ensemble.members)} members, spec {ensemble.spec.to_dict()})")
+    return 0

@@ -1,0 +1,147 @@
+"""Policy ensembles: several trained policies acting with the mean of their actions, in the safe format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from allocator import AllocationSpec, AllocatorPolicy, run_job
+from allocator.allocation import STOP_BELOW
+from allocator.cli import main
+from allocator.ensemble import PolicyEnsemble
+from allocator.evaluation import evaluate
+from tests.conftest import make_job
+
+ROOT = Path(__file__).resolve().parents[1]
+# Two genuinely trained policies of the same spec, shipped with the repository.
+QUICK = ROOT / "benchmarks" / "heldout-quick" / "policy"
+DEFAULT = ROOT / "benchmarks" / "heldout-default" / "policy"
+
+
+def observations(policy: AllocatorPolicy, count: int = 4) -> list[np.ndarray]:
+    """Raw observations of a real job trained under ``policy``, one per interval."""
+    job = make_job(budget_steps=200)
+    policy.reset(job)
+    seen = []
+    for _ in range(count):
+        observation = job.observation()
+        seen.append(observation)
+        job.advance(policy.act(observation))
+    return seen
+
+
+def always_stopping(policy: AllocatorPolicy) -> AllocatorPolicy:
+    """``policy`` with its steps output pinned deep in the stop region: it stops every job at once."""
+    tensors = policy.tensors()
+    tensors["actor.global_output.weight"][1] = 0.0
+    tensors["actor.global_output.bias"][1] = -10.0
+    return AllocatorPolicy.from_parts(policy.metadata, tensors, where="test", weights="test", name="stopper")
+
+
+def test_an_ensemble_acts_with_the_mean_of_its_members_actions():
+    quick, default = AllocatorPolicy.load(QUICK), AllocatorPolicy.load(DEFAULT)
+    ensemble = PolicyEnsemble([quick, default])
+    for observation in observations(quick):
+        expected = (quick.action(observation) + default.action(observation)) / 2
+        np.testing.assert_allclose(ensemble.action(observation), expected, rtol=0, atol=1e-7)
+        assert ensemble.act(observation) == ensemble.spec.to_allocation(ensemble.action(observation))
+    batch = np.stack(observations(quick))
+    np.testing.assert_allclose(
+        ensemble.action(batch), (quick.action(batch) + default.action(batch)) / 2, atol=1e-7
+    )
+
+
+def test_a_saved_ensemble_loads_with_allocator_policy_load_and_acts_the_same(tmp_path):
+    ensemble = PolicyEnsemble.from_directories([QUICK, DEFAULT])
+    directory = ensemble.save(tmp_path / "ensemble")
+    assert sorted(p.name for p in directory.iterdir()) == ["policy.json", "policy.safetensors"]
+    loaded = AllocatorPolicy.load(directory)
+    assert isinstance(loaded, PolicyEnsemble) and len(loaded.members) == 2
+    assert loaded.kind == "ensemble" and loaded.spec == ensemble.spec
+    for observation in observations(ensemble):
+        np.testing.assert_array_equal(loaded.action(observation), ensemble.action(observation))
+    # what each member was trained with stays readable in policy.json
+    metadata = json.loads((directory / "policy.json").read_text())
+    assert [m["kind"] for m in metadata["members"]] == ["attention", "attention"]
+    assert metadata["extra"]["members"] == ["policy:policy", "policy:policy"]
+
+
+def test_an_ensemble_of_one_policy_twice_trains_a_job_exactly_like_that_policy():
+    policy = AllocatorPolicy.load(QUICK)
+    alone = run_job(make_job(budget_steps=120), policy)
+    doubled = run_job(make_job(budget_steps=120), PolicyEnsemble([policy, policy]))
+    assert doubled.curve == alone.curve
+    assert doubled.objective == alone.objective
+
+
+def test_one_member_alone_cannot_stop_a_job_the_others_run_on():
+    quick, default = AllocatorPolicy.load(QUICK), AllocatorPolicy.load(DEFAULT)
+    stopper = always_stopping(quick)
+    first = observations(quick, count=1)[0]
+    assert stopper.act(first).steps == 0 and quick.act(first).steps > 0 and default.act(first).steps > 0
+
+    assert run_job(make_job(budget_steps=120), stopper).compute_fraction == 0.0
+    outvoted = run_job(make_job(budget_steps=120), PolicyEnsemble([stopper, quick, default]))
+    assert outvoted.compute_fraction > 0.5
+    # ... while two of three stopping members do stop it: the mean lands in the stop region
+    majority = PolicyEnsemble([stopper, stopper, quick])
+    assert majority.action(first)[-1] < STOP_BELOW
+    assert run_job(make_job(budget_steps=120), majority).compute_fraction == 0.0
+
+
+def test_members_must_share_the_spec_and_an_ensemble_needs_two_single_policies():
+    quick = AllocatorPolicy.load(QUICK)
+    other_spec = dict(quick.metadata, spec=AllocationSpec(4, 4, 10).to_dict())
+    shorter = AllocatorPolicy.from_parts(
+        other_spec, quick.tensors(), where="test", weights="test", name="short"
+    )
+    with pytest.raises(ValueError, match="must share K, G, max steps"):
+        PolicyEnsemble([quick, shorter])
+    with pytest.raises(ValueError, match="at least 2 policies"):
+        PolicyEnsemble([quick])
+    with pytest.raises(ValueError, match="already an ensemble"):
+        PolicyEnsemble([PolicyEnsemble([quick, quick]), quick])
+    with pytest.raises(TypeError, match="its own statistics"):
+        PolicyEnsemble([quick, quick]).normalize(np.zeros(quick.observation_size))
+
+
+def test_a_damaged_ensemble_file_is_refused_with_a_message(tmp_path):
+    directory = PolicyEnsemble.from_directories([QUICK, DEFAULT]).save(tmp_path / "ensemble")
+    weights = directory / "policy.safetensors"
+    tensors = load_file(weights)
+    del tensors["members.1.actor.context.bias"]
+    tensors["members.7.actor.context.bias"] = torch.zeros(64)
+    save_file(tensors, weights)
+    with pytest.raises(ValueError, match=r"unexpected tensor 'members.7.actor.context.bias'"):
+        AllocatorPolicy.load(directory)
+    tensors.pop("members.7.actor.context.bias")
+    save_file(tensors, weights)
+    with pytest.raises(
+        ValueError, match=r"\(member 1\) does not match .*missing tensor\(s\) \['actor.context.bias'\]"
+    ):
+        AllocatorPolicy.load(directory)
+
+
+def test_the_ensemble_command_writes_a_policy_that_evaluate_reads(tmp_path, capsys):
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", "--out", str(out), str(QUICK), str(DEFAULT)]) == 0
+    assert "2 members" in capsys.readouterr().out
+    report = evaluate(
+        out, split=None, jobs={"tiny": lambda seed: make_job(seed=seed)}, seeds=1, baselines=["uniform"]
+    )
+    assert report.controllers == ["policy", "uniform"]
+    assert report.run("tiny", 0, "policy").result.compute_used > 0
+
+    # never overwrites a policy; bad input is one line on stderr
+    assert main(["ensemble", "--out", str(out), str(QUICK), str(DEFAULT)]) == 2
+    assert "already holds a policy" in capsys.readouterr().err
+    assert main(["ensemble", "--out", str(tmp_path / "one"), str(QUICK)]) == 2
+    assert "at least 2 policy directories" in capsys.readouterr().err
+    assert main(["ensemble", "--out", str(tmp_path / "bad"), str(QUICK), str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
