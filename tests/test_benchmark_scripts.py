@@ -220,6 +220,7 @@ def test_lever_ablation_sets_one_lever_back_to_standard_training_and_leaves_the_
         ("family_transfer", ["--families", "cnn1d", "--jobs", "1", "--seeds", "1", "--out", "OUT"]),
         ("lever_ablation", ["--families", "cnn1d", "--jobs", "1", "--seeds", "1"]),
         ("stop_guard", ["--split", "train", "--seeds", "1"]),
+        ("train_check", ["--cnn-jobs", "1", "--workers", "1"]),
     ],
 )
 def test_a_bad_policy_directory_stops_the_script_before_any_run(script, options, tmp_path, capsys):
@@ -233,3 +234,30 @@ def test_a_bad_policy_directory_stops_the_script_before_any_run(script, options,
     captured = capsys.readouterr()
     assert "missing" in captured.err and "does not exist" in captured.err
     assert good not in captured.out  # no result row: nothing ran
+
+
+def test_train_check_gives_each_policy_the_numbers_evaluate_gives_it_with_uniform_run_once():
+    from allocator import AllocatorPolicy
+    from allocator.evaluation import evaluate
+
+    check = load_script("train_check")
+    paths = [BENCHMARKS / "heldout-quick" / "policy", BENCHMARKS / "heldout-default" / "policy"]
+    check.POLICIES.update({path: AllocatorPolicy.load(path) for path in paths})
+    check.SETS.update({"named": ([0, 1], {"tiny": lambda seed: make_job(budget_steps=60, seed=seed)})})
+    results = dict(map(check._run_pair, [("named", "tiny", 0), ("named", "tiny", 1)]))
+    made = check.reports(results, check.POLICIES)
+    for path in paths:
+        alone = evaluate(
+            path,
+            split=None,
+            jobs={"tiny": lambda seed: make_job(budget_steps=60, seed=seed)},
+            seeds=[0, 1],
+            baselines=["uniform"],
+        )
+        for seed in (0, 1):
+            for controller in ("policy", "uniform"):
+                assert (
+                    made[path, "named"].run("tiny", seed, controller).result.objective
+                    == alone.run("tiny", seed, controller).result.objective
+                )
+        assert made[path, "named"].wins("uniform") == alone.wins("uniform")

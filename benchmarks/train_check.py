@@ -1,0 +1,172 @@
+"""The train-split check of BENCHMARKS.md section 5 for several policies at once, uniform run once.
+
+Since the fifth round every recipe is judged on two sets of train-split jobs,
+each policy against uniform: the named train jobs (8 jobs x 3 seeds) and 16
+jobs drawn from the train split's 1-D CNN family (x 2 seeds, the jobs of
+``family_transfer.py``). Running ``evaluate`` and ``family_transfer.py`` per
+policy reruns uniform for every policy; this runs each (job, seed) pair once
+under uniform and once under each policy, spreads the pairs over
+``--workers`` processes (one torch thread each), and prints per policy mean J
+and wins over uniform on each set and in total:
+
+    python benchmarks/train_check.py runs/quick-s0 runs/quick-s1 runs/ensemble --out runs/check
+
+Every run is the one ``evaluate`` makes (a fresh job built with the pair's
+seed and the policies' spec), so the numbers equal those of the two commands.
+``--out DIR`` writes an ``evaluate``-style ``results.csv`` per policy and set
+(``DIR/NAME-named``, ``DIR/NAME-cnn1d``) that ``compare_runs.py`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from allocator.evaluation import (
+    POLICY,
+    REFERENCE,
+    EvaluatedRun,
+    EvaluationReport,
+    build_job,
+    describe_machine,
+)
+from allocator.jobs import make_job, names
+from allocator.runner import run_job
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from family_transfer import job_builders, load_policies, report_name, transfer_recipes  # noqa: E402
+
+# set name -> (job seeds, {job name: build(seed)}); built once, inherited by forked workers
+SETS: dict[str, tuple[list[int], dict]] = {}
+POLICIES: dict = {}
+
+
+def job_sets(
+    cnn_jobs: int = 16, named_seeds: int = 3, cnn_seeds: int = 2
+) -> dict[str, tuple[list[int], dict]]:
+    """The two sets of the check: the named train jobs and jobs of the train split's 1-D CNN family."""
+    named = {
+        name: (lambda seed, name=name: make_job(name, seed=seed, device="cpu")) for name in names("train")
+    }
+    cnn = job_builders(transfer_recipes("train", ["cnn1d"], cnn_jobs))
+    return {"named": (list(range(named_seeds)), named), "cnn1d": (list(range(cnn_seeds)), cnn)}
+
+
+def _run_pair(task: tuple[str, str, int]) -> tuple[tuple[str, str, int], dict]:
+    """Uniform and every policy on one (set, job, seed): ``{label: RunResult}``."""
+    set_name, job, seed = task
+    build = SETS[set_name][1][job]
+    spec = next(iter(POLICIES.values())).spec
+    results = {REFERENCE: run_job(build_job(_Source(build), seed, spec), REFERENCE)}
+    for path, policy in POLICIES.items():
+        results[path] = run_job(build_job(_Source(build), seed, spec), policy)
+    return task, results
+
+
+class _Source:
+    """What ``build_job`` takes: an object with ``build(seed)``."""
+
+    def __init__(self, build) -> None:
+        self.build = build
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def reports(results: dict, policies: dict) -> dict[tuple[str, str], EvaluationReport]:
+    """``{(policy path, set): EvaluationReport}`` of the policy against uniform, as ``evaluate`` makes it."""
+    made = {}
+    machine = describe_machine("cpu")
+    for path in policies:
+        for set_name, (seeds, builders) in SETS.items():
+            runs = []
+            for job in builders:
+                for seed in seeds:
+                    pair = results[set_name, job, seed]
+                    target = pair[REFERENCE].best_val_loss
+                    for label, result in ((POLICY, pair[path]), (REFERENCE, pair[REFERENCE])):
+                        runs.append(
+                            EvaluatedRun(job, seed, label, result, target, result.compute_to_reach(target))
+                        )
+            made[path, set_name] = EvaluationReport(
+                runs=runs,
+                jobs=list(builders),
+                seeds=seeds,
+                controllers=[POLICY, REFERENCE],
+                policy=str(path),
+                machine=machine,
+            )
+    return made
+
+
+def wins(report: EvaluationReport) -> int:
+    return report.wins(REFERENCE)[0]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("policies", nargs="+", metavar="DIR", help="policy directories (one spec for all)")
+    parser.add_argument("--out", type=Path, help="write DIR/NAME-named and DIR/NAME-cnn1d results.csv files")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes running pairs (one torch thread each)"
+    )
+    parser.add_argument(
+        "--cnn-jobs", type=int, default=16, help="distinct 1-D CNN jobs (16 since the fifth round)"
+    )
+    parser.add_argument("--named-seeds", type=int, default=3, help="job seeds per named train job")
+    parser.add_argument("--cnn-seeds", type=int, default=2, help="job seeds per 1-D CNN job")
+    args = parser.parse_args(argv)
+    for option in ("workers", "cnn_jobs", "named_seeds", "cnn_seeds"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool
+    POLICIES.update(load_policies(parser, args.policies))
+    specs = {policy.spec for policy in POLICIES.values()}
+    if len(specs) > 1:
+        parser.error(
+            f"the policies have different specs {sorted(map(str, specs))}; check them one spec at a time"
+        )
+    SETS.update(job_sets(args.cnn_jobs, args.named_seeds, args.cnn_seeds))
+    tasks = [
+        (name, job, seed) for name, (seeds, builders) in SETS.items() for job in builders for seed in seeds
+    ]
+    torch.set_num_threads(1)
+    if args.workers == 1:
+        results = dict(map(_run_pair, tasks))
+    else:
+        # fork: the workers inherit the loaded policies and the job builders (closures cannot be pickled)
+        with multiprocessing.get_context("fork").Pool(args.workers, initializer=_init_worker) as pool:
+            results = dict(pool.imap_unordered(_run_pair, tasks))
+    made = reports(results, POLICIES)
+    if args.out is not None:
+        for (path, set_name), report in made.items():
+            report.write(args.out / f"{report_name(path)}-{set_name}")
+    first = next(iter(POLICIES))
+    uniform = {s: made[first, s].mean_objective(REFERENCE) for s in SETS}
+    pairs = {s: len(made[first, s].select(controller=REFERENCE)) for s in SETS}
+    print(
+        f"uniform mean J: named {uniform['named']:.4f} ({pairs['named']} pairs), 1-D CNN {uniform['cnn1d']:.4f} ({pairs['cnn1d']} pairs)"
+    )
+    print("| policy | named mean J | named wins | 1-D CNN mean J | 1-D CNN wins | total wins |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    totals = []
+    for path in POLICIES:
+        named, cnn = made[path, "named"], made[path, "cnn1d"]
+        totals.append(wins(named) + wins(cnn))
+        print(
+            f"| {path} | {named.mean_objective(POLICY):.4f} | {wins(named)} | {cnn.mean_objective(POLICY):.4f} "
+            f"| {wins(cnn)} | {totals[-1]} |"
+        )
+    if len(POLICIES) > 1:
+        print(f"mean total wins {statistics.fmean(totals):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
