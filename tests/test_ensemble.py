@@ -145,3 +145,13 @@ def test_the_ensemble_command_writes_a_policy_that_evaluate_reads(tmp_path, caps
     assert main(["ensemble", "--out", str(tmp_path / "bad"), str(QUICK), str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_published_quick_ensemble_loads_as_four_attention_members_and_trains_a_job():
+    """The ensemble behind BENCHMARKS.md section 4 (four `quick` seeds) still loads and acts."""
+    ensemble = AllocatorPolicy.load(ROOT / "benchmarks" / "heldout-quick-ensemble" / "policy")
+    assert isinstance(ensemble, PolicyEnsemble)
+    assert [member.kind for member in ensemble.members] == ["attention"] * 4
+    assert [member.metadata["extra"]["seed"] for member in ensemble.members] == [0, 1, 2, 3]
+    result = run_job(make_job(budget_steps=40), ensemble)
+    assert np.isfinite(result.objective)
