@@ -35,6 +35,7 @@ from allocator.evaluation import (
     build_job,
     describe_machine,
 )
+from allocator.job_loading import JobSource
 from allocator.jobs import make_job, names
 from allocator.runner import run_job
 
@@ -60,19 +61,12 @@ def job_sets(
 def _run_pair(task: tuple[str, str, int]) -> tuple[tuple[str, str, int], dict]:
     """Uniform and every policy on one (set, job, seed): ``{label: RunResult}``."""
     set_name, job, seed = task
-    build = SETS[set_name][1][job]
+    source = JobSource(job, SETS[set_name][1][job])
     spec = next(iter(POLICIES.values())).spec
-    results = {REFERENCE: run_job(build_job(_Source(build), seed, spec), REFERENCE)}
+    results = {REFERENCE: run_job(build_job(source, seed, spec), REFERENCE)}
     for path, policy in POLICIES.items():
-        results[path] = run_job(build_job(_Source(build), seed, spec), policy)
+        results[path] = run_job(build_job(source, seed, spec), policy)
     return task, results
-
-
-class _Source:
-    """What ``build_job`` takes: an object with ``build(seed)``."""
-
-    def __init__(self, build) -> None:
-        self.build = build
 
 
 def _init_worker() -> None:
