@@ -237,6 +237,10 @@ class TrainingConfig:
     validation_families: list = field(default_factory=list)
     """Model families of the validation jobs; empty: those of training (``env.families``).
     With a family left out of ``env.families``, ``validation/`` measures transfer to it."""
+    keep_snapshots: bool = False
+    """Also keep the policy exported at every checkpoint, in ``snapshots/<timesteps>/``
+    (policy.json + policy.safetensors), for ``compute-allocator ensemble`` to combine.
+    Only with ``validation_jobs: 0`` (each checkpoint then exports its policy)."""
 
     def validate(self, where: str) -> None:
         _at_least(where, "training.timesteps", self.timesteps, 1)
@@ -248,6 +252,13 @@ class TrainingConfig:
         _at_least(where, "training.eval_seed", self.eval_seed, 0)
         _at_least(where, "training.validation_jobs", self.validation_jobs, 0)
         _at_least(where, "training.validation_seed", self.validation_seed, 0)
+        if not isinstance(self.keep_snapshots, bool):
+            raise ValueError(f"{where}: training.keep_snapshots must be true or false, got {self.keep_snapshots!r}")
+        if self.keep_snapshots and self.validation_jobs:
+            raise ValueError(
+                f"{where}: training.keep_snapshots needs training.validation_jobs: 0 "
+                "(with validation, a checkpoint exports only a policy that improves)"
+            )
 
 
 @dataclass

@@ -21,6 +21,7 @@ The policy directory ``DIR``::
     checkpoint/model.zip              the SB3 model (to resume)
     checkpoint/vecnormalize.pkl       its VecNormalize statistics (SB3's pickle format)
     checkpoint/state.json             timesteps and wall time at the checkpoint
+    snapshots/<timesteps>/            with training.keep_snapshots: each checkpoint's policy
     tb/                               TensorBoard event files
 
 A checkpoint is written into a temporary directory that then replaces
@@ -51,6 +52,7 @@ CHECKPOINT_DIR = "checkpoint"
 MODEL_FILE = "model.zip"
 VECNORMALIZE_FILE = "vecnormalize.pkl"
 STATE_FILE = "state.json"
+SNAPSHOTS_DIR = "snapshots"
 TENSORBOARD_DIR = "tb"
 _CHECKPOINT_TMP = ".checkpoint.tmp"
 _CHECKPOINT_OLD = ".checkpoint.old"
@@ -516,6 +518,9 @@ def _train(
         if validation is None:
             save_checkpoint(model, vec_normalize, out_dir, state)
             export(model, vec_normalize, config, out_dir, metadata())
+            if training.keep_snapshots:
+                # a policy a few checkpoints old is a cheap second opinion (an ensemble member)
+                export(model, vec_normalize, config, out_dir / SNAPSHOTS_DIR / str(model.num_timesteps), metadata())
             return
         if last_validated != model.num_timesteps:  # the final checkpoint can fall on the last periodic one
             last_validated = model.num_timesteps

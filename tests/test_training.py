@@ -86,6 +86,8 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("env:\n  families: mlp\n", "env.families must be a list, got 'mlp'"),
         ("training:\n  validation_families: [lstm]\n", "training.validation_families: families must be"),
         ("env:\n  device: gpu0\n", "env.device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got 'gpu0'"),
+        ("training:\n  keep_snapshots: often\n", "training.keep_snapshots must be true or false, got 'often'"),
+        ("training:\n  keep_snapshots: true\n  validation_jobs: 2\n", "keep_snapshots needs training.validation_jobs: 0"),
         # PyYAML would keep the second 'ppo' and drop the first without a word
         ("ppo:\n  learning_rate: 0.1\nppo:\n  n_epochs: 2\n", "duplicate key 'ppo'"),
     ],
@@ -191,6 +193,24 @@ def test_training_writes_a_complete_policy_directory(trained):
     assert resolve_config("tiny").to_dict() == yaml.safe_load((trained / "config.yaml").read_text())
     assert (trained / "command.txt").read_text().startswith("compute-allocator train --preset tiny")
     assert json.loads((trained / "policy.json").read_text())["extra"]["timesteps"] == 256
+
+
+def test_keep_snapshots_keeps_the_policy_of_every_checkpoint(tmp_path):
+    from allocator import AllocatorPolicy
+
+    config = tmp_path / "snapshots.yaml"
+    config.write_text("training:\n  keep_snapshots: true\n  eval_jobs: 0\n")
+    out = tmp_path / "snapshots"
+    argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "128", "--out", str(out)]
+    assert main([*argv, "--no-progress-bar"]) == 0
+
+    assert sorted(path.name for path in (out / "snapshots").iterdir()) == ["128", "64"]
+    first = AllocatorPolicy.load(out / "snapshots" / "64")
+    assert first.metadata["extra"]["timesteps"] == 64
+    # the last snapshot is the exported policy itself, byte for byte
+    assert (out / "snapshots" / "128" / "policy.safetensors").read_bytes() == (out / "policy.safetensors").read_bytes()
+    observation = np.zeros(first.observation_size, dtype=np.float32)
+    assert not np.array_equal(first.action(observation), AllocatorPolicy.load(out).action(observation))
 
 
 def test_exported_policy_acts_like_the_trained_agent(trained):
