@@ -215,6 +215,20 @@ def test_keep_snapshots_keeps_the_policy_of_every_checkpoint(tmp_path):
     assert not np.array_equal(first.action(observation), AllocatorPolicy.load(out).action(observation))
 
 
+def test_how_often_a_run_checkpoints_does_not_change_what_it_learns(tmp_path):
+    """Each checkpoint exports the policy; exporting must not draw from PPO's random stream."""
+    policies = []
+    for every in (64, 1_000):  # three checkpoints (64, 128, 192) against only the final one
+        config = tmp_path / f"every-{every}.yaml"
+        config.write_text(f"training:\n  checkpoint_every: {every}\n  eval_jobs: 0\n")
+        out = tmp_path / f"every-{every}"
+        argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "192", "--out", str(out)]
+        assert main([*argv, "--no-progress-bar"]) == 0
+        policies.append(load_file(out / "policy.safetensors"))
+    often, once = policies
+    assert often.keys() == once.keys() and all(torch.equal(often[key], once[key]) for key in often)
+
+
 def test_exported_policy_acts_like_the_trained_agent(trained):
     import pickle
 
