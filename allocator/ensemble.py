@@ -53,29 +53,40 @@ from allocator.policy import (
 )
 
 MEMBER_PREFIX = "members"
-#: How the members' actions are combined (policy.json's ``combine``).
+#: How the members' actions are combined (policy.json's ``combine``): entry by entry, their
+#: mean (the default) or their median (with 3 members, the middle one: one member far from
+#: the other two moves nothing).
 COMBINE = "mean-action"
+COMBINES = {"mean-action": np.mean, "median-action": np.median}
 
 
 class PolicyEnsemble(AllocatorPolicy):
     """Several trained :class:`AllocatorPolicy` members acting as one controller.
 
-    ``action(observation)`` is the mean of the members' deterministic actions
-    (each the mean of its Gaussian clipped to ``[-1, 1]``), mapped to an
+    ``action(observation)`` is the mean (or, with ``combine="median-action"``,
+    the median) of the members' deterministic actions, entry by entry (each
+    the mean of its Gaussian clipped to ``[-1, 1]``), mapped to an
     :class:`Allocation` by the shared spec. Each member normalises the raw
     observation with its own VecNormalize statistics and hides its own
     ignored features, so members trained with different options combine.
 
     Attributes:
         members: the member policies, in order.
+        combine: ``"mean-action"`` or ``"median-action"`` (:data:`COMBINES`).
         spec, observation_size, metadata, name: as for :class:`AllocatorPolicy`;
             ``kind`` is ``"ensemble"``.
     """
 
     def __init__(
-        self, members: Sequence[AllocatorPolicy], metadata: dict | None = None, name: str = "ensemble"
+        self,
+        members: Sequence[AllocatorPolicy],
+        metadata: dict | None = None,
+        name: str = "ensemble",
+        combine: str = COMBINE,
     ) -> None:
         members = list(members)
+        if combine not in COMBINES:
+            raise ValueError(f"unknown combine {combine!r}; known: {', '.join(COMBINES)}")
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 policies, got {len(members)}")
         for member in members:
@@ -100,6 +111,7 @@ class PolicyEnsemble(AllocatorPolicy):
                     f"{first.observation_size}: the members were trained on different observations"
                 )
         self.members = members
+        self.combine = combine
         self.spec = first.spec
         self.kind = ENSEMBLE_KIND
         self.observation_size = first.observation_size
@@ -119,16 +131,18 @@ class PolicyEnsemble(AllocatorPolicy):
 
     @torch.no_grad()
     def action(self, observation) -> np.ndarray:
-        """The mean of the members' deterministic actions for a raw observation (``(N,)`` or ``(B, N)``)."""
+        """The members' deterministic actions for a raw observation (``(N,)`` or ``(B, N)``), combined."""
         actions = [member.action(observation) for member in self.members]
-        return np.mean(actions, axis=0).astype(np.float32)
+        return COMBINES[self.combine](actions, axis=0).astype(np.float32)
 
     # ------------------------------------------------------------------ making and saving
 
     @classmethod
-    def from_directories(cls, paths: Sequence[str | os.PathLike], name: str = "ensemble") -> PolicyEnsemble:
+    def from_directories(
+        cls, paths: Sequence[str | os.PathLike], name: str = "ensemble", combine: str = COMBINE
+    ) -> PolicyEnsemble:
         """Load each policy directory and combine them (``ValueError`` for a bad one)."""
-        return cls([AllocatorPolicy.load(path) for path in paths], name=name)
+        return cls([AllocatorPolicy.load(path) for path in paths], name=name, combine=combine)
 
     def _policy_json(self) -> dict:
         first = self.members[0].metadata
@@ -136,7 +150,7 @@ class PolicyEnsemble(AllocatorPolicy):
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "kind": ENSEMBLE_KIND,
-            "combine": COMBINE,
+            "combine": self.combine,
             "spec": self.spec.to_dict(),
             "observation": {"size": self.observation_size, "features": first["observation"].get("features")},
             "members": [member.metadata for member in self.members],
@@ -170,8 +184,9 @@ class PolicyEnsemble(AllocatorPolicy):
         members_metadata = metadata.get("members")
         if not isinstance(members_metadata, list) or not all(isinstance(m, dict) for m in members_metadata):
             raise ValueError(f"{where}: an ensemble needs 'members', a list of policy.json objects")
-        if metadata.get("combine", COMBINE) != COMBINE:
-            raise ValueError(f"{where}: unknown 'combine' {metadata.get('combine')!r}; known: {COMBINE!r}")
+        combine = metadata.get("combine", COMBINE)
+        if combine not in COMBINES:
+            raise ValueError(f"{where}: unknown 'combine' {combine!r}; known: {', '.join(COMBINES)}")
         tensors = _read_safetensors(weights_path)
         by_member: list[dict[str, torch.Tensor]] = [{} for _ in members_metadata]
         for key, tensor in tensors.items():
@@ -193,10 +208,13 @@ class PolicyEnsemble(AllocatorPolicy):
             )
             for index, (member_metadata, member_tensors) in enumerate(zip(members_metadata, by_member))
         ]
-        ensemble = cls(members, metadata=metadata, name=f"policy:{directory.resolve().name}")
+        ensemble = cls(members, metadata=metadata, name=f"policy:{directory.resolve().name}", combine=combine)
         if metadata.get("spec") is not None and metadata["spec"] != ensemble.spec.to_dict():
             raise ValueError(f"{where}: 'spec' differs from its members' spec {ensemble.spec.to_dict()}")
         return ensemble
 
     def __repr__(self) -> str:
-        return f"PolicyEnsemble(name={self.name!r}, members={len(self.members)}, spec={self.spec})"
+        return (
+            f"PolicyEnsemble(name={self.name!r}, members={len(self.members)}, combine={self.combine!r}, "
+            f"spec={self.spec})"
+        )

@@ -1,4 +1,4 @@
-"""Combine trained policies into one ensemble policy: the mean of their actions.
+"""Combine trained policies into one ensemble policy: the mean (or median) of their actions.
 
 ``compute-allocator ensemble --out DIR POLICY_DIR POLICY_DIR ...`` loads each
 trained policy directory (for example the same preset trained with several
@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="the ensemble's policy directory to write (new or empty)"
     )
+    parser.add_argument(
+        "--combine",
+        choices=("mean", "median"),
+        default="mean",
+        help="act with the mean of the members' actions, or their median, entry by entry (with 3 "
+        "members, the middle one) [default: mean]",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.policies) < 2:
         raise ValueError(f"an ensemble needs at least 2 policy directories, got {len(args.policies)}")
-    ensemble = PolicyEnsemble.from_directories(args.policies)
+    ensemble = PolicyEnsemble.from_directories(args.policies, combine=f"{args.combine}-action")
     directory = ensemble.save(args.out)
-    print(f"wrote {directory} ({len(ensemble.members)} members, spec {ensemble.spec.to_dict()})")
+    print(
+        f"wrote {directory} ({len(ensemble.members)} members, {ensemble.combine}, spec {ensemble.spec.to_dict()})"
+    )
     return 0

@@ -94,6 +94,33 @@ def test_one_member_alone_cannot_stop_a_job_the_others_run_on():
     assert run_job(make_job(budget_steps=120), majority).compute_fraction == 0.0
 
 
+def test_a_median_ensemble_ignores_one_member_far_from_the_others(tmp_path, capsys):
+    quick, default = AllocatorPolicy.load(QUICK), AllocatorPolicy.load(DEFAULT)
+    stopper = always_stopping(quick)
+    median = PolicyEnsemble([quick, stopper, quick], combine="median-action")
+    for observation in observations(quick):
+        # entry by entry the middle of three: the action of the two that agree, exactly
+        np.testing.assert_array_equal(median.action(observation), quick.action(observation))
+    first = observations(quick, count=1)[0]
+    mean = PolicyEnsemble([quick, stopper, quick])
+    assert not np.array_equal(mean.action(first), quick.action(first))  # the mean is pulled by it
+    trio = PolicyEnsemble([stopper, quick, default], combine="median-action")
+    np.testing.assert_array_equal(
+        trio.action(first), np.median([stopper.action(first), quick.action(first), default.action(first)], axis=0)
+    )
+
+    # the combine rule is saved and read back; the command takes --combine
+    out = tmp_path / "median"
+    assert main(["ensemble", "--combine", "median", "--out", str(out), str(QUICK), str(DEFAULT), str(QUICK)]) == 0
+    assert "median-action" in capsys.readouterr().out
+    assert json.loads((out / "policy.json").read_text())["combine"] == "median-action"
+    loaded = AllocatorPolicy.load(out)
+    assert loaded.combine == "median-action"
+    np.testing.assert_array_equal(loaded.action(first), quick.action(first))
+    with pytest.raises(ValueError, match="unknown combine 'max'"):
+        PolicyEnsemble([quick, default], combine="max")
+
+
 def test_members_must_share_the_spec_and_an_ensemble_needs_two_single_policies():
     quick = AllocatorPolicy.load(QUICK)
     other_spec = dict(quick.metadata, spec=AllocationSpec(4, 4, 10).to_dict())
