@@ -105,7 +105,7 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
         (
             "compute-allocator train: error: bad.yaml: unknown key 'training.n_env'; the keys of "
             "training are timesteps, n_envs, seed, checkpoint_every, eval_every, eval_jobs, eval_seed, "
-            "validation_jobs, validation_seed, validation_families"
+            "validation_jobs, validation_seed, validation_families, keep_snapshots"
         )
     ]
     assert result.stdout == ""
