@@ -1,4 +1,4 @@
-"""Several trained policies acting as one: the mean of their deterministic actions.
+"""Several trained policies acting as one: the mean (or median) of their deterministic actions.
 
 PPO runs that differ only in their seed learn different policies, and on new
 jobs they fail in different places (BENCHMARKS.md section 5: one seed stops a
@@ -85,7 +85,7 @@ class PolicyEnsemble(AllocatorPolicy):
         combine: str = COMBINE,
     ) -> None:
         members = list(members)
-        if combine not in COMBINES:
+        if not isinstance(combine, str) or combine not in COMBINES:
             raise ValueError(f"unknown combine {combine!r}; known: {', '.join(COMBINES)}")
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 policies, got {len(members)}")
@@ -185,7 +185,7 @@ class PolicyEnsemble(AllocatorPolicy):
         if not isinstance(members_metadata, list) or not all(isinstance(m, dict) for m in members_metadata):
             raise ValueError(f"{where}: an ensemble needs 'members', a list of policy.json objects")
         combine = metadata.get("combine", COMBINE)
-        if combine not in COMBINES:
+        if not isinstance(combine, str) or combine not in COMBINES:
             raise ValueError(f"{where}: unknown 'combine' {combine!r}; known: {', '.join(COMBINES)}")
         tensors = _read_safetensors(weights_path)
         by_member: list[dict[str, torch.Tensor]] = [{} for _ in members_metadata]

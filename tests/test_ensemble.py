@@ -119,6 +119,10 @@ def test_a_median_ensemble_ignores_one_member_far_from_the_others(tmp_path, caps
     np.testing.assert_array_equal(loaded.action(first), quick.action(first))
     with pytest.raises(ValueError, match="unknown combine 'max'"):
         PolicyEnsemble([quick, default], combine="max")
+    metadata = json.loads((out / "policy.json").read_text())
+    (out / "policy.json").write_text(json.dumps(dict(metadata, combine=["median-action"])))
+    with pytest.raises(ValueError, match=r"unknown 'combine' \['median-action'\]"):
+        AllocatorPolicy.load(out)
 
 
 def test_members_must_share_the_spec_and_an_ensemble_needs_two_single_policies():
