@@ -13,12 +13,21 @@ sections, any subset of keys), then the flags below. The policy directory
 
 ``--resume`` continues the run in ``--out`` from its last checkpoint, with its
 saved ``config.yaml`` (``--timesteps``, ``--seed`` and ``--n-envs`` may change).
+
+``--seeds 0,1,2,3`` trains the configuration once per seed, one after the
+other, into ``--out``/seed-N/ (each a complete policy directory), then writes
+the ensemble of those policies (``compute-allocator ensemble``: the mean of
+their actions) as the policy of ``--out`` itself: the recipe that met the
+``quick`` target on held-out jobs (BENCHMARKS.md section 5). It costs one
+training per seed. An interrupted seed resumes on its own (``--out
+DIR/seed-N --resume``); ``compute-allocator ensemble`` then combines them.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 # Keep this module's imports light: `compute-allocator --help` imports it.
@@ -56,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="random seed [default: training.seed]",
     )
     parser.add_argument(
+        "--seeds",
+        default=argparse.SUPPRESS,
+        metavar="LIST",
+        help="train once per seed (comma-separated, e.g. 0,1,2,3) into DIR/seed-N and write their "
+        "ensemble (the mean of their actions) as DIR's policy; one training per seed",
+    )
+    parser.add_argument(
         "--n-envs",
         type=int,
         default=argparse.SUPPRESS,
@@ -83,6 +99,7 @@ _NOT_GIVEN = {
     "config": None,
     "timesteps": None,
     "seed": None,
+    "seeds": None,
     "n_envs": None,
     "progress_bar": True,
 }
@@ -102,6 +119,13 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--n-envs must be >= 1, got {args.n_envs}")
     if args.seed is not None and args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.seeds is not None:
+        args.seeds = _parse_seeds(args.seeds)
+        if args.seed is not None or args.resume:
+            raise ValueError(
+                "--seeds trains a fresh run per seed: it cannot be combined with --seed or --resume "
+                "(resume one seed with --out DIR/seed-N --resume)"
+            )
     if args.resume and (args.preset is not None or args.config is not None):
         raise ValueError(
             "--resume continues with the run's saved config.yaml; --preset and --config "
@@ -118,6 +142,7 @@ def command_line(args: argparse.Namespace) -> str:
         ("--out", args.out),
         ("--timesteps", args.timesteps),
         ("--seed", args.seed),
+        ("--seeds", ",".join(map(str, args.seeds)) if args.seeds else None),
         ("--n-envs", args.n_envs),
     ):
         if value is not None:
@@ -127,11 +152,53 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(word) for word in text.split(",") if word.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated seeds such as 0,1,2, got {text!r}") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds needs at least 2 different seeds >= 0, got {text!r}")
+    return seeds
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_flags(_fill_defaults(args))
+    if args.seeds is not None:
+        return _run_seeds(args)
+    return _run_one(args)
+
+
+def _run_seeds(args: argparse.Namespace) -> int:
+    from allocator.ensemble import PolicyEnsemble
+
+    out_dir = Path(args.out)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"--out {str(out_dir)!r} is not empty; --seeds writes a new directory")
+    runs = [out_dir / f"seed-{seed}" for seed in args.seeds]
+    for index, (seed, run_dir) in enumerate(zip(args.seeds, runs)):
+        print(f"seed {seed} ({index + 1} of {len(runs)}) -> {run_dir}")
+        one = argparse.Namespace(**{**vars(args), "seeds": None, "seed": seed, "out": str(run_dir)})
+        try:
+            _run_one(one)
+        except KeyboardInterrupt:
+            done = " ".join(str(path) for path in runs[:index]) or "(none yet)"
+            print(
+                f"seeds finished: {done}; continue {run_dir} with --out {run_dir} --resume, train the "
+                f"other seeds with --seed, then: compute-allocator ensemble --out {out_dir} DIR...",
+                file=sys.stderr,
+            )
+            raise
+    ensemble = PolicyEnsemble.from_directories(runs)
+    ensemble.save(out_dir)
+    print(f"ensemble of {len(runs)} seeds ({', '.join(map(str, args.seeds))}) written to {out_dir}")
+    return 0
+
+
+def _run_one(args: argparse.Namespace) -> int:
     from agents.config import DEFAULT_PRESET, resolve_config
     from agents.training import resume_config, train
 
-    _check_flags(_fill_defaults(args))
     out_dir = Path(args.out)
     overrides = {"timesteps": args.timesteps, "seed": args.seed, "n_envs": args.n_envs}
     if args.resume:

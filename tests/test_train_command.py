@@ -109,3 +109,51 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
         )
     ]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--seeds", "0"], "at least 2 different seeds"),
+        (["--seeds", "1,1"], "at least 2 different seeds"),
+        (["--seeds", "0,one"], "comma-separated seeds"),
+        (["--seeds", "0,1", "--seed", "2"], "cannot be combined with --seed or --resume"),
+        (["--seeds", "0,1", "--resume"], "cannot be combined with --seed or --resume"),
+    ],
+)
+def test_bad_seeds(capsys, tmp_path, extra, fragment):
+    code, err = run_main(capsys, "--preset", "tiny", "--out", str(tmp_path / "out"), *extra)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_seeds_into_a_non_empty_out_is_refused(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, err = run_main(capsys, "--preset", "tiny", "--seeds", "0,1", "--out", str(tmp_path))
+    assert_one_line_error(code, err, "not empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_seeds_trains_each_seed_and_writes_their_ensemble(capsys, tmp_path):
+    import numpy as np
+
+    from allocator import AllocatorPolicy
+    from allocator.ensemble import PolicyEnsemble
+    from tests.conftest import make_job
+
+    out = tmp_path / "ensemble"
+    argv = ["train", "--preset", "tiny", "--timesteps", "64", "--seeds", "0,3", "--out", str(out)]
+    assert main([*argv, "--no-progress-bar"]) == 0
+    assert "ensemble of 2 seeds (0, 3) written to" in capsys.readouterr().out
+
+    seeds = [AllocatorPolicy.load(out / name) for name in ("seed-0", "seed-3")]
+    assert [policy.metadata["extra"]["seed"] for policy in seeds] == [0, 3]
+    assert "--seed 3" in (out / "seed-3" / "command.txt").read_text()  # each seed reruns on its own
+    ensemble = AllocatorPolicy.load(out)
+    assert isinstance(ensemble, PolicyEnsemble) and len(ensemble.members) == 2
+    job = make_job()
+    ensemble.reset(job)
+    observation = job.observation()
+    actions = [policy.action(observation) for policy in seeds]
+    assert not np.array_equal(*actions)  # two seeds, two policies
+    np.testing.assert_allclose(ensemble.action(observation), (actions[0] + actions[1]) / 2, rtol=0, atol=1e-7)
