@@ -184,8 +184,9 @@ def _run_seeds(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             done = " ".join(str(path) for path in runs[:index]) or "(none yet)"
             print(
-                f"seeds finished: {done}; continue {run_dir} with --out {run_dir} --resume, train the "
-                f"other seeds with --seed, then: compute-allocator ensemble --out {out_dir} DIR...",
+                f"seeds finished: {done}. Finish {run_dir} as said above and train the remaining seeds "
+                f"with --seed N --out {out_dir}/seed-N, then: compute-allocator ensemble --out {out_dir} "
+                f"{out_dir}/seed-*",
                 file=sys.stderr,
             )
             raise

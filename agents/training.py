@@ -588,12 +588,19 @@ def _train(
             stop_envs(vec_normalize)
         if interrupted:
             last = find_checkpoint(out_dir)
-            saved = read_checkpoint_state(last)["num_timesteps"] if last else 0
-            print(
-                f"training interrupted at {model.num_timesteps} timesteps; the last checkpoint "
-                f"({saved} timesteps) is in {out_dir}: continue with --resume",
-                file=sys.stderr,
-            )
+            if last is None:  # --resume needs a checkpoint, and a fresh run an empty directory
+                print(
+                    f"training interrupted at {model.num_timesteps} timesteps, before its first checkpoint: "
+                    f"nothing to resume; delete {out_dir} to start again",
+                    file=sys.stderr,
+                )
+            else:
+                saved = read_checkpoint_state(last)["num_timesteps"]
+                print(
+                    f"training interrupted at {model.num_timesteps} timesteps; the last checkpoint "
+                    f"({saved} timesteps) is in {out_dir}: continue with --resume",
+                    file=sys.stderr,
+                )
     return TrainingSummary(
         out_dir=out_dir,
         timesteps=int(model.num_timesteps),

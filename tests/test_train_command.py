@@ -157,3 +157,17 @@ def test_seeds_trains_each_seed_and_writes_their_ensemble(capsys, tmp_path):
     actions = [policy.action(observation) for policy in seeds]
     assert not np.array_equal(*actions)  # two seeds, two policies
     np.testing.assert_allclose(ensemble.action(observation), (actions[0] + actions[1]) / 2, rtol=0, atol=1e-7)
+
+
+def test_an_interrupt_before_the_first_checkpoint_says_there_is_nothing_to_resume(capsys, tmp_path, monkeypatch):
+    from stable_baselines3 import PPO
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PPO, "learn", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--out", str(out), "--no-progress-bar"]) == 130
+    err = capsys.readouterr().err
+    assert "before its first checkpoint: nothing to resume; delete" in err and str(out) in err
+    assert "--resume" not in err  # --resume would fail: there is no checkpoint
