@@ -170,11 +170,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_seeds(args: argparse.Namespace) -> int:
+    from agents.training import check_new_out_dir
     from allocator.ensemble import PolicyEnsemble
 
     out_dir = Path(args.out)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"--out {str(out_dir)!r} is not empty; --seeds writes a new directory")
+    check_new_out_dir(out_dir, advice="--seeds writes a new directory: choose another")
     runs = [out_dir / f"seed-{seed}" for seed in args.seeds]
     for index, (seed, run_dir) in enumerate(zip(args.seeds, runs)):
         print(f"seed {seed} ({index + 1} of {len(runs)}) -> {run_dir}")

@@ -317,16 +317,15 @@ def read_checkpoint_state(checkpoint: Path) -> dict:
 # ---------------------------------------------------------------------- the policy directory
 
 
-def check_new_out_dir(out_dir: Path) -> None:
-    """``out_dir`` must not exist, or be an empty directory (else ``ValueError``)."""
+def check_new_out_dir(
+    out_dir: Path, advice: str = "pass --resume to continue the run in it, or choose another directory"
+) -> None:
+    """``out_dir`` must not exist, or be an empty directory (else ``ValueError`` ending in ``advice``)."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ValueError(f"--out {str(out_dir)!r} exists and is not a directory")
         if any(out_dir.iterdir()):
-            raise ValueError(
-                f"--out {str(out_dir)!r} exists and is not empty; pass --resume to continue the "
-                "run in it, or choose another directory"
-            )
+            raise ValueError(f"--out {str(out_dir)!r} exists and is not empty; {advice}")
 
 
 def resume_config(out_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
