@@ -1,4 +1,4 @@
-"""The ``compute-allocator`` command: train, apply, evaluate, ensemble, jobs, bench.
+"""The ``compute-allocator`` command: train, apply, evaluate, ensemble, distill, jobs, bench.
 
 This is the composition root. Each subcommand lives in its own module that
 defines ``add_arguments(parser)`` and ``run(args) -> int``; the module is
@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ensemble": (
         "allocator.ensemble_command",
         "combine trained policies (e.g. several seeds) into one that acts with their mean action",
+    ),
+    "distill": (
+        "agents.distill_command",
+        "train one actor to act as a policy (e.g. an ensemble) does, on its own training jobs",
     ),
     "jobs": ("allocator.jobs.command", "list the built-in training jobs, one a line"),
     "bench": ("allocator.bench", "measure the allocator's overhead against a plain PyTorch loop"),

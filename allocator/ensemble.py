@@ -33,14 +33,12 @@ ensemble unchanged. Make one from trained policy directories with
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from allocator.policy import (
     CONFIG_FILE,
@@ -157,24 +155,13 @@ class PolicyEnsemble(AllocatorPolicy):
             "extra": {"members": [member.name for member in self.members]},
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the ensemble as a policy directory (policy.json + policy.safetensors); returns it.
-
-        Refuses a directory that already holds a policy: an ensemble never
-        overwrites a trained run.
-        """
-        directory = Path(path)
-        if (directory / CONFIG_FILE).exists() or (directory / WEIGHTS_FILE).exists():
-            raise FileExistsError(f"{str(directory)!r} already holds a policy; choose a new --out")
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every member's tensors, named ``members.{i}.<name>`` as in the ensemble's policy.safetensors."""
+        return {
             f"{MEMBER_PREFIX}.{index}.{key}": tensor.contiguous()
             for index, member in enumerate(self.members)
             for key, tensor in member.tensors().items()
         }
-        save_file(tensors, str(directory / WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps(self.metadata, indent=2) + "\n", encoding="utf-8")
-        return directory
 
     @classmethod
     def from_policy_file(cls, directory: Path, metadata: dict) -> PolicyEnsemble:
