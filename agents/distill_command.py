@@ -9,8 +9,9 @@ drifts into get labels too. The result is an ordinary policy directory
 (safetensors + JSON): ``evaluate --policy DIR`` and ``apply --policy DIR``
 take it as they take a trained one.
 
-Each episode is a real training run: the defaults (3 rounds of 48 jobs) take
-about 10 minutes on two cores.
+Each episode is a real training run: with the defaults (3 rounds of 48 jobs)
+distilling the 4-seed ``quick`` ensemble took 2 minutes on two cores
+(BENCHMARKS.md section 5, ninth round).
 """
 
 from __future__ import annotations
