@@ -21,8 +21,10 @@ gathered, used as VecNormalize's are (clipped standardisation).
 .. warning:: The student imitates the teacher only on the teacher's job
    distribution (``extra.config.env`` of the first member's policy.json, the
    jobs it was trained on). Distilling on other jobs needs ``config``.
-   Episodes are real training runs: a round of 48 episodes of the ``quick``
-   distribution takes about two minutes on two cores.
+   Episodes are real training runs: the defaults (6 rounds of 96 jobs of
+   the ``quick`` distribution) take about 7 minutes on two cores. Fewer
+   labels (3 rounds of 48) fit the labels as closely but won fewer pairs
+   on the train split (BENCHMARKS.md section 5, ninth round).
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ EPSILON = 1e-8
 class DistillSettings:
     """How much to gather and how hard to fit (the ``distill`` command's options)."""
 
-    rounds: int = 3
+    rounds: int = 6
     """DAgger rounds: the teacher acts in the first, the student in the rest."""
-    episodes: int = 48
+    episodes: int = 96
     """Training jobs run per round (each one episode, 10 to 40 intervals)."""
     epochs: int = 200
     """Passes over all labels gathered so far, after each round."""
@@ -259,6 +261,11 @@ def _fit(
     actor.eval()
 
 
+def _mean_finite(values: Sequence[float]) -> float:
+    finite = [value for value in values if math.isfinite(value)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def _stop_agreement(student_actions: np.ndarray, teacher_actions: np.ndarray) -> float:
     # the steps entry is the last of the action; below STOP_BELOW the job stops
     return float(np.mean((student_actions[:, -1] < STOP_BELOW) == (teacher_actions[:, -1] < STOP_BELOW)))
@@ -343,14 +350,18 @@ def distill(
                 actor="student" if parts else "teacher",
                 episodes=len(episodes),
                 samples=sum(len(episode.observations) for episode in episodes),
-                mean_objective=float(np.mean([episode.objective for episode in episodes])),
+                mean_objective=_mean_finite([episode.objective for episode in episodes]),
                 stopped=sum(episode.stopped for episode in episodes),
                 mse=float(np.mean((predicted - targets.numpy()) ** 2)),
                 stop_agreement=_stop_agreement(predicted, targets.numpy()),
             )
         )
     assert student is not None
-    student.metadata["extra"]["distillation"]["rounds_report"] = [asdict(report) for report in reports]
+    # JSON has no NaN: an episode cut off by the env's step limit has no J
+    student.metadata["extra"]["distillation"]["rounds_report"] = [
+        {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in asdict(r).items()}
+        for r in reports
+    ]
     return student, reports
 
 

@@ -9,8 +9,8 @@ drifts into get labels too. The result is an ordinary policy directory
 (safetensors + JSON): ``evaluate --policy DIR`` and ``apply --policy DIR``
 take it as they take a trained one.
 
-Each episode is a real training run: with the defaults (3 rounds of 48 jobs)
-distilling the 4-seed ``quick`` ensemble took 2 minutes on two cores
+Each episode is a real training run: with the defaults (6 rounds of 96 jobs)
+distilling the 4-seed ``quick`` ensemble took 6 to 7 minutes on two cores
 (BENCHMARKS.md section 5, ninth round).
 """
 

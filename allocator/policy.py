@@ -276,7 +276,9 @@ class AttentionActor(nn.Module):
         sample_code = act(self.sample_encoder(samples))  # (..., K, h)
         layer_code = act(self.layer_encoder(layers))  # (..., G, h)
         context = act(
-            self.context(torch.cat([global_features, sample_code.mean(-2), layer_code.mean(-2)], dim=-1))
+            self.context(
+                torch.cat([global_features, sample_code.mean(-2), layer_code.mean(-2)], dim=-1)
+            )
         )  # (..., h)
 
         def score(code: torch.Tensor, hidden: nn.Linear, out: nn.Linear) -> torch.Tensor:
@@ -286,7 +288,9 @@ class AttentionActor(nn.Module):
         share_logits = score(sample_code, self.sample_hidden, self.sample_score)  # (..., K)
         gate_logits = score(layer_code, self.layer_hidden, self.layer_score)  # (..., G)
         keep_steps = self.global_output(act(self.global_hidden(context)))  # (..., 2)
-        return torch.cat([share_logits, keep_steps[..., :1], gate_logits, keep_steps[..., 1:]], dim=-1)
+        return torch.cat(
+            [share_logits, keep_steps[..., :1], gate_logits, keep_steps[..., 1:]], dim=-1
+        )
 
 
 def build_actor(
@@ -314,7 +318,9 @@ def _build_actor(
         if not isinstance(hidden, list) or not all(
             isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
         ):
-            raise ValueError(f"network.hidden_sizes must be a list of integers >= 1, got {hidden!r}")
+            raise ValueError(
+                f"network.hidden_sizes must be a list of integers >= 1, got {hidden!r}"
+            )
         return MlpActor(observation_size(sizes, spec), hidden, spec.action_size, activation)
     if kind == "attention":
         hidden_size = network.get("hidden_size")
@@ -415,7 +421,9 @@ class AllocatorPolicy:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{config_path} is not valid JSON: {error}") from None
         if not isinstance(metadata, dict):
-            raise ValueError(f"{config_path} must hold a JSON object, got {type(metadata).__name__}")
+            raise ValueError(
+                f"{config_path} must hold a JSON object, got {type(metadata).__name__}"
+            )
         if metadata.get("kind") == ENSEMBLE_KIND:
             from allocator.ensemble import PolicyEnsemble  # an ensemble is a policy of policies
 
@@ -474,7 +482,9 @@ class AllocatorPolicy:
                     "observation layout or network"
                 )
             if not tensor.is_floating_point():
-                raise ValueError(f"tensor {key!r} in {weights} has dtype {tensor.dtype}, expected a float")
+                raise ValueError(
+                    f"tensor {key!r} in {weights} has dtype {tensor.dtype}, expected a float"
+                )
             if not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"tensor {key!r} in {weights} holds NaN or inf values")
         actor.load_state_dict(
@@ -564,7 +574,9 @@ class AllocatorPolicy:
         then float32, exactly as ``VecNormalize.normalize_obs``. Accepts one
         observation ``(N,)`` or a batch ``(B, N)``.
         """
-        obs = np.asarray(observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation)
+        obs = np.asarray(
+            observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation
+        )
         if obs.ndim not in (1, 2) or obs.shape[-1] != self.observation_size:
             raise ValueError(
                 f"observation has shape {obs.shape}, the policy expects ({self.observation_size},) "
@@ -595,7 +607,9 @@ class AllocatorPolicy:
 
     def act(self, observation: Any) -> Allocation:
         """The allocation for the next interval, given the job's raw observation."""
-        obs = np.asarray(observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation)
+        obs = np.asarray(
+            observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation
+        )
         if obs.ndim != 1:
             raise ValueError(
                 f"act takes one observation of shape ({self.observation_size},), got {obs.shape}"
@@ -636,10 +650,14 @@ def _ignored_positions(observation: dict, spec: AllocationSpec, where: str) -> l
         raise ValueError(f"{where}: observation.ignored_features: {error}") from None
 
 
-def _parse_config(metadata: dict, where: str) -> tuple[AllocationSpec, str, dict[str, int], nn.Module, dict]:
+def _parse_config(
+    metadata: dict, where: str
+) -> tuple[AllocationSpec, str, dict[str, int], nn.Module, dict]:
     """Validate policy.json (``where`` names it in errors) and build the (untrained) actor it describes."""
     if metadata.get("format") != FORMAT_NAME:
-        raise ValueError(f"{where}: 'format' must be {FORMAT_NAME!r}, got {metadata.get('format')!r}")
+        raise ValueError(
+            f"{where}: 'format' must be {FORMAT_NAME!r}, got {metadata.get('format')!r}"
+        )
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -651,7 +669,9 @@ def _parse_config(metadata: dict, where: str) -> tuple[AllocationSpec, str, dict
             raise ValueError(f"{where}: missing key {key!r}")
     kind = metadata["kind"]
     if kind not in POLICY_KINDS:
-        raise ValueError(f"{where}: unknown policy kind {kind!r}; known kinds: {list(POLICY_KINDS)}")
+        raise ValueError(
+            f"{where}: unknown policy kind {kind!r}; known kinds: {list(POLICY_KINDS)}"
+        )
     if not isinstance(metadata["spec"], dict):
         raise ValueError(f"{where}: 'spec' must be an object, got {metadata['spec']!r}")
     try:
@@ -681,7 +701,9 @@ def _parse_config(metadata: dict, where: str) -> tuple[AllocationSpec, str, dict
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     normalization = metadata["normalization"]
-    if not isinstance(normalization, dict) or not isinstance(normalization.get("observation"), bool):
+    if not isinstance(normalization, dict) or not isinstance(
+        normalization.get("observation"), bool
+    ):
         raise ValueError(
             f"{where}: 'normalization' must be an object with a boolean 'observation', got {normalization!r}"
         )
