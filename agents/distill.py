@@ -198,6 +198,13 @@ def run_episode(task: tuple) -> _Episode:
     )
 
 
+def _ignore_interrupts() -> None:
+    # Ctrl-C is for the main process, which then terminates the pool (no traceback per worker)
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _gather(tasks: list[tuple], workers: int, on_episode: Callable[[], None]) -> list[_Episode]:
     if workers == 1 or len(tasks) == 1:
         episodes = []
@@ -208,7 +215,7 @@ def _gather(tasks: list[tuple], workers: int, on_episode: Callable[[], None]) ->
     # spawn, not fork: the parent has run torch's thread pool, which a forked child may inherit locked
     context = multiprocessing.get_context("spawn")
     episodes = []
-    with context.Pool(min(workers, len(tasks))) as pool:
+    with context.Pool(min(workers, len(tasks)), initializer=_ignore_interrupts) as pool:
         for episode in pool.imap(run_episode, tasks):
             episodes.append(episode)
             on_episode()

@@ -120,3 +120,16 @@ def test_the_command_writes_a_student_that_evaluate_reads(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "round 1 (teacher acts): 1 jobs" in printed and f"wrote {out}" in printed
     assert AllocatorPolicy.load(out).kind == "attention"
+
+
+def test_the_published_distilled_policy_is_one_actor_that_acts_as_its_teacher():
+    """The student behind BENCHMARKS.md section 4 (distilled from the published 4-seed ensemble)."""
+    benchmarks = QUICK.parents[1]
+    student = AllocatorPolicy.load(benchmarks / "heldout-quick-distilled" / "policy")
+    teacher = AllocatorPolicy.load(benchmarks / "heldout-quick-ensemble" / "policy")
+    assert not isinstance(student, PolicyEnsemble) and student.kind == "attention"
+    assert student.metadata["extra"]["distillation"]["rounds"] == 6
+    seen = np.stack(observations(teacher, count=6))
+    to_teacher = np.mean((student.action(seen) - teacher.action(seen)) ** 2)
+    to_members = [np.mean((member.action(seen) - teacher.action(seen)) ** 2) for member in teacher.members]
+    assert to_teacher < 0.05 * min(to_members)  # far closer to the ensemble than any of its seeds is
