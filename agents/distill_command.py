@@ -23,6 +23,16 @@ from pathlib import Path
 from agents.distill import DistillSettings
 
 DEFAULTS = DistillSettings()
+# DistillSettings field -> (type, help): one command-line option each
+SETTINGS: list[tuple[str, type, str]] = [
+    ("rounds", int, "DAgger rounds: the teacher acts in the first, the student in the rest"),
+    ("episodes", int, "training jobs run per round (each 10 to 40 intervals)"),
+    ("epochs", int, "passes over all labels gathered so far, after each round"),
+    ("learning_rate", float, "Adam's learning rate"),
+    ("batch_size", int, "minibatch of labels"),
+    ("seed", int, "seeds the student's initial weights and the jobs drawn"),
+    ("workers", int, "processes running the jobs (one torch thread each)"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,45 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a training configuration (as train --config takes) whose env section gives the jobs to "
         "distil on; by default the teacher's own, recorded in its policy.json",
     )
+    for name, kind, help_text in SETTINGS:
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, default=getattr(DEFAULTS, name), help=help_text
+        )
     parser.add_argument(
-        "--rounds",
-        type=int,
-        default=DEFAULTS.rounds,
-        help="DAgger rounds: the teacher acts in the first, the student in the rest",
-    )
-    parser.add_argument(
-        "--episodes",
-        type=int,
-        default=DEFAULTS.episodes,
-        help="training jobs run per round (each 10 to 40 intervals)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=DEFAULTS.epochs,
-        help="passes over all labels gathered so far, after each round",
-    )
-    parser.add_argument(
-        "--learning-rate", type=float, default=DEFAULTS.learning_rate, help="Adam's learning rate"
-    )
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="minibatch of labels")
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULTS.seed,
-        help="seeds the student's initial weights and the jobs drawn",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=DEFAULTS.workers,
-        help="processes running the jobs (one torch thread each)",
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: when stderr is a terminal)",
+        "--no-progress-bar",
+        dest="progress_bar",
+        action="store_false",
+        help="do not show the progress bar (shown only when stderr is a terminal anyway)",
     )
 
 
@@ -90,19 +70,13 @@ def run(args: argparse.Namespace) -> int:
     from agents.training import check_new_out_dir
     from allocator.evaluation import progress_bar
 
-    settings = DistillSettings(
-        rounds=args.rounds,
-        episodes=args.episodes,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        workers=args.workers,
-    ).validate()
+    settings = DistillSettings(**{name: getattr(args, name) for name, _, _ in SETTINGS}).validate()
     config = config_from_yaml(args.config) if args.config else None
     out_dir = Path(args.out)
     check_new_out_dir(out_dir, advice="choose another directory")
-    bar = progress_bar(settings.rounds * settings.episodes, "distilling", args.progress)
+    bar = progress_bar(
+        settings.rounds * settings.episodes, "distilling", None if args.progress_bar else False
+    )
     if bar is not None:
         bar.unit = "job"
         bar.bar_format = "{l_bar}{bar}| {n}/{total} jobs [{elapsed}<{remaining}]{postfix}"

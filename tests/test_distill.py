@@ -115,7 +115,7 @@ def test_the_command_refuses_an_out_directory_in_use(tmp_path, capsys):
 
 def test_the_command_writes_a_student_that_evaluate_reads(tmp_path, capsys):
     out = tmp_path / "student"
-    arguments = ["--rounds", "1", "--episodes", "1", "--epochs", "5", "--workers", "1", "--no-progress"]
+    arguments = ["--rounds", "1", "--episodes", "1", "--epochs", "5", "--workers", "1", "--no-progress-bar"]
     assert main(["distill", "--teacher", str(QUICK), "--out", str(out), *arguments]) == 0
     printed = capsys.readouterr().out
     assert "round 1 (teacher acts): 1 jobs" in printed and f"wrote {out}" in printed
