@@ -29,6 +29,7 @@ gathered, used as VecNormalize's are (clipped standardisation).
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -47,6 +48,7 @@ from allocator.policy import (
     AllocatorPolicy,
     build_actor,
     observation_layout_sizes,
+    standardize,
 )
 
 #: VecNormalize's defaults, which every trained policy here was normalised with.
@@ -110,8 +112,7 @@ def teacher_config(teacher: AllocatorPolicy):
     """
     from agents.config import TrainConfig
 
-    members = getattr(teacher, "members", [teacher])
-    recorded = members[0].metadata.get("extra", {}).get("config")
+    recorded = _members(teacher)[0].metadata.get("extra", {}).get("config")
     if not isinstance(recorded, dict):
         raise ValueError(
             f"{teacher.name} records no training configuration (extra.config in policy.json); "
@@ -135,21 +136,24 @@ def episode_env_kwargs(config) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ gathering (worker processes)
 
-_ENVS: dict[int, Any] = {}  # a worker's envs by rank (job pools are built once per process)
+# A process's envs (their job pools are built once) and teachers. With one worker the episodes
+# run in the caller's process, where later calls may bring other jobs: envs are keyed by them.
+_ENVS: dict[str, Any] = {}
 _TEACHERS: dict[str, AllocatorPolicy] = {}
 
 
 def _env(kwargs: dict[str, Any], rank: int):
-    if rank not in _ENVS:
+    kwargs = dict(kwargs)
+    if kwargs.get("job_pool"):  # as training's env number `rank` draws from its own pool
+        kwargs["job_pool_seed"] = kwargs.get("job_pool_seed", 0) + rank
+    key = json.dumps(kwargs, sort_keys=True)
+    if key not in _ENVS:
         import gymnasium
 
         import envs
 
-        kwargs = dict(kwargs)
-        if kwargs.get("job_pool"):  # as training's env number `rank` draws from its own pool
-            kwargs["job_pool_seed"] = kwargs.get("job_pool_seed", 0) + rank
-        _ENVS[rank] = gymnasium.make(envs.ENV_ID, **kwargs)
-    return _ENVS[rank]
+        _ENVS[key] = gymnasium.make(envs.ENV_ID, **kwargs)
+    return _ENVS[key]
 
 
 def _teacher(path: str) -> AllocatorPolicy:
@@ -205,28 +209,33 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _gather(tasks: list[tuple], workers: int, on_episode: Callable[[], None]) -> list[_Episode]:
+def _gather(tasks: list[tuple], workers: int, on_episode: Callable[[int], None]) -> list[_Episode]:
+    """Run the tasks' episodes in order; ``on_episode(done)`` after each."""
+    episodes = []
     if workers == 1 or len(tasks) == 1:
-        episodes = []
         for task in tasks:
             episodes.append(run_episode(task))
-            on_episode()
+            on_episode(len(episodes))
         return episodes
     # spawn, not fork: the parent has run torch's thread pool, which a forked child may inherit locked
     context = multiprocessing.get_context("spawn")
-    episodes = []
     with context.Pool(min(workers, len(tasks)), initializer=_ignore_interrupts) as pool:
         for episode in pool.imap(run_episode, tasks):
             episodes.append(episode)
-            on_episode()
+            on_episode(len(episodes))
     return episodes
 
 
 # ------------------------------------------------------------------ fitting
 
 
+def _members(teacher: AllocatorPolicy) -> list[AllocatorPolicy]:
+    """An ensemble's members, or the policy itself."""
+    return list(getattr(teacher, "members", [teacher]))
+
+
 def _student_metadata(teacher: AllocatorPolicy, settings: DistillSettings, config) -> dict:
-    members = getattr(teacher, "members", [teacher])
+    members = _members(teacher)
     first = members[0].metadata
     observation = {key: value for key, value in first["observation"].items() if key != "ignored_features"}
     return {
@@ -327,12 +336,10 @@ def distill(
             for episode in range(settings.episodes)
         ]
         description = f"round {round_index + 1}/{settings.rounds} ({'student' if parts else 'teacher'} acts)"
-        done = [0]
 
-        def advance(description=description, done=done) -> None:
-            done[0] += 1
+        def advance(done: int, description: str = description) -> None:
             if on_progress is not None:
-                on_progress(description, done[0], settings.episodes)
+                on_progress(description, done, settings.episodes)
 
         episodes = _gather(tasks, settings.workers, advance)
         observations += [episode.observations for episode in episodes]
@@ -343,14 +350,12 @@ def distill(
         tensors = {OBSERVATION_MEAN: torch.from_numpy(mean), OBSERVATION_VAR: torch.from_numpy(var)}
         if actor is None:
             actor = _new_actor(metadata, teacher.spec, settings.seed)
-        normalized = np.clip((raw - mean) / np.sqrt(var + EPSILON), -CLIP_OBS, CLIP_OBS)
-        inputs = torch.from_numpy(normalized.astype(np.float32))
+        inputs = torch.from_numpy(standardize(raw, mean, var, EPSILON, CLIP_OBS))
         targets = torch.from_numpy(np.concatenate(labels).astype(np.float32))
         _fit(actor, inputs, targets, settings, generator)
         tensors.update({f"actor.{key}": value.detach().clone() for key, value in actor.state_dict().items()})
         student = AllocatorPolicy.from_parts(metadata, tensors, "student", "student", "distilled")
-        with torch.no_grad():
-            predicted = np.clip(actor(inputs).numpy(), -1.0, 1.0)
+        predicted = student.action(raw)
         reports.append(
             RoundReport(
                 round=round_index + 1,

@@ -17,7 +17,6 @@ distilling the 4-seed ``quick`` ensemble took 6 to 7 minutes on two cores
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from agents.distill import DistillSettings
@@ -94,5 +93,5 @@ def run(args: argparse.Namespace) -> int:
     directory = student.save(out_dir)
     for line in summary_lines(reports):
         print(line)
-    print(f"wrote {directory} (one {student.kind} actor imitating {args.teacher})", file=sys.stdout)
+    print(f"wrote {directory} (one {student.kind} actor imitating {args.teacher})")
     return 0

@@ -293,6 +293,14 @@ class AttentionActor(nn.Module):
         )
 
 
+def standardize(
+    observation: np.ndarray, mean: np.ndarray, var: np.ndarray, epsilon: float, clip_obs: float
+) -> np.ndarray:
+    """VecNormalize's clipped standardisation, computed in float64 and returned as float32."""
+    normalized = (observation - mean) / np.sqrt(var + epsilon)
+    return np.clip(normalized, -clip_obs, clip_obs).astype(np.float32)
+
+
 def build_actor(
     kind: str, spec: AllocationSpec, sizes: Mapping[str, int], network: Mapping[str, Any]
 ) -> nn.Module:
@@ -590,8 +598,7 @@ class AllocatorPolicy:
             obs[..., self._ignored_positions] = 0.0
         if self._mean is None:
             return obs.astype(np.float32)
-        normalized = (obs - self._mean) / np.sqrt(self._var + self._epsilon)
-        return np.clip(normalized, -self._clip_obs, self._clip_obs).astype(np.float32)
+        return standardize(obs, self._mean, self._var, self._epsilon, self._clip_obs)
 
     @torch.no_grad()
     def action(self, observation: Any) -> np.ndarray:

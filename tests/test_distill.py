@@ -133,3 +133,15 @@ def test_the_published_distilled_policy_is_one_actor_that_acts_as_its_teacher():
     to_teacher = np.mean((student.action(seen) - teacher.action(seen)) ** 2)
     to_members = [np.mean((member.action(seen) - teacher.action(seen)) ** 2) for member in teacher.members]
     assert to_teacher < 0.05 * min(to_members)  # far closer to the ensemble than any of its seeds is
+
+
+def test_a_later_distillation_in_the_same_process_runs_its_own_jobs():
+    """With one worker the episodes run in the caller's process: an env of other jobs is never reused."""
+    from agents.distill import _env
+
+    kwargs = episode_env_kwargs(teacher_config(AllocatorPolicy.load(QUICK)))
+    cnn_only = {**kwargs, "families": ["cnn1d"]}
+    assert _env(kwargs, 0) is _env(dict(kwargs), 0)
+    assert _env(cnn_only, 0) is not _env(kwargs, 0)
+    assert _env(cnn_only, 0).unwrapped.spec.kwargs["families"] == ["cnn1d"]
+    assert _env(kwargs, 1) is not _env(kwargs, 0)  # env number 1 draws from its own job pool
