@@ -261,3 +261,39 @@ def test_train_check_gives_each_policy_the_numbers_evaluate_gives_it_with_unifor
                     == alone.run("tiny", seed, controller).result.objective
                 )
         assert made[path, "named"].wins("uniform") == alone.wins("uniform")
+
+
+def _tiny_residual_recipe():
+    from allocator.jobs.distribution import JobRecipe
+
+    return JobRecipe(
+        "tiny-resmlp", "synthetic-classification", {"n_train": 400, "seed": 0},
+        "resmlp", 16, 2, "adam", 3e-3, 32, 30, "compute-bound", "train",
+    )  # fmt: skip
+
+
+def test_stochastic_depth_probe_at_rate_zero_is_the_jobs_uniform_run():
+    probe = load_script("stochastic_depth_probe")
+    recipe = _tiny_residual_recipe()
+    uniform = run_job(recipe.build(seed=1, device="cpu"), "uniform")
+    result = probe.run(recipe, seed=1, rate=0.0)
+    assert result["curve"] == uniform.curve  # same steps, same losses, same compute fractions
+    assert result["steps"] == recipe.budget_steps
+    assert result["step_cost"] == pytest.approx(1.0)
+
+
+def test_stochastic_depth_probe_skipping_blocks_buys_more_steps_within_the_same_budget():
+    probe = load_script("stochastic_depth_probe")
+    recipe = _tiny_residual_recipe()
+    result = probe.run(recipe, seed=1, rate=0.5)
+    assert result["step_cost"] < 0.95  # skipped blocks are not counted
+    assert result["steps"] > recipe.budget_steps
+    fractions = [fraction for fraction, _ in result["curve"]]
+    assert fractions[-1] <= 1.0 and fractions == sorted(fractions)
+    assert probe.first_reaching(result["curve"], -1.0) == float("inf")
+
+
+def test_stochastic_depth_probe_refuses_rates_that_do_not_start_at_uniform(capsys):
+    probe = load_script("stochastic_depth_probe")
+    assert probe.main(["--rates", "0.5,0"]) == 2
+    assert "must start with 0" in capsys.readouterr().err
