@@ -49,6 +49,11 @@ PROBE_JOBS = {
         "probe-clusters-transformer", "synthetic-classification", {"n_train": 4000, "seed": 3},
         "transformer", 32, 2, "adamw", 2e-3, 64, 250, "compute-bound", "train", weight_decay=0.01,
     ),
+    # the same transformer on the regression task: is a gain the family's or the task's?
+    "probe-regression-transformer": JobRecipe(
+        "probe-regression-transformer", "synthetic-regression", {"n_train": 4000, "noise": 0.1, "seed": 0},
+        "transformer", 32, 2, "adamw", 2e-3, 64, 250, "compute-bound", "train", weight_decay=0.01,
+    ),
     # stochastic depth was made for deep residual networks: four blocks
     "probe-regression-deep-resmlp": JobRecipe(
         "probe-regression-deep-resmlp", "synthetic-regression", {"n_train": 4000, "noise": 0.1, "seed": 0},
