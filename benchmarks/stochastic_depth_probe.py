@@ -155,11 +155,12 @@ def run(job_recipe: JobRecipe, seed: int, rate: float) -> dict:
 
 
 def first_reaching(curve: list[tuple[float, float]], target: float) -> float:
-    """Compute fraction of the first reading at or below ``target`` (``inf``: never)."""
-    for fraction, loss in curve:
-        if loss <= target + 1e-12:
-            return fraction
-    return math.inf
+    """Compute fraction of the first reading at or below ``target`` (``inf``: never).
+
+    The rule of ``RunResult.compute_to_reach``, which `evaluate` reports as
+    compute to target; the probe has curves, not run results.
+    """
+    return next((fraction for fraction, loss in curve if loss <= target), math.inf)
 
 
 def main(argv: list[str] | None = None) -> int:
