@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from allocator.allocation import Allocation
 from allocator.compute import count_flops
 from allocator.jobs.distribution import JobRecipe, recipe
+from allocator.runner import RunResult, run_job
 
 # fmt: off
 PROBE_JOBS = {
@@ -87,13 +87,15 @@ def _wrap(model: nn.Module) -> list[_Skippable]:
     return wrapped
 
 
-def run(job_recipe: JobRecipe, seed: int, rate: float) -> dict:
+def run(job_recipe: JobRecipe, seed: int, rate: float) -> tuple[RunResult, float]:
     """Run one job under uniform allocation with stochastic depth ``rate`` (0: the job's uniform run).
 
-    The job's own interval loop runs (sampling, loss memory, learning-rate
-    schedule, budget check, one validation reading per interval); only the
-    cost of a step and the blocks its forward pass runs change. So the rate-0
-    run is the job's uniform run, step for step.
+    ``run_job`` and the job's own interval loop run (sampling, loss memory,
+    learning-rate schedule, budget check, one validation reading per
+    interval); only the cost of a step and the blocks its forward pass runs
+    change. So the rate-0 run is the job's uniform run, step for step.
+
+    Returns the run's result and its mean step FLOPs relative to a uniform step.
     """
     job = job_recipe.build(seed=seed, device="cpu")
     job._ensure_started()  # noqa: SLF001 - the probe patches the job's step and step cost
@@ -119,7 +121,6 @@ def run(job_recipe: JobRecipe, seed: int, rate: float) -> dict:
     uniform_cost = cost_of((False,) * depth)
     rng = np.random.default_rng(seed + 7)
     pending: list[tuple[bool, ...]] = []
-    spent = {"steps": 0, "flops": 0}
 
     # advance() asks for a step's cost, checks the budget, then takes the step:
     # the mask is drawn with the cost and applied by the step that follows
@@ -137,30 +138,12 @@ def run(job_recipe: JobRecipe, seed: int, rate: float) -> dict:
         original_step(kept, trained)
         for block in blocks:
             block.skipped = False  # validation and statistics see the whole network
-        spent["steps"] += 1
-        spent["flops"] += cost_of(mask)
 
     job._costs.step_flops = step_flops  # noqa: SLF001
     job._step = step  # noqa: SLF001
-    curve = [(0.0, job.val_loss)]
-    uniform = Allocation.uniform(job.spec)
-    while not job.done:
-        job.advance(uniform)
-        curve.append((job.compute_fraction, job.val_loss))
-    return {
-        "steps": spent["steps"],
-        "step_cost": spent["flops"] / max(spent["steps"], 1) / uniform_cost,
-        "curve": curve,
-    }
-
-
-def first_reaching(curve: list[tuple[float, float]], target: float) -> float:
-    """Compute fraction of the first reading at or below ``target`` (``inf``: never).
-
-    The rule of ``RunResult.compute_to_reach``, which `evaluate` reports as
-    compute to target; the probe has curves, not run results.
-    """
-    return next((fraction for fraction, loss in curve if loss <= target), math.inf)
+    # the job charges each step what step_flops returned, so compute_used is the steps' FLOPs
+    result = run_job(job, "uniform")
+    return result, result.compute_used / max(result.steps, 1) / uniform_cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,17 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             target = None
             for rate in rates:
-                result = run(job_recipe, seed, rate)
-                curve = result["curve"]
-                losses = [loss for _, loss in curve]
-                best = min(losses)
-                best_at = curve[int(np.argmin(losses))][0]
+                result, step_cost = run(job_recipe, seed, rate)
+                best_at = min(result.curve, key=lambda point: point[1])[0]
                 if target is None:
-                    target = best
-                reached = first_reaching(curve, target)
+                    target = result.best_val_loss
+                reached = result.compute_to_reach(target)
                 print(
-                    f"| {job_recipe.name} | {seed} | {rate:g} | {result['step_cost']:.3f} | {result['steps']} | "
-                    f"{losses[-1]:.4f} | {best:.4f} | {best_at:.2f} | "
+                    f"| {job_recipe.name} | {seed} | {rate:g} | {step_cost:.3f} | {result.steps} | "
+                    f"{result.final_val_loss:.4f} | {result.best_val_loss:.4f} | {best_at:.2f} | "
                     f"{'never' if math.isinf(reached) else f'{reached:.2f}'} |",
                     flush=True,
                 )

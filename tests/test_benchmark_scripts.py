@@ -276,21 +276,21 @@ def test_stochastic_depth_probe_at_rate_zero_is_the_jobs_uniform_run():
     probe = load_script("stochastic_depth_probe")
     recipe = _tiny_residual_recipe()
     uniform = run_job(recipe.build(seed=1, device="cpu"), "uniform")
-    result = probe.run(recipe, seed=1, rate=0.0)
-    assert result["curve"] == uniform.curve  # same steps, same losses, same compute fractions
-    assert result["steps"] == recipe.budget_steps
-    assert result["step_cost"] == pytest.approx(1.0)
+    result, step_cost = probe.run(recipe, seed=1, rate=0.0)
+    assert result.curve == uniform.curve  # same steps, same losses, same compute fractions
+    assert result.steps == recipe.budget_steps
+    assert step_cost == pytest.approx(1.0)
 
 
 def test_stochastic_depth_probe_skipping_blocks_buys_more_steps_within_the_same_budget():
     probe = load_script("stochastic_depth_probe")
     recipe = _tiny_residual_recipe()
-    result = probe.run(recipe, seed=1, rate=0.5)
-    assert result["step_cost"] < 0.95  # skipped blocks are not counted
-    assert result["steps"] > recipe.budget_steps
-    fractions = [fraction for fraction, _ in result["curve"]]
+    result, step_cost = probe.run(recipe, seed=1, rate=0.5)
+    assert step_cost < 0.95  # skipped blocks are not counted
+    assert result.steps > recipe.budget_steps
+    fractions = [fraction for fraction, _ in result.curve]
     assert fractions[-1] <= 1.0 and fractions == sorted(fractions)
-    assert probe.first_reaching(result["curve"], -1.0) == float("inf")
+    assert result.compute_used <= result.budget
 
 
 def test_stochastic_depth_probe_refuses_rates_that_do_not_start_at_uniform(capsys):
