@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default=argparse.SUPPRESS,
         metavar="NAME",
-        help="configuration preset from agents/presets: quick (about 10 minutes on 2 cores), "
+        help="configuration preset from agents/presets: quick (10 to 15 minutes on 2 cores), "
         "default (longer, stronger) [default: quick]",
     )
     parser.add_argument(
