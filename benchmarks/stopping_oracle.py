@@ -9,7 +9,11 @@ when it stops: the learning rate decays with compute spent). Reports
   a stopping decision alone can buy);
 * a causal rule: stop once the running mean of the log-validation-loss slope per
   unit of budget rises above ``-theta / (1 + 0.8 U)`` (where one more interval
-  stops paying under J with s = 0.2; U is the unused budget share).
+  stops paying under J with s = 0.2; U is the unused budget share);
+* standard training stopped ``k`` intervals before the budget, for ``k`` = 1 ..
+  ``--early`` (a hand rule with no feedback at all: where it wins, a pair is won
+  by the last intervals' tiny loss change, below what J pays for their compute),
+  with its wins on compute-bound and data-bound jobs apart.
 
     python benchmarks/stopping_oracle.py --split train --max-steps 20
 """
@@ -25,6 +29,7 @@ import torch
 
 from allocator.allocation import AllocationSpec
 from allocator.evaluation import build_job, resolve_jobs
+from allocator.jobs.distribution import names, recipe
 from allocator.objective import Objective
 from allocator.runner import run_job
 from allocator.stats import TREND_DECAY
@@ -61,12 +66,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=20, help="steps per interval (the policy's spec)")
     parser.add_argument("--theta", type=float, default=0.2, help="threshold of the causal rule")
+    parser.add_argument(
+        "--early", type=int, default=2, help="also stop uniform 1 .. N intervals before the budget"
+    )
     args = parser.parse_args(argv)
+    if args.early < 0:
+        parser.error(f"--early must be >= 0, got {args.early}")
     torch.set_num_threads(1)
 
     objective = Objective()
     spec = AllocationSpec(max_steps=args.max_steps)
     uniform, oracle, rule = [], [], []
+    early: dict[int, list[float]] = {k: [] for k in range(1, args.early + 1)}
+    regimes = []
     for source in resolve_jobs(None, args.split, device="cpu"):
         for seed in range(args.seeds):
             result = run_job(build_job(source, seed, spec), "uniform")
@@ -75,6 +87,9 @@ def main(argv=None) -> int:
             uniform.append(values[-1])
             oracle.append(min(values))
             rule.append(values[stop])
+            for k in early:  # a run shorter than k + 1 intervals stops at once
+                early[k].append(values[max(len(values) - 1 - k, 0)])
+            regimes.append(recipe(source.name).regime if source.name in names() else "other")
             print(
                 f"{source.name:26s} seed {seed}: uniform {values[-1]:.4f}  oracle {min(values):.4f} "
                 f"(after {values.index(min(values))}/{len(values) - 1})  rule {values[stop]:.4f} "
@@ -84,9 +99,17 @@ def main(argv=None) -> int:
     print(
         f"\n| | mean J | wins over uniform |\n| --- | ---: | ---: |\n| uniform | {statistics.mean(uniform):.4f} | - |"
     )
-    for label, values in (("oracle stop", oracle), (f"slope rule, theta {args.theta}", rule)):
+    rows = [("oracle stop", oracle), (f"slope rule, theta {args.theta}", rule)]
+    rows += [(f"uniform stopped {k} interval{'s' if k > 1 else ''} before the budget", early[k]) for k in early]
+    for label, values in rows:
         wins = sum(v < u - 1e-9 for v, u in zip(values, uniform))
         print(f"| {label} | {statistics.mean(values):.4f} | {wins}/{len(values)} |")
+    for label, values in rows[2:]:
+        split = []
+        for kind in ("compute-bound", "data-bound"):
+            pairs = [(v, u) for v, u, r in zip(values, uniform, regimes) if r == kind]
+            split.append(f"{kind} {sum(v < u - 1e-9 for v, u in pairs)}/{len(pairs)}")
+        print(f"{label}: wins on {', '.join(split)}")
     return 0
 
 

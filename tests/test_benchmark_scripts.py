@@ -32,6 +32,33 @@ def test_stopping_oracle_reproduces_the_runs_own_objective():
     assert min(values) <= result.objective
 
 
+def test_stopping_before_the_budget_is_what_a_run_that_stops_there_scores():
+    """The oracle's "k intervals before the budget" row is a real run's J, not an extrapolation."""
+    import dataclasses
+
+    from allocator import Allocation
+
+    oracle = load_script("stopping_oracle")
+    full = run_job(make_job(budget_steps=40), "uniform")
+    intervals = len(full.curve) - 1
+    assert intervals >= 3
+
+    class StopBeforeTheBudget:
+        def reset(self, job):
+            self.spec, self.taken = job.spec, 0
+
+        def act(self, observation):
+            self.taken += 1
+            steps = 0 if self.taken == intervals else self.spec.max_steps  # skip the last interval
+            return dataclasses.replace(Allocation.uniform(self.spec), steps=steps)
+
+    stopped = run_job(make_job(budget_steps=40), StopBeforeTheBudget())
+    values = oracle.stopped_objectives(full.curve, Objective())
+    assert stopped.curve == full.curve[:-1]  # the same run, one interval shorter
+    assert values[-2] == pytest.approx(stopped.objective, rel=1e-9)
+    assert values[-2] != pytest.approx(values[-1], rel=1e-6)
+
+
 def test_ablation_holds_the_chosen_features_at_their_training_mean():
     from allocator import AllocatorPolicy
 
@@ -182,6 +209,25 @@ def test_stop_guard_lets_a_policy_stop_only_after_the_validation_loss_turned_up(
     assert mild.act(at_best).stops
     at_best[mild.trend] = -2.0
     assert mild.act(at_best).steps == job.spec.max_steps
+
+
+def test_stop_before_the_budget_skips_exactly_the_interval_that_would_end_it():
+    from allocator.allocation import Allocation
+
+    guard_module = load_script("stop_guard")
+
+    class Uniform:
+        def reset(self, job):
+            self.spec = job.spec
+
+        def act(self, observation):
+            return Allocation.uniform(self.spec)
+
+    full = run_job(make_job(budget_steps=40), "uniform")
+    guarded = run_job(make_job(budget_steps=40), guard_module.StopBeforeTheBudget(Uniform()))
+    assert len(full.curve) >= 4
+    assert guarded.curve == full.curve[:-1]
+    assert guarded.compute_fraction < 1.0
 
 
 def test_family_transfer_draws_distinct_jobs_of_the_left_out_family_only():
