@@ -100,7 +100,9 @@ def main(argv=None) -> int:
         f"\n| | mean J | wins over uniform |\n| --- | ---: | ---: |\n| uniform | {statistics.mean(uniform):.4f} | - |"
     )
     rows = [("oracle stop", oracle), (f"slope rule, theta {args.theta}", rule)]
-    rows += [(f"uniform stopped {k} interval{'s' if k > 1 else ''} before the budget", early[k]) for k in early]
+    rows += [
+        (f"uniform stopped {k} interval{'s' if k > 1 else ''} before the budget", early[k]) for k in early
+    ]
     for label, values in rows:
         wins = sum(v < u - 1e-9 for v, u in zip(values, uniform))
         print(f"| {label} | {statistics.mean(values):.4f} | {wins}/{len(values)} |")
