@@ -83,7 +83,6 @@ class StopBeforeTheBudget:
 
     def reset(self, job) -> None:
         self.policy.reset(job)
-        self.spec = job.spec
         self.budget_used = ObservationLayout(job.spec).global_index("budget_used")
         self.previous = 0.0
 

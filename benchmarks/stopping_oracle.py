@@ -24,15 +24,18 @@ import argparse
 import math
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
 from allocator.allocation import AllocationSpec
 from allocator.evaluation import build_job, resolve_jobs
-from allocator.jobs.distribution import names, recipe
 from allocator.objective import Objective
 from allocator.runner import run_job
 from allocator.stats import TREND_DECAY
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_runs import regime  # noqa: E402
 
 
 def stopped_objectives(curve: list[tuple[float, float]], objective: Objective) -> list[float]:
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
             rule.append(values[stop])
             for k in early:  # a run shorter than k + 1 intervals stops at once
                 early[k].append(values[max(len(values) - 1 - k, 0)])
-            regimes.append(recipe(source.name).regime if source.name in names() else "other")
+            regimes.append(regime(source.name))
             print(
                 f"{source.name:26s} seed {seed}: uniform {values[-1]:.4f}  oracle {min(values):.4f} "
                 f"(after {values.index(min(values))}/{len(values) - 1})  rule {values[stop]:.4f} "
@@ -103,15 +106,17 @@ def main(argv=None) -> int:
     rows += [
         (f"uniform stopped {k} interval{'s' if k > 1 else ''} before the budget", early[k]) for k in early
     ]
+
+    def wins(values: list[float], kind: str | None = None) -> str:
+        pairs = [(v, u) for v, u, r in zip(values, uniform, regimes) if kind in (None, r)]
+        return f"{sum(v < u - 1e-9 for v, u in pairs)}/{len(pairs)}"
+
     for label, values in rows:
-        wins = sum(v < u - 1e-9 for v, u in zip(values, uniform))
-        print(f"| {label} | {statistics.mean(values):.4f} | {wins}/{len(values)} |")
+        print(f"| {label} | {statistics.mean(values):.4f} | {wins(values)} |")
     for label, values in rows[2:]:
-        split = []
-        for kind in ("compute-bound", "data-bound"):
-            pairs = [(v, u) for v, u, r in zip(values, uniform, regimes) if r == kind]
-            split.append(f"{kind} {sum(v < u - 1e-9 for v, u in pairs)}/{len(pairs)}")
-        print(f"{label}: wins on {', '.join(split)}")
+        print(
+            f"{label}: wins on compute-bound {wins(values, 'compute-bound')}, data-bound {wins(values, 'data-bound')}"
+        )
     return 0
 
 

@@ -212,17 +212,9 @@ def test_stop_guard_lets_a_policy_stop_only_after_the_validation_loss_turned_up(
 
 
 def test_stop_before_the_budget_skips_exactly_the_interval_that_would_end_it():
-    from allocator.allocation import Allocation
+    from allocator.baselines import Uniform
 
     guard_module = load_script("stop_guard")
-
-    class Uniform:
-        def reset(self, job):
-            self.spec = job.spec
-
-        def act(self, observation):
-            return Allocation.uniform(self.spec)
-
     full = run_job(make_job(budget_steps=40), "uniform")
     guarded = run_job(make_job(budget_steps=40), guard_module.StopBeforeTheBudget(Uniform()))
     assert len(full.curve) >= 4
