@@ -51,6 +51,13 @@ def trained(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------- configuration
 
 
+def test_the_training_progress_bar_has_what_it_imports():
+    """`train` shows SB3's progress bar by default; it needs tqdm and rich, which SB3 does not install."""
+    from stable_baselines3.common.callbacks import ProgressBarCallback
+
+    ProgressBarCallback()  # raises ImportError when either is missing
+
+
 def test_presets_load_and_validate():
     assert {"quick", "default", "tiny"} <= set(available_presets())
     for name in available_presets():
