@@ -30,11 +30,7 @@ files that are all a user needs to apply a trained policy:
   ``[global | K x per-sample-group | G x per-layer-group]``, see
   :mod:`allocator.stats`). ``ignored_features`` names the features the agent
   was trained without (its env held them at 0); the policy zeroes the same
-  entries of a job's observation before normalising it. ``features`` lists
-  what the policy reads, by name: a policy trained before a feature was added
-  to the observation takes its own features out of a job's observation of
-  today's version (``AllocatorPolicy.layout``); one naming a feature this
-  version lacks is refused ("retrain it").
+  entries of a job's observation before normalising it.
 
 Tensor names: ``actor.hidden.{i}.weight/bias`` and ``actor.output.weight/bias``
 for ``"mlp"`` (SB3's ``mlp_extractor.policy_net`` and ``action_net``); the
@@ -360,12 +356,7 @@ class AllocatorPolicy:
     Attributes:
         spec: the :class:`AllocationSpec` the policy was trained with.
         kind: ``"mlp"`` or ``"attention"``.
-        observation_size: length of the observations its network reads.
-        job_observation_size: length of the observation a job of this version
-            gives it: ``observation_size``, or more for a policy trained before
-            a feature was added (it reads its own by name, see ``layout``).
-        layout: the :class:`~allocator.stats.ObservationLayout` of the features
-            it reads (``None`` for a file without names that fits no job).
+        observation_size: length of the observations it reads.
         metadata: the parsed ``policy.json`` (free-form extras under ``"extra"``).
         name: ``"policy:<directory name>"``.
 
