@@ -320,7 +320,7 @@ class TrainingJob:
         self._val_loss = val_loss
         self._val_accuracy = val_accuracy if self.is_classification else None
         self._best_val_loss = val_loss
-        self._observations = ObservationBuilder(spec, self.initial_val_loss, self.budget_steps)
+        self._observations = ObservationBuilder(spec, self.initial_val_loss)
         self._observation = self._observations.initial(
             self.budget_steps * self.batch_size, n, Allocation.uniform(spec)
         )

@@ -36,7 +36,7 @@ def features(builder: ObservationBuilder, observation: np.ndarray, *names: str) 
 
 
 def test_slope_is_the_change_of_log_validation_loss_per_unit_of_budget():
-    builder = ObservationBuilder(SPEC, initial_val_loss=2.0, budget_steps=500)
+    builder = ObservationBuilder(SPEC, initial_val_loss=2.0)
     builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
     builder.update(interval(0.1, 1.0), UNIFORM)
     observation = builder.update(interval(0.3, 0.9), UNIFORM)  # 0.2 of the budget for a 10 % drop
@@ -45,7 +45,7 @@ def test_slope_is_the_change_of_log_validation_loss_per_unit_of_budget():
 
 
 def test_trend_averages_slopes_so_one_noisy_interval_does_not_flip_it():
-    builder = ObservationBuilder(SPEC, initial_val_loss=1.0, budget_steps=500)
+    builder = ObservationBuilder(SPEC, initial_val_loss=1.0)
     builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
     losses = [0.8, 0.7, 0.6, 0.62]  # steady improvement, then one noisy uptick
     observations = [builder.update(interval(0.1 * (i + 1), loss), UNIFORM) for i, loss in enumerate(losses)]
@@ -54,7 +54,7 @@ def test_trend_averages_slopes_so_one_noisy_interval_does_not_flip_it():
 
 
 def test_budget_since_best_counts_from_the_best_validation_loss():
-    builder = ObservationBuilder(SPEC, initial_val_loss=1.0, budget_steps=500)
+    builder = ObservationBuilder(SPEC, initial_val_loss=1.0)
     builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
     for budget, loss in [(0.1, 0.8), (0.2, 0.5), (0.3, 0.6), (0.45, 0.7)]:
         observation = builder.update(interval(budget, loss), UNIFORM)
@@ -63,7 +63,7 @@ def test_budget_since_best_counts_from_the_best_validation_loss():
 
 
 def test_an_interval_that_spent_no_budget_keeps_the_last_trend():
-    builder = ObservationBuilder(SPEC, initial_val_loss=1.0, budget_steps=500)
+    builder = ObservationBuilder(SPEC, initial_val_loss=1.0)
     builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
     builder.update(interval(0.1, 0.8), UNIFORM)
     before = builder.update(interval(0.2, 0.7), UNIFORM)
@@ -72,27 +72,11 @@ def test_an_interval_that_spent_no_budget_keeps_the_last_trend():
     assert features(builder, after, "val_loss_trend") == features(builder, before, "val_loss_trend")
 
 
-def test_standard_intervals_left_counts_the_budget_left_in_intervals_of_standard_training():
-    # 500 budget steps at max_steps 10: the budget holds 50 standard intervals
-    builder = ObservationBuilder(SPEC, initial_val_loss=1.0, budget_steps=500)
-    start = builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
-    assert features(builder, start, "standard_intervals_left") == [pytest.approx(10.0)]  # clipped
-    near_the_end = builder.update(interval(0.97, 0.8), UNIFORM)
-    assert features(builder, near_the_end, "standard_intervals_left") == [pytest.approx(1.5)]
-    spent = builder.update(interval(1.0, 0.8), UNIFORM)
-    assert features(builder, spent, "standard_intervals_left") == [0.0]
-
-
-def test_layout_documents_sixteen_global_features():
+def test_layout_documents_fifteen_global_features():
     layout = ObservationLayout(SPEC)
-    assert layout.global_size == 16
-    assert layout.size == 16 + 2 * 4 + 2 * 4
-    assert layout.to_dict()["global"][-4:] == [
-        "val_loss_slope",
-        "val_loss_trend",
-        "budget_since_best",
-        "standard_intervals_left",
-    ]
+    assert layout.global_size == 15
+    assert layout.size == 15 + 2 * 4 + 2 * 4
+    assert layout.to_dict()["global"][-3:] == ["val_loss_slope", "val_loss_trend", "budget_since_best"]
 
 
 def test_a_feature_name_finds_its_entries_in_every_section_it_appears_in():
@@ -109,25 +93,3 @@ def test_a_feature_name_finds_its_entries_in_every_section_it_appears_in():
 def test_an_unknown_feature_name_is_refused_with_the_known_names():
     with pytest.raises(ValueError, match="unknown observation feature.*'budget_usd'.*budget_used"):
         ObservationLayout(SPEC).positions(["budget_usd"])
-
-
-def test_an_older_layout_reads_its_own_features_out_of_todays_observation_by_name():
-    """A policy trained before standard_intervals_left existed lists its features in policy.json."""
-    today = ObservationLayout(SPEC)
-    names = today.to_dict()
-    names["global"] = [n for n in names["global"] if n != "standard_intervals_left"]
-    older = ObservationLayout.from_names(SPEC, names)
-    assert not older.is_current and today.is_current
-    assert older.size == today.size - 1
-    observation = np.arange(today.size, dtype=float)
-    selected = observation[older.positions_in(today)]
-    assert np.array_equal(older.global_features(selected), today.global_features(observation)[:-1])
-    assert np.array_equal(older.sample_group_features(selected), today.sample_group_features(observation))
-    assert np.array_equal(older.layer_group_features(selected), today.layer_group_features(observation))
-
-
-def test_a_layout_naming_a_feature_this_version_lacks_is_refused():
-    names = ObservationLayout(SPEC).to_dict()
-    names["global"] = names["global"] + ["learning_rate"]
-    with pytest.raises(ValueError, match="'learning_rate'.* not in this version's observation"):
-        ObservationLayout.from_names(SPEC, names)
