@@ -32,6 +32,7 @@ complete checkpoint, at most one checkpoint interval old.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
 import os
@@ -400,6 +401,27 @@ def train(
         torch.set_num_threads(threads)
 
 
+def _progress_bar_available() -> bool:
+    """SB3's progress bar imports tqdm and rich; without them, train without it and say so.
+
+    Both are dependencies of compute-allocator, but an environment installed
+    with ``--no-deps`` (or an older one) may lack them, and SB3 would raise
+    ``ImportError`` only after the envs and their jobs are built.
+    """
+    missing = []
+    for name in ("tqdm", "rich"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        print(
+            f"no progress bar: SB3's needs {' and '.join(missing)} (pip install {' '.join(missing)})",
+            file=sys.stderr,
+        )
+    return not missing
+
+
 def _train(
     config: TrainConfig,
     out_dir: Path,
@@ -559,6 +581,7 @@ def _train(
 
     remaining = training.timesteps - model.num_timesteps
     interrupted = finished = False
+    progress_bar = progress_bar and _progress_bar_available()
     try:
         if remaining > 0:
             model.learn(

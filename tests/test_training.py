@@ -58,6 +58,15 @@ def test_the_training_progress_bar_has_what_it_imports():
     ProgressBarCallback()  # raises ImportError when either is missing
 
 
+def test_without_rich_training_goes_on_without_a_progress_bar(tmp_path, monkeypatch, capsys):
+    for module in ("rich", "tqdm.rich"):  # None in sys.modules: importing it raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--timesteps", "32", "--out", str(out)]) == 0
+    assert (out / "policy.json").is_file()
+    assert "no progress bar: SB3's needs rich (pip install rich)" in capsys.readouterr().err
+
+
 def test_presets_load_and_validate():
     assert {"quick", "default", "tiny"} <= set(available_presets())
     for name in available_presets():
