@@ -581,14 +581,13 @@ def _train(
 
     remaining = training.timesteps - model.num_timesteps
     interrupted = finished = False
-    progress_bar = progress_bar and _progress_bar_available()
     try:
         if remaining > 0:
             model.learn(
                 total_timesteps=remaining,
                 callback=CallbackList(callbacks),
                 reset_num_timesteps=False,
-                progress_bar=progress_bar,
+                progress_bar=progress_bar and _progress_bar_available(),
             )
             model.logger.dump(model.num_timesteps)  # the last update's train/ scalars
         checkpoint_now()
