@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from allocator.allocation import Allocation, AllocationSpec
 from allocator.compute import StepCostModel
 from allocator.layers import LayerGroup, split_layer_groups
-from allocator.stats import SELECTION_PROBE_FRACTION, IntervalStatistics, ObservationBuilder
+from allocator.stats import IntervalStatistics, ObservationBuilder
 
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -431,7 +431,6 @@ class TrainingJob:
         self._gradient_square_sums = torch.zeros(self.spec.layer_groups, device=self.device)
         self._trained_steps = np.zeros(self.spec.layer_groups, dtype=np.int64)
         torch._foreach_zero_(self._gradient_sums)
-        self._selection_alignment = torch.full((), float("nan"), device=self.device)
 
         steps = 0
         compute = 0
@@ -447,7 +446,7 @@ class TrainingJob:
                 lr = self.lr * max(0.0, 1.0 - self._compute_used / self.budget)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-            self._step(kept, trained, probe=steps == 0)
+            self._step(kept, trained)
             self._compute_used += cost
             compute += cost
             steps += 1
@@ -550,11 +549,9 @@ class TrainingJob:
         self._last_seen.index_fill_(0, indices, self._step_count)
         self._train_loss_sum += losses.sum()
 
-    def _step(self, kept: int, trained: tuple[bool, ...], probe: bool = False) -> None:
+    def _step(self, kept: int, trained: tuple[bool, ...]) -> None:
         indices = self.draw_batch()
         x, y = self._train_x[indices], self._train_y[indices]
-        if probe:
-            self._probe_selection(x, y)
         self._set_trained(trained)
         any_trained = any(trained)
         if kept < self.batch_size or not any_trained:
@@ -575,32 +572,6 @@ class TrainingJob:
         self._accumulate_gradients(trained)
         self.optimizer.step()
         self._step_count += 1
-
-    def _probe_selection(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """``selection_alignment`` on this batch (see :mod:`allocator.stats`), left on the device.
-
-        The training that follows is the same as without the probe: ``autograd.grad``
-        leaves ``.grad`` alone, the random state (dropout) is forked and buffers
-        (batch-norm running statistics) are put back.
-        """
-        self._set_trained((True,) * self.spec.layer_groups)  # every layer group, gated or not
-        parameters = self._flat_parameters
-        buffers = [b.detach().clone() for b in self.model.buffers()]
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            losses = self._loss_fn(self.model(x), y)
-        hardest = torch.topk(losses.detach(), max(1, round(SELECTION_PROBE_FRACTION * len(losses))), sorted=False).indices
-        whole = torch.autograd.grad(losses.mean(), parameters, retain_graph=True, allow_unused=True)
-        top = torch.autograd.grad(losses[hardest].mean(), parameters, allow_unused=True)
-        pairs = [(a.reshape(-1), b.reshape(-1)) for a, b in zip(whole, top) if a is not None and b is not None]
-        if pairs:
-            a = torch.cat([pair[0] for pair in pairs]).double()
-            b = torch.cat([pair[1] for pair in pairs]).double()
-            denominator = a.norm() * b.norm()
-            self._selection_alignment = torch.where(denominator > 0, (a @ b) / denominator, float("nan"))
-        with torch.no_grad():
-            for buffer, saved in zip(self.model.buffers(), buffers):
-                buffer.copy_(saved)
 
     def _accumulate_gradients(self, trained: tuple[bool, ...]) -> None:
         present = [i for i, p in enumerate(self._flat_parameters) if p.grad is not None]
@@ -660,9 +631,7 @@ class TrainingJob:
             sums[row].index_add_(0, self._group_of_position, values)
         packed = torch.cat(
             [
-                torch.stack(
-                    [val_loss, val_accuracy, self._train_loss_sum, (~seen).float().sum(), self._selection_alignment.float()]
-                ),
+                torch.stack([val_loss, val_accuracy, self._train_loss_sum, (~seen).float().sum()]),
                 weight_norms,
                 self._gradient_square_sums,
                 sum_norms,
@@ -670,8 +639,8 @@ class TrainingJob:
             ]
         ).double().cpu().numpy()  # the one host synchronisation of the interval
 
-        val_loss_v, val_accuracy_v, train_sum, unseen, alignment = packed[:5]
-        offset = 5
+        val_loss_v, val_accuracy_v, train_sum, unseen = packed[:4]
+        offset = 4
         weight_sq = packed[offset : offset + groups]
         grad_sq = packed[offset + groups : offset + 2 * groups]
         sum_sq = packed[offset + 2 * groups : offset + 3 * groups]
@@ -708,7 +677,6 @@ class TrainingJob:
             group_staleness=stale_sum / np.maximum(group_sizes, 1),
             layer_log_grad_to_weight=ratio,
             layer_coherence=np.clip(coherence, 0.0, 1.0),
-            selection_alignment=float(alignment),
         )
         self._observation = self._observations.update(statistics, allocation)
         return statistics

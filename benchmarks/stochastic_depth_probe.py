@@ -131,11 +131,11 @@ def run(job_recipe: JobRecipe, seed: int, rate: float) -> tuple[RunResult, float
 
     original_step = job._step  # noqa: SLF001
 
-    def step(kept: int, trained: tuple[bool, ...], probe: bool = False) -> None:
+    def step(kept: int, trained: tuple[bool, ...]) -> None:
         mask = pending.pop()
         for block, skipped in zip(blocks, mask):
             block.skipped = skipped
-        original_step(kept, trained, probe=probe)
+        original_step(kept, trained)
         for block in blocks:
             block.skipped = False  # validation and statistics see the whole network
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from allocator import Allocation, AllocationSpec, ObservationLayout, TrainingJob, run_job
+from allocator import Allocation, AllocationSpec, TrainingJob, run_job
 from tests.conftest import make_classification, make_job, make_mlp
 
 ALL = (1.0, 1.0, 1.0, 1.0)
@@ -23,27 +23,16 @@ def validation_flops(job: TrainingJob, val_x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def probe_flops(job: TrainingJob) -> int:
-    """The selection_alignment probe of one batch: a forward and two backward passes, not charged."""
-    x, y = job._train_x[: job.batch_size], job._train_y[: job.batch_size]
-    with FlopCounterMode(display=False) as counter:
-        job._probe_selection(x, y)
-    return counter.get_total_flops()
-
-
 def measured_interval_flops(job: TrainingJob, allocation: Allocation, val_x: torch.Tensor):
-    """(FLOPs the job reports, FLOPs FlopCounterMode sees executed) for one interval.
-
-    The validation pass and the selection probe are observations, not training: both are subtracted.
-    """
+    """(FLOPs the job reports, FLOPs FlopCounterMode sees executed) for one interval."""
     job.observation()  # start-up work (initial validation, counting) is not part of the interval
     gates = allocation.layer_gates
     if all(g in (0.0, 1.0) for g in gates):
         job.step_flops(allocation.keep_fraction, [g == 1.0 for g in gates])  # counted before, not inside
-    observing = validation_flops(job, val_x) + probe_flops(job)
+    evaluation = validation_flops(job, val_x)
     with FlopCounterMode(display=False) as counter:
         report = job.advance(allocation)
-    return report.compute, counter.get_total_flops() - observing
+    return report.compute, counter.get_total_flops() - evaluation
 
 
 def interval(keep=1.0, gates=ALL, steps=1, shares=SHARES) -> Allocation:
@@ -105,7 +94,6 @@ def test_untrained_middle_group_gets_no_weight_update_but_earlier_groups_train()
 def test_gate_is_the_probability_a_group_is_trained_at_a_step():
     job = make_job(budget_steps=400)
     job.observation()
-    job._probe_selection = lambda x, y: None  # the probe trains nothing; count the steps' own choices
     seen = []
     original = job._set_trained
     job._set_trained = lambda trained: (seen.append(trained), original(trained))[1]
@@ -165,7 +153,6 @@ def test_sample_groups_are_loss_quantiles_with_unseen_samples_highest():
 def test_kept_samples_are_the_highest_loss_ones():
     job = make_job()
     job.observation()
-    job._probe_selection = lambda x, y: None  # the probe's own forward pass is not the step's
     calls = []
     loss_fn = job._loss_fn
 
@@ -286,7 +273,7 @@ def test_a_cuda_job_without_a_gpu_is_a_clear_error():
 def test_use_spec_changes_the_groups_before_the_first_interval_only():
     job = make_job()
     job.use_spec(AllocationSpec(sample_groups=2, layer_groups=2, max_steps=5))
-    assert len(job.observation()) == 16 + 4 * 2 + 4 * 2
+    assert len(job.observation()) == 15 + 4 * 2 + 4 * 2
     assert len(job.layer_groups) == 2
     job.advance(Allocation((0.5, 0.5), 1.0, (1.0, 1.0), 5))
     with pytest.raises(RuntimeError):
@@ -337,61 +324,3 @@ def test_on_cuda_a_run_matches_the_cpu_run_in_its_accounting():
         on_cpu, on_gpu = cpu.advance(uniform), gpu.advance(uniform)
         assert on_gpu.compute == on_cpu.compute
         assert on_gpu.val_loss == pytest.approx(on_cpu.val_loss, rel=0.05)
-
-
-def alignment_late_in_training(labels: torch.Tensor) -> float:
-    """Mean selection_alignment over the last 10 of 30 intervals of standard training.
-
-    One batch's probe is noisy (0.2 either way); ten of them, once the easy part is learnt, are not.
-    """
-    x, _ = make_classification()
-    job = TrainingJob(make_mlp(), (x[:1000], labels[:1000]), (x[1000:], labels[1000:]), batch_size=64,
-                      budget_steps=300, device="cpu", seed=0, spec=AllocationSpec(max_steps=10))
-    layout = ObservationLayout(job.spec)
-    alignments = []
-    while not job.done:
-        job.advance(Allocation.uniform(job.spec))
-        alignments.append(float(layout.global_features(job.observation())[layout.global_index("selection_alignment")]))
-    assert len(alignments) == 30
-    return float(np.mean(alignments[-10:]))
-
-
-def test_selection_alignment_is_low_where_the_hardest_samples_are_label_noise():
-    # The same inputs, once with the teacher's labels and once with a third of them
-    # replaced by random classes: then the hardest samples are mostly the wrong
-    # labels, and their gradient pulls away from the whole batch's.
-    _, clean = make_classification()
-    noisy = clean.clone()
-    flipped = torch.Generator().manual_seed(1)
-    chosen = torch.rand(len(noisy), generator=flipped) < 1 / 3
-    noisy[chosen] = torch.randint(0, 4, (int(chosen.sum()),), generator=flipped)
-    clean_alignment, noisy_alignment = alignment_late_in_training(clean), alignment_late_in_training(noisy)
-    assert clean_alignment > 0.8  # the hardest clean samples pull the way the batch does
-    assert clean_alignment - noisy_alignment > 0.15
-
-
-class DropoutAndBatchNorm(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.layers = nn.Sequential(
-            nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
-        )
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-def test_the_selection_probe_leaves_training_unchanged_with_dropout_and_batch_norm(monkeypatch):
-    def run() -> list[float]:
-        torch.manual_seed(123)  # dropout draws from the global generator
-        job = make_job(model=DropoutAndBatchNorm(), budget_steps=40, spec=AllocationSpec(layer_groups=2, max_steps=10))
-        losses = []
-        while not job.done:
-            job.advance(Allocation((0.4, 0.3, 0.2, 0.1), 0.5, (1.0, 0.5), 10))
-            losses.append(job.val_loss)
-        return losses
-
-    probed = run()
-    monkeypatch.setattr(TrainingJob, "_probe_selection", lambda self, x, y: None)
-    assert run() == probed
