@@ -16,6 +16,7 @@ validation loss.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,10 @@ from allocator.allocation import Allocation, AllocationSpec
 from allocator.compute import StepCostModel
 from allocator.layers import LayerGroup, split_layer_groups
 from allocator.stats import IntervalStatistics, ObservationBuilder
+
+SELECTION_PROBE_FRACTION = 1 / 3
+"""Share of the probed batch, highest loss first, whose gradient :attr:`TrainingJob.selection_alignment`
+compares with the whole batch's: the middle of the keep fractions selection can ask for."""
 
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -255,6 +260,19 @@ class TrainingJob:
         #: Called only when some samples are dropped (keep fraction < 1).
         self.sample_selector: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+        #: Optional alignment threshold of the *selection gate* (``None``: off).
+        #: When set, each interval's first batch is probed without changing
+        #: training (:attr:`selection_alignment`), and an allocation that asks
+        #: for selection (keep fraction < 1) keeps the whole batch instead
+        #: unless the previous interval's alignment is at least this value.
+        #: Why: selective backprop pays when the hardest samples' gradient
+        #: points where the whole batch's does, and loses where it does not
+        #: (the 1-D CNN, BENCHMARKS.md section 5). Trap: the first interval
+        #: has no measurement yet, so it never selects.
+        self.selection_gate: float | None = None
+        self._selection_alignment = float("nan")
+        self._alignment_on_device: torch.Tensor | None = None
+
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self._gate_rng = np.random.default_rng(self.seed + 1_000_003)
         self._started = False
@@ -327,6 +345,17 @@ class TrainingJob:
         self._started = True
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def selection_alignment(self) -> float:
+        """Cosine between the gradients of the hardest third's mean loss and the whole batch's.
+
+        Measured on the first batch of the last interval, over all parameters,
+        only while :attr:`selection_gate` is set; ``nan`` before that (or when
+        a gradient is zero). Near 1, backpropagating only the hardest samples
+        moves the model the way the whole batch would.
+        """
+        return self._selection_alignment
 
     @property
     def layer_groups(self) -> list[LayerGroup]:
@@ -425,6 +454,12 @@ class TrainingJob:
 
         batch = self.batch_size
         kept = self.kept_count(allocation.keep_fraction)
+        gated = self.selection_gate is not None
+        if gated and kept < batch and not self._selection_alignment >= self.selection_gate:
+            # the gate is closed: standard backward passes, charged, reported and observed as such
+            kept = batch
+            allocation = dataclasses.replace(allocation, keep_fraction=1.0)
+        self._alignment_on_device = torch.full((), float("nan"), device=self.device) if gated else None
         gates = np.asarray(allocation.layer_gates)
         self._prepare_sampling(allocation.sample_shares)
         self._train_loss_sum = torch.zeros((), device=self.device)
@@ -446,7 +481,7 @@ class TrainingJob:
                 lr = self.lr * max(0.0, 1.0 - self._compute_used / self.budget)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-            self._step(kept, trained)
+            self._step(kept, trained, probe=gated and steps == 0)
             self._compute_used += cost
             compute += cost
             steps += 1
@@ -549,9 +584,11 @@ class TrainingJob:
         self._last_seen.index_fill_(0, indices, self._step_count)
         self._train_loss_sum += losses.sum()
 
-    def _step(self, kept: int, trained: tuple[bool, ...]) -> None:
+    def _step(self, kept: int, trained: tuple[bool, ...], probe: bool = False) -> None:
         indices = self.draw_batch()
         x, y = self._train_x[indices], self._train_y[indices]
+        if probe:
+            self._probe_selection(x, y)
         self._set_trained(trained)
         any_trained = any(trained)
         if kept < self.batch_size or not any_trained:
@@ -572,6 +609,32 @@ class TrainingJob:
         self._accumulate_gradients(trained)
         self.optimizer.step()
         self._step_count += 1
+
+    def _probe_selection(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """:attr:`selection_alignment` of this batch, left on the device until the interval's sync.
+
+        The training that follows is the same as without the probe: ``autograd.grad``
+        leaves ``.grad`` alone, the random state (dropout) is forked and buffers
+        (batch-norm running statistics) are put back.
+        """
+        self._set_trained((True,) * self.spec.layer_groups)  # every layer group, gated or not
+        parameters = self._flat_parameters
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            losses = self._loss_fn(self.model(x), y)
+        hardest = torch.topk(losses.detach(), max(1, round(SELECTION_PROBE_FRACTION * len(losses))), sorted=False).indices
+        whole = torch.autograd.grad(losses.mean(), parameters, retain_graph=True, allow_unused=True)
+        top = torch.autograd.grad(losses[hardest].mean(), parameters, allow_unused=True)
+        pairs = [(a.reshape(-1), b.reshape(-1)) for a, b in zip(whole, top) if a is not None and b is not None]
+        if pairs:
+            a = torch.cat([pair[0] for pair in pairs]).double()
+            b = torch.cat([pair[1] for pair in pairs]).double()
+            denominator = a.norm() * b.norm()
+            self._alignment_on_device = torch.where(denominator > 0, (a @ b) / denominator, float("nan"))
+        with torch.no_grad():
+            for buffer, saved in zip(self.model.buffers(), buffers):
+                buffer.copy_(saved)
 
     def _accumulate_gradients(self, trained: tuple[bool, ...]) -> None:
         present = [i for i, p in enumerate(self._flat_parameters) if p.grad is not None]
@@ -629,9 +692,14 @@ class TrainingJob:
         sums = torch.zeros(4, k, device=self.device)
         for row, values in enumerate((seen_f, log_loss * seen_f, log_loss.square() * seen_f, staleness)):
             sums[row].index_add_(0, self._group_of_position, values)
+        alignment = (
+            self._alignment_on_device.float()
+            if self._alignment_on_device is not None
+            else torch.full((), float("nan"), device=self.device)
+        )
         packed = torch.cat(
             [
-                torch.stack([val_loss, val_accuracy, self._train_loss_sum, (~seen).float().sum()]),
+                torch.stack([val_loss, val_accuracy, self._train_loss_sum, (~seen).float().sum(), alignment]),
                 weight_norms,
                 self._gradient_square_sums,
                 sum_norms,
@@ -639,8 +707,9 @@ class TrainingJob:
             ]
         ).double().cpu().numpy()  # the one host synchronisation of the interval
 
-        val_loss_v, val_accuracy_v, train_sum, unseen = packed[:4]
-        offset = 4
+        val_loss_v, val_accuracy_v, train_sum, unseen, alignment_v = packed[:5]
+        self._selection_alignment = float(alignment_v)
+        offset = 5
         weight_sq = packed[offset : offset + groups]
         grad_sq = packed[offset + groups : offset + 2 * groups]
         sum_sq = packed[offset + 2 * groups : offset + 3 * groups]

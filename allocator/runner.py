@@ -208,7 +208,8 @@ def run_job(
             intervals.append(
                 {
                     "interval": report.index,
-                    "allocation": allocation.to_dict(),
+                    # what ran: the job may override the controller's ask (its selection gate)
+                    "allocation": report.allocation.to_dict(),
                     "steps": report.steps,
                     "compute_fraction": report.compute_fraction,
                     "compute_used_fraction": report.compute_used / report.budget,

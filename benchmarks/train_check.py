@@ -15,6 +15,12 @@ Every run is the one ``evaluate`` makes (a fresh job built with the pair's
 seed and the policies' spec), so the numbers equal those of the two commands.
 ``--out DIR`` writes an ``evaluate``-style ``results.csv`` per policy and set
 (``DIR/NAME-named``, ``DIR/NAME-cnn1d``) that ``compare_runs.py`` reads.
+
+``--selection-gate T`` also runs every policy with the jobs' selection gate
+at alignment threshold T (``TrainingJob.selection_gate``): a policy trained
+without the gate, applied with it, as a cheap screen of the rule before
+training with it (BENCHMARKS.md section 5, fourteenth round). Its rows are
+named ``NAME@gateT``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,23 @@ from family_transfer import job_builders, load_policies, report_name, transfer_r
 # set name -> (job seeds, {job name: build(seed)}); built once, inherited by forked workers
 SETS: dict[str, tuple[list[int], dict]] = {}
 POLICIES: dict = {}
+
+
+class GatedPolicy:
+    """A policy run with the job's selection gate at ``threshold``: it acts as the policy does,
+    and the job keeps the whole batch whenever the last interval's alignment is below it."""
+
+    def __init__(self, policy, threshold: float) -> None:
+        self.policy, self.threshold = policy, threshold
+        self.spec = policy.spec
+        self.name = f"{policy.name}@gate{threshold:g}"
+
+    def reset(self, job) -> None:
+        self.policy.reset(job)
+        job.selection_gate = self.threshold
+
+    def act(self, observation):
+        return self.policy.act(observation)
 
 
 def job_sets(
@@ -103,6 +126,12 @@ def wins(report: EvaluationReport) -> int:
     return report.wins(REFERENCE)[0]
 
 
+def selecting_share(report: EvaluationReport) -> float:
+    """Share of the policy's intervals that ran with selective backprop (keep fraction < 1)."""
+    intervals = [i for run in report.select(controller=POLICY) for i in run.result.intervals if i["steps"] > 0]
+    return sum(i["allocation"]["keep_fraction"] < 1.0 for i in intervals) / max(len(intervals), 1)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("policies", nargs="+", metavar="DIR", help="policy directories (one spec for all)")
@@ -115,7 +144,15 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--named-seeds", type=int, default=3, help="job seeds per named train job")
     parser.add_argument("--cnn-seeds", type=int, default=2, help="job seeds per 1-D CNN job")
+    parser.add_argument(
+        "--selection-gate",
+        type=float,
+        metavar="T",
+        help="also run each policy with the selection gate at alignment threshold T (in [-1, 1])",
+    )
     args = parser.parse_args(argv)
+    if args.selection_gate is not None and not -1.0 <= args.selection_gate <= 1.0:
+        parser.error(f"--selection-gate must be in [-1, 1], got {args.selection_gate}")
     for option in ("workers", "cnn_jobs", "named_seeds", "cnn_seeds"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
@@ -126,6 +163,9 @@ def main(argv=None) -> int:
         parser.error(
             f"the policies have different specs {sorted(map(str, specs))}; check them one spec at a time"
         )
+    if args.selection_gate is not None:
+        for path, policy in list(POLICIES.items()):
+            POLICIES[f"{path}@gate{args.selection_gate:g}"] = GatedPolicy(policy, args.selection_gate)
     SETS.update(job_sets(args.cnn_jobs, args.named_seeds, args.cnn_seeds))
     tasks = [
         (name, job, seed) for name, (seeds, builders) in SETS.items() for job in builders for seed in seeds
@@ -140,22 +180,27 @@ def main(argv=None) -> int:
     made = reports(results, POLICIES)
     if args.out is not None:
         for (path, set_name), report in made.items():
-            report.write(args.out / f"{report_name(path)}-{set_name}")
+            base, _, gate = path.partition("@")
+            suffix = f"@{gate}" if gate else ""
+            report.write(args.out / f"{report_name(base)}{suffix}-{set_name}")
     first = next(iter(POLICIES))
     uniform = {s: made[first, s].mean_objective(REFERENCE) for s in SETS}
     pairs = {s: len(made[first, s].select(controller=REFERENCE)) for s in SETS}
     print(
         f"uniform mean J: named {uniform['named']:.4f} ({pairs['named']} pairs), 1-D CNN {uniform['cnn1d']:.4f} ({pairs['cnn1d']} pairs)"
     )
-    print("| policy | named mean J | named wins | 1-D CNN mean J | 1-D CNN wins | total wins |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| policy | named mean J | named wins | 1-D CNN mean J | 1-D CNN wins | total wins "
+        "| selecting intervals, named / 1-D CNN |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     totals = []
     for path in POLICIES:
         named, cnn = made[path, "named"], made[path, "cnn1d"]
         totals.append(wins(named) + wins(cnn))
         print(
             f"| {path} | {named.mean_objective(POLICY):.4f} | {wins(named)} | {cnn.mean_objective(POLICY):.4f} "
-            f"| {wins(cnn)} | {totals[-1]} |"
+            f"| {wins(cnn)} | {totals[-1]} | {selecting_share(named):.2f} / {selecting_share(cnn):.2f} |"
         )
     if len(POLICIES) > 1:
         print(f"mean total wins {statistics.fmean(totals):.2f}")
