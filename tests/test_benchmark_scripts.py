@@ -335,3 +335,24 @@ def test_stochastic_depth_probe_refuses_rates_that_do_not_start_at_uniform(capsy
     probe = load_script("stochastic_depth_probe")
     assert probe.main(["--rates", "0.5,0"]) == 2
     assert "must start with 0" in capsys.readouterr().err
+
+
+def test_train_check_selection_gate_must_be_a_cosine(capsys):
+    check = load_script("train_check")
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--selection-gate", "1.5", str(BENCHMARKS / "heldout-quick" / "policy")])
+    assert exit_info.value.code == 2
+    assert "--selection-gate must be in [-1, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_train_check_gated_policy_acts_as_the_policy_and_sets_the_jobs_gate():
+    from allocator import AllocatorPolicy
+
+    check = load_script("train_check")
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    gated = check.GatedPolicy(policy, 0.7)
+    job = make_job(budget_steps=60, spec=policy.spec)
+    gated.reset(job)
+    assert job.selection_gate == 0.7 and gated.spec == policy.spec
+    observation = job.observation()
+    assert gated.act(observation) == policy.act(observation)
