@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from allocator.allocation import STOP_BELOW
+from allocator.allocation import STOP_BELOW, check_selection_gate
 from allocator.stats import FEATURE_NAMES
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -59,6 +59,11 @@ class EnvConfig:
     dead_zone: float = 0.0
     """Actions within this distance of the zero action give exactly standard training
     (``allocator.AllocationSpec``), in [0, 0.5); the exported policy records it."""
+    selection_gate: float | None = None
+    """Alignment threshold in [-1, 1] of the jobs' selection gate (``TrainingJob.selection_gate``):
+    an interval that asks for selective backprop runs the whole batch unless the hardest third's
+    gradient and the whole batch's had at least this cosine in the previous interval; null: off.
+    The exported policy records it and sets it on the jobs it runs."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
@@ -103,6 +108,10 @@ class EnvConfig:
             _at_least(where, f"env.{name}", getattr(self, name), 1)
         _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)
         _in_range(where, "env.dead_zone", self.dead_zone, 0.0, -STOP_BELOW, high_open=True)
+        try:
+            check_selection_gate(self.selection_gate, "env.selection_gate")
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         _check_families(where, "env.families", self.families, self.split)
         unknown = [name for name in self.ignored_features if name not in FEATURE_NAMES]

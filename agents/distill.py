@@ -243,6 +243,8 @@ def _student_metadata(teacher: AllocatorPolicy, settings: DistillSettings, confi
         "format_version": first["format_version"],
         "kind": first["kind"],
         "spec": teacher.spec.to_dict(),
+        # the student runs its jobs under the teacher's rule, as the gathering env did
+        **({} if teacher.selection_gate is None else {"selection_gate": teacher.selection_gate}),
         "observation": observation,
         "network": first["network"],
         "normalization": {"observation": True, "clip_obs": CLIP_OBS, "epsilon": EPSILON, "reward": False},

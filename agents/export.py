@@ -29,7 +29,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from agents.networks import AttentionAllocatorPolicy
-from allocator.allocation import AllocationSpec
+from allocator.allocation import AllocationSpec, check_selection_gate
 from allocator.policy import (
     CONFIG_FILE,
     FORMAT_NAME,
@@ -56,6 +56,7 @@ def export_policy(
     *,
     observation_layout: Any = None,
     ignored_features: Sequence[str] = (),
+    selection_gate: float | None = None,
 ) -> Path:
     """Write the deployable policy (``policy.safetensors`` + ``policy.json``) to ``out_dir``.
 
@@ -81,6 +82,8 @@ def export_policy(
         ignored_features: the observation features the agent was trained without
             (the env's ``ignored_features``); written to policy.json so that the
             policy zeroes them in a job's observation, as the env did.
+        selection_gate: the env's selection gate threshold (``None``: off);
+            written to policy.json so that the policy sets it on every job it runs.
 
     Returns:
         The policy directory.
@@ -137,6 +140,7 @@ def export_policy(
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "spec": spec.to_dict(),
+        **({} if selection_gate is None else {"selection_gate": check_selection_gate(selection_gate)}),
         "observation": observation,
         "network": network,
         "normalization": normalization,

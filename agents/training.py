@@ -92,6 +92,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "max_steps": env.max_steps,
         "min_keep_fraction": env.min_keep_fraction,
         "dead_zone": env.dead_zone,
+        "selection_gate": env.selection_gate,
         "s": env.s,
         "w": env.w,
         "reference": None if env.reference == "none" else env.reference,
@@ -250,6 +251,7 @@ def export(model, vec_normalize, config: TrainConfig, out_dir: Path, extra: dict
         out_dir,
         extra_metadata=extra,
         ignored_features=config.env.ignored_features,
+        selection_gate=config.env.selection_gate,
     )
 
 

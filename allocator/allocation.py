@@ -48,6 +48,17 @@ STOP_BELOW = -0.5
 KEEP_BREAK_EVEN = 2.0 / 3.0
 
 
+def check_selection_gate(threshold, what: str = "selection_gate") -> float | None:
+    """``threshold`` as a float in ``[-1, 1]`` (a cosine), or ``None``; anything else raises ``ValueError``."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{what} must be None or a number in [-1, 1], got {threshold!r}")
+    if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise ValueError(f"{what} must be in [-1, 1] (a cosine), got {threshold!r}")
+    return float(threshold)
+
+
 @dataclass(frozen=True)
 class AllocationSpec:
     """The shape of a job's allocations: K sample groups, G layer groups, max steps.

@@ -103,6 +103,11 @@ class PolicyEnsemble(AllocatorPolicy):
                     f"{member.name} has spec {member.spec}, but {first.name} has {first.spec}: an ensemble's "
                     "members must share K, G, max steps, the keep floor and the dead zone"
                 )
+            if member.selection_gate != first.selection_gate:
+                raise ValueError(
+                    f"{member.name} was trained with selection gate {member.selection_gate}, {first.name} with "
+                    f"{first.selection_gate}: an ensemble's members must run their jobs under the same rule"
+                )
             if member.observation_size != first.observation_size:
                 raise ValueError(
                     f"{member.name} reads {member.observation_size} observation features, {first.name} reads "
@@ -113,6 +118,7 @@ class PolicyEnsemble(AllocatorPolicy):
         self.spec = first.spec
         self.kind = ENSEMBLE_KIND
         self.observation_size = first.observation_size
+        self.selection_gate = first.selection_gate
         self.name = name
         self.metadata = metadata if metadata is not None else self._policy_json()
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from allocator.allocation import Allocation, AllocationSpec
+from allocator.allocation import Allocation, AllocationSpec, check_selection_gate
 from allocator.compute import StepCostModel
 from allocator.layers import LayerGroup, split_layer_groups
 from allocator.stats import IntervalStatistics, ObservationBuilder
@@ -269,7 +269,7 @@ class TrainingJob:
         #: points where the whole batch's does, and loses where it does not
         #: (the 1-D CNN, BENCHMARKS.md section 5). Trap: the first interval
         #: has no measurement yet, so it never selects.
-        self.selection_gate: float | None = None
+        self.selection_gate = None
         self._selection_alignment = float("nan")
         self._alignment_on_device: torch.Tensor | None = None
 
@@ -345,6 +345,19 @@ class TrainingJob:
         self._started = True
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def selection_gate(self) -> float | None:
+        """The selection gate's alignment threshold, or ``None`` (off); see ``__init__``.
+
+        An :class:`~allocator.AllocatorPolicy` trained with the gate sets it in
+        ``reset(job)``; the env sets its own on every job it runs.
+        """
+        return self._selection_gate
+
+    @selection_gate.setter
+    def selection_gate(self, threshold: float | None) -> None:
+        self._selection_gate = check_selection_gate(threshold)
 
     @property
     def selection_alignment(self) -> float:

@@ -15,6 +15,7 @@ files that are all a user needs to apply a trained policy:
       "kind": "mlp" | "attention",
       "spec": {"sample_groups": K, "layer_groups": G, "max_steps": ..., "min_keep_fraction": ...,
                "dead_zone": ... (absent in older files: 0)},
+      "selection_gate": T,                                   # optional: absent means off
       "observation": {"size": N, "global": n_g, "per_sample_group": n_s,
                       "per_layer_group": n_l, "features": {...names, optional...},
                       "ignored_features": [names, optional]},
@@ -30,7 +31,10 @@ files that are all a user needs to apply a trained policy:
   ``[global | K x per-sample-group | G x per-layer-group]``, see
   :mod:`allocator.stats`). ``ignored_features`` names the features the agent
   was trained without (its env held them at 0); the policy zeroes the same
-  entries of a job's observation before normalising it.
+  entries of a job's observation before normalising it. ``selection_gate``
+  is the alignment threshold of the jobs' selection gate the agent was
+  trained with (``TrainingJob.selection_gate``); the policy sets it on every
+  job in ``reset(job)``, so a job runs under the rule it was trained under.
 
 Tensor names: ``actor.hidden.{i}.weight/bias`` and ``actor.output.weight/bias``
 for ``"mlp"`` (SB3's ``mlp_extractor.policy_net`` and ``action_net``); the
@@ -57,7 +61,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from allocator.allocation import Allocation, AllocationSpec
+from allocator.allocation import Allocation, AllocationSpec, check_selection_gate
 
 FORMAT_NAME = "compute-allocator-policy"
 FORMAT_VERSION = 1
@@ -392,6 +396,7 @@ class AllocatorPolicy:
         self.metadata = metadata
         self.name = name
         self._ignored_positions = list(ignored_positions)
+        self.selection_gate = check_selection_gate(metadata.get("selection_gate"))
 
     @property
     def normalizes_observation(self) -> bool:
@@ -460,6 +465,10 @@ class AllocatorPolicy:
         sources in error messages.
         """
         spec, kind, sizes, actor, normalization = _parse_config(metadata, where)
+        try:
+            check_selection_gate(metadata.get("selection_gate"))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         ignored_positions = _ignored_positions(metadata["observation"], spec, where)
 
         expected = {f"actor.{key}": value for key, value in actor.state_dict().items()}
@@ -552,14 +561,17 @@ class AllocatorPolicy:
     # ------------------------------------------------------------------ acting
 
     def reset(self, job: Any) -> None:
-        """Prepare ``job`` for this policy: make it use the policy's spec.
+        """Prepare ``job`` for this policy: make it use the policy's spec and selection gate.
 
-        Calls ``job.use_spec(self.spec)`` when the job has that method; otherwise
-        a job whose ``spec`` differs from the policy's raises ``ValueError``.
+        Calls ``job.use_spec(self.spec)`` and sets ``job.selection_gate`` (``None``
+        for a policy trained without the gate) when the job has that method;
+        otherwise a job whose ``spec`` differs from the policy's raises ``ValueError``.
         """
         use_spec = getattr(job, "use_spec", None)
         if callable(use_spec):
             use_spec(self.spec)
+            if hasattr(job, "selection_gate"):
+                job.selection_gate = self.selection_gate
             self._check_observation_size(job)
             return
         job_spec = getattr(job, "spec", None)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from allocator.allocation import AllocationSpec
+from allocator.allocation import AllocationSpec, check_selection_gate
 from allocator.job import TrainingJob
 from allocator.objective import Objective, ObjectiveMeter
 from allocator.stats import OBSERVATION_CLIP, ObservationLayout
@@ -75,6 +75,9 @@ class ComputeAllocationEnv(gym.Env):
     * ``split``: ``"train"`` or ``"heldout"``, the job distribution to sample.
     * ``sample_groups``, ``layer_groups``, ``max_steps``, ``min_keep_fraction``,
       ``dead_zone``: the :class:`~allocator.AllocationSpec`.
+    * ``selection_gate``: the jobs' selection gate (``TrainingJob.selection_gate``):
+      an interval asking for selective backprop runs the whole batch unless the
+      last interval's gradient alignment reached this threshold; ``None``: off.
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
@@ -127,6 +130,7 @@ class ComputeAllocationEnv(gym.Env):
         max_steps: int = 10,
         min_keep_fraction: float = 0.1,
         dead_zone: float = 0.0,
+        selection_gate: float | None = None,
         s: float = 0.2,
         w: float = 1.0,
         divergence_loss: float = 3.0,
@@ -163,6 +167,7 @@ class ComputeAllocationEnv(gym.Env):
             min_keep_fraction=min_keep_fraction,
             dead_zone=dead_zone,
         )
+        self.selection_gate = check_selection_gate(selection_gate)
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
         self.layout = ObservationLayout(self.allocation_spec)
         self.ignored_features = tuple(ignored_features)
@@ -210,6 +215,7 @@ class ComputeAllocationEnv(gym.Env):
         elif not isinstance(job, TrainingJob):
             raise ValueError(f"options['job'] must be a TrainingJob, got {type(job).__name__}")
         job.use_spec(self.allocation_spec)
+        job.selection_gate = self.selection_gate
         self.job = job
         observation = self._visible(job.observation())
         self._meter = ObjectiveMeter(self.objective, job.initial_val_loss)

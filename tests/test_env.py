@@ -77,6 +77,16 @@ def test_an_unknown_ignored_feature_is_refused():
         make_env(ignored_features=["budget"])
 
 
+def test_the_env_runs_every_job_under_its_selection_gate():
+    env = make_env(selection_gate=0.7)
+    env.reset(options={"job": make_job(seed=3)})
+    assert env.unwrapped.job.selection_gate == 0.7
+    env.reset(seed=0)  # a sampled job too
+    assert env.unwrapped.job.selection_gate == 0.7
+    with pytest.raises(ValueError, match="selection_gate must be in"):
+        make_env(selection_gate=2.0)
+
+
 def test_rewards_sum_to_minus_j_and_match_run_job_under_uniform():
     env = make_env()
     rewards, infos = rollout(env, lambda _: np.zeros(env.action_space.shape, np.float32), options={"job": make_job(seed=5)})

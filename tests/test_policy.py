@@ -262,6 +262,10 @@ DAMAGES = {
         lambda p: rewrite_json(p, lambda d: d["observation"].update(ignored_features=["budget_used"])),
         "reads 22 observation features.*another version of the observation; retrain it",
     ),
+    "selection gate outside [-1, 1]": (
+        lambda p: rewrite_json(p, lambda d: d.update(selection_gate=1.5)),
+        r"policy.json: selection_gate must be in \[-1, 1\]",
+    ),
     "non-finite weight": (
         lambda p: rewrite_tensors(p, lambda t: t["actor.output.bias"].fill_(float("nan"))),
         "NaN or inf",
@@ -374,3 +378,25 @@ def test_a_policy_trained_on_another_observation_layout_is_refused_with_a_clear_
     policy = AllocatorPolicy.load(mlp_agent[2])  # 22 features: not what a TrainingJob builds
     with pytest.raises(ValueError, match="another version of the observation; retrain it"):
         policy.reset(make_job())
+
+
+def test_a_policy_exported_with_the_selection_gate_sets_it_on_every_job_it_runs(agent, tmp_path):
+    """The gate is a rule of the jobs the agent trained on: policy.json carries it, reset applies it."""
+    model, vec_normalize, _ = agent
+    gated = export_policy(model, vec_normalize, SPEC, tmp_path / "gated", observation_layout=LAYOUT, selection_gate=0.7)
+    plain = export_policy(model, vec_normalize, SPEC, tmp_path / "plain", observation_layout=LAYOUT)
+    assert json.loads((gated / "policy.json").read_text())["selection_gate"] == 0.7
+    assert "selection_gate" not in json.loads((plain / "policy.json").read_text())  # absent: off
+
+    class Job:
+        spec = AllocationSpec()
+        selection_gate = 0.2  # whatever the job had before
+
+        def use_spec(self, spec):
+            self.spec = spec
+
+    job = Job()
+    AllocatorPolicy.load(gated).reset(job)
+    assert job.selection_gate == 0.7
+    AllocatorPolicy.load(plain).reset(job)
+    assert job.selection_gate is None

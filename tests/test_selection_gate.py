@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -12,7 +13,7 @@ from tests.conftest import make_classification, make_job, make_mlp
 SPEC = AllocationSpec(max_steps=10)
 STANDARD = Allocation.uniform(SPEC)
 SELECTING = Allocation((0.25, 0.25, 0.25, 0.25), 0.5, (1.0, 1.0, 1.0, 1.0), 10)
-NEVER_OPEN = 2.0  # above any cosine: the gate probes but never lets selection run
+NEVER_OPEN = 1.0  # no hardest third pulls exactly the way its whole batch does: the gate probes, never opens
 ALWAYS_OPEN = -1.0  # at or below any cosine: selection runs once there is a measurement
 
 
@@ -117,3 +118,12 @@ def test_the_alignment_is_low_where_the_hardest_samples_are_label_noise():
     clean_alignment, noisy_alignment = alignment_late_in_training(clean), alignment_late_in_training(noisy)
     assert clean_alignment > 0.8  # the hardest clean samples pull the way the batch does
     assert clean_alignment - noisy_alignment > 0.15
+
+
+def test_the_gate_is_a_cosine_or_none():
+    job = gated_job(None)
+    for bad in (1.5, -2.0, float("nan"), "0.7", True):
+        with pytest.raises(ValueError, match="selection_gate"):
+            job.selection_gate = bad
+    job.selection_gate = 0.7
+    assert job.selection_gate == 0.7

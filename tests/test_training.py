@@ -99,6 +99,7 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("- just a list\n", "must be a mapping"),
         ("env:\n  ignored_features: [budget]\n", "env.ignored_features has unknown feature"),
         ("env:\n  dead_zone: 0.5\n", r"env.dead_zone must be in \[0, 0.5\)"),
+        ("env:\n  selection_gate: 1.2\n", r"env.selection_gate must be in \[-1, 1\]"),
         ("env:\n  families: [cnn2d]\n", "env.families: families must be a non-empty subset of the train split"),
         ("env:\n  families: mlp\n", "env.families must be a list, got 'mlp'"),
         ("training:\n  validation_families: [lstm]\n", "training.validation_families: families must be"),
@@ -173,24 +174,29 @@ def test_resolved_configuration_round_trips_through_yaml():
 
 
 def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
-    """Trained without some features and with a dead zone: policy.json records both, apply honours both."""
+    """Trained without some features, with a dead zone and a selection gate: policy.json records all three,
+    apply honours all three."""
     from allocator import AllocatorPolicy
     from allocator.stats import ObservationLayout
     from tests.conftest import make_job
 
     config = tmp_path / "blind.yaml"
-    config.write_text("env:\n  ignored_features: [budget_used, previous_gate]\n  dead_zone: 0.05\n")
+    config.write_text(
+        "env:\n  ignored_features: [budget_used, previous_gate]\n  dead_zone: 0.05\n  selection_gate: 0.7\n"
+    )
     out = tmp_path / "blind"
     argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "64"]
     assert main(argv + ["--out", str(out), "--no-progress-bar"]) == 0
 
     metadata = json.loads((out / "policy.json").read_text())
     assert metadata["observation"]["ignored_features"] == ["budget_used", "previous_gate"]
+    assert metadata["selection_gate"] == 0.7
     policy = AllocatorPolicy.load(out)
     assert policy.spec.dead_zone == 0.05  # the action mapping it was trained with, recorded
     positions = ObservationLayout(policy.spec).positions(["budget_used", "previous_gate"])
     job = make_job()
     policy.reset(job)
+    assert job.selection_gate == 0.7  # the rule its jobs ran under in training
     observation = job.observation()
     observation[positions] = np.linspace(-5.0, 5.0, len(positions))  # what training never showed
     assert np.all(policy.normalize(observation)[positions] == 0.0)
