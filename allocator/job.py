@@ -271,6 +271,7 @@ class TrainingJob:
         #: has no measurement yet, so it never selects.
         self.selection_gate = None
         self._selection_alignment = float("nan")
+        self._probe_next = False
         self._alignment_on_device: torch.Tensor | None = None
 
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -494,7 +495,8 @@ class TrainingJob:
                 lr = self.lr * max(0.0, 1.0 - self._compute_used / self.budget)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-            self._step(kept, trained, probe=gated and steps == 0)
+            self._probe_next = gated and steps == 0  # the interval's first batch, read by _step
+            self._step(kept, trained)
             self._compute_used += cost
             compute += cost
             steps += 1
@@ -597,10 +599,11 @@ class TrainingJob:
         self._last_seen.index_fill_(0, indices, self._step_count)
         self._train_loss_sum += losses.sum()
 
-    def _step(self, kept: int, trained: tuple[bool, ...], probe: bool = False) -> None:
+    def _step(self, kept: int, trained: tuple[bool, ...]) -> None:
         indices = self.draw_batch()
         x, y = self._train_x[indices], self._train_y[indices]
-        if probe:
+        if self._probe_next:
+            self._probe_next = False
             self._probe_selection(x, y)
         self._set_trained(trained)
         any_trained = any(trained)
