@@ -59,6 +59,21 @@ class _Unavailable:
         raise CommandError(self._message)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default once, and only when it tells the user something.
+
+    argparse's formatter appends "(default: X)" to every option, which prints
+    "(default: None)" for required options, "(default: False)" for flags, and a
+    second default where the help already says "[default: ...]".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default in (None, False) or "[default:" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compute-allocator",
@@ -79,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_text,
             description=(module.__doc__ or help_text).strip().split("\n\n")[0],
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         module.add_arguments(command_parser)
         command_parser.set_defaults(_module=module)

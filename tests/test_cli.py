@@ -1,0 +1,24 @@
+"""Every command's --help: each default shown once, none that says nothing."""
+
+import pytest
+
+from allocator.cli import COMMANDS, main
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_shows_useful_defaults_once(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in out
+    assert "(default: False)" not in out
+    assert "] (default:" not in out  # a "[default: ...]" in the help text, then argparse's own
+
+
+def test_help_still_shows_a_plain_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["ensemble", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "[default: mean]" in out
+    assert out.count("default: mean") == 1
