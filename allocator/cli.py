@@ -69,7 +69,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.required or action.default in (None, False) or "[default:" in text:
+        # `is`, not `in (None, False)`: a default of 0 equals False and is worth showing
+        if action.required or action.default is None or action.default is False or "[default:" in text:
             return text
         return super()._get_help_string(action)
 

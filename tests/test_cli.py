@@ -22,3 +22,10 @@ def test_help_still_shows_a_plain_default(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "[default: mean]" in out
     assert out.count("default: mean") == 1
+
+
+def test_help_shows_a_zero_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["apply", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0)" in out
