@@ -63,14 +63,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default once, and only when it tells the user something.
 
     argparse's formatter appends "(default: X)" to every option, which prints
-    "(default: None)" for required options, "(default: False)" for flags, and a
-    second default where the help already says "[default: ...]".
+    "(default: None)" for required options, "(default: False)" or, for a
+    ``--no-...`` flag, "(default: True)" on flags, and a second default where
+    the help already says "[default: ...]".
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        # `is`, not `in (None, False)`: a default of 0 equals False and is worth showing
-        if action.required or action.default is None or action.default is False or "[default:" in text:
+        is_flag = action.nargs == 0  # store_true, store_false, store_const: the value is the flag's presence
+        if action.required or is_flag or action.default is None or "[default:" in text:
             return text
         return super()._get_help_string(action)
 

@@ -13,10 +13,11 @@ def test_help_shows_useful_defaults_once(command, capsys):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default: None)" not in out
     assert "(default: False)" not in out
+    assert "(default: True)" not in out  # e.g. a --no-progress-bar flag
     assert "] (default:" not in out  # a "[default: ...]" in the help text, then argparse's own
 
 
-def test_help_still_shows_a_plain_default(capsys):
+def test_help_shows_a_default_the_help_text_states_once(capsys):
     with pytest.raises(SystemExit):
         main(["ensemble", "--help"])
     out = " ".join(capsys.readouterr().out.split())
