@@ -50,6 +50,7 @@ from allocator.policy import (
     observation_layout_sizes,
     standardize,
 )
+from allocator.stats import ObservationLayout
 
 #: VecNormalize's defaults, which every trained policy here was normalised with.
 CLIP_OBS = 10.0
@@ -237,7 +238,11 @@ def _members(teacher: AllocatorPolicy) -> list[AllocatorPolicy]:
 def _student_metadata(teacher: AllocatorPolicy, settings: DistillSettings, config) -> dict:
     members = _members(teacher)
     first = members[0].metadata
-    observation = {key: value for key, value in first["observation"].items() if key != "ignored_features"}
+    # The student learns from today's observations, whatever version its teacher read, and
+    # sees every feature in them (a teacher's ignored_features are not carried over).
+    layout = ObservationLayout(teacher.spec)
+    names = layout.to_dict()
+    observation = {"size": names.pop("size"), **observation_layout_sizes(layout), "features": names}
     return {
         "format": first["format"],
         "format_version": first["format_version"],

@@ -108,16 +108,17 @@ class PolicyEnsemble(AllocatorPolicy):
                     f"{member.name} was trained with selection gate {member.selection_gate}, {first.name} with "
                     f"{first.selection_gate}: an ensemble's members must run their jobs under the same rule"
                 )
-            if member.observation_size != first.observation_size:
+            # members trained before a feature was added read theirs out of today's observation by name
+            if member.job_observation_size != first.job_observation_size:
                 raise ValueError(
-                    f"{member.name} reads {member.observation_size} observation features, {first.name} reads "
-                    f"{first.observation_size}: the members were trained on different observations"
+                    f"{member.name} reads {member.job_observation_size} observation features, {first.name} reads "
+                    f"{first.job_observation_size}: the members were trained on different observations"
                 )
         self.members = members
         self.combine = combine
         self.spec = first.spec
         self.kind = ENSEMBLE_KIND
-        self.observation_size = first.observation_size
+        self.observation_size = self.job_observation_size = first.job_observation_size
         self.selection_gate = first.selection_gate
         self.name = name
         self.metadata = metadata if metadata is not None else self._policy_json()
@@ -149,17 +150,27 @@ class PolicyEnsemble(AllocatorPolicy):
         return cls([AllocatorPolicy.load(path) for path in paths], name=name, combine=combine)
 
     def _policy_json(self) -> dict:
-        first = self.members[0].metadata
         return {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "kind": ENSEMBLE_KIND,
             "combine": self.combine,
             "spec": self.spec.to_dict(),
-            "observation": {"size": self.observation_size, "features": first["observation"].get("features")},
+            "observation": {"size": self.observation_size, "features": self._feature_names()},
             "members": [member.metadata for member in self.members],
             "extra": {"members": [member.name for member in self.members]},
         }
+
+    def _feature_names(self) -> dict | None:
+        """The features of the observation the ensemble reads: its members' when they share a layout."""
+        features = [member.metadata["observation"].get("features") for member in self.members]
+        if all(names == features[0] for names in features):
+            return features[0]
+        from allocator.stats import ObservationLayout  # members of several versions read today's
+
+        names = ObservationLayout(self.spec).to_dict()
+        names.pop("size")
+        return names
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every member's tensors, named ``members.{i}.<name>`` as in the ensemble's policy.safetensors."""

@@ -31,11 +31,7 @@ from torch.utils.data import Dataset
 from allocator.allocation import Allocation, AllocationSpec, check_selection_gate
 from allocator.compute import StepCostModel
 from allocator.layers import LayerGroup, split_layer_groups
-from allocator.stats import IntervalStatistics, ObservationBuilder
-
-SELECTION_PROBE_FRACTION = 1 / 3
-"""Share of the probed batch, highest loss first, whose gradient :attr:`TrainingJob.selection_alignment`
-compares with the whole batch's: the middle of the keep fractions selection can ask for."""
+from allocator.stats import SELECTION_PROBE_FRACTION, IntervalStatistics, ObservationBuilder
 
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -762,6 +758,7 @@ class TrainingJob:
             group_staleness=stale_sum / np.maximum(group_sizes, 1),
             layer_log_grad_to_weight=ratio,
             layer_coherence=np.clip(coherence, 0.0, 1.0),
+            selection_alignment=self._selection_alignment,
         )
         self._observation = self._observations.update(statistics, allocation)
         return statistics

@@ -31,7 +31,11 @@ files that are all a user needs to apply a trained policy:
   ``[global | K x per-sample-group | G x per-layer-group]``, see
   :mod:`allocator.stats`). ``ignored_features`` names the features the agent
   was trained without (its env held them at 0); the policy zeroes the same
-  entries of a job's observation before normalising it. ``selection_gate``
+  entries of a job's observation before normalising it. ``features`` lists
+  what the policy reads, by name: a policy trained before a feature was added
+  to the observation takes its own features out of a job's observation of
+  today's version (``AllocatorPolicy.layout``); one naming a feature this
+  version lacks is refused ("retrain it"). ``selection_gate``
   is the alignment threshold of the jobs' selection gate the agent was
   trained with (``TrainingJob.selection_gate``); the policy sets it on every
   job in ``reset(job)``, so a job runs under the rule it was trained under.
@@ -360,7 +364,12 @@ class AllocatorPolicy:
     Attributes:
         spec: the :class:`AllocationSpec` the policy was trained with.
         kind: ``"mlp"`` or ``"attention"``.
-        observation_size: length of the observations it reads.
+        observation_size: length of the observations its network reads.
+        job_observation_size: length of the observation a job of this version
+            gives it: ``observation_size``, or more for a policy trained before
+            a feature was added (it reads its own by name, see ``layout``).
+        layout: the :class:`~allocator.stats.ObservationLayout` of the features
+            it reads (``None`` for a file without names that fits no job).
         metadata: the parsed ``policy.json`` (free-form extras under ``"extra"``).
         name: ``"policy:<directory name>"``.
 
@@ -384,6 +393,7 @@ class AllocatorPolicy:
         metadata: dict,
         name: str = "policy",
         ignored_positions: Sequence[int] = (),
+        layout: Any = None,
     ) -> None:
         self.actor = actor.eval()
         self.spec = spec
@@ -397,6 +407,19 @@ class AllocatorPolicy:
         self.name = name
         self._ignored_positions = list(ignored_positions)
         self.selection_gate = check_selection_gate(metadata.get("selection_gate"))
+        from allocator.stats import ObservationLayout
+
+        today = ObservationLayout(spec)
+        if layout is None and self.observation_size == today.size:
+            layout = today
+        #: the features the policy reads, by name (policy.json's ``observation.features``);
+        #: None for a file without names whose sizes are not today's (no job can feed it)
+        self.layout = layout
+        # A policy trained before a feature was added reads its own features out of today's
+        # observation, by name; None when it reads a job's observation as it is.
+        self._input_positions = None if layout is None or layout.is_current else layout.positions_in(today)
+        #: the length of the observation a job of this version gives the policy
+        self.job_observation_size = today.size if self._input_positions is not None else self.observation_size
 
     @property
     def normalizes_observation(self) -> bool:
@@ -469,7 +492,8 @@ class AllocatorPolicy:
             check_selection_gate(metadata.get("selection_gate"))
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
-        ignored_positions = _ignored_positions(metadata["observation"], spec, where)
+        layout = _policy_layout(metadata["observation"], spec, sizes, where)
+        ignored_positions = _ignored_positions(metadata["observation"], layout, spec, where)
 
         expected = {f"actor.{key}": value for key, value in actor.state_dict().items()}
         size = observation_size(sizes, spec)
@@ -528,6 +552,7 @@ class AllocatorPolicy:
             metadata,
             name=name,
             ignored_positions=ignored_positions,
+            layout=layout,
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -584,7 +609,7 @@ class AllocatorPolicy:
     def _check_observation_size(self, job: Any) -> None:
         """A policy trained on another version of the observation cannot read this job's."""
         size = getattr(job, "observation_size", None)
-        if isinstance(size, int) and size != self.observation_size:
+        if isinstance(size, int) and size not in (self.observation_size, self.job_observation_size):
             raise ValueError(_another_observation_version(self.name, self.observation_size, size))
 
     def normalize(self, observation: Any) -> np.ndarray:
@@ -592,11 +617,16 @@ class AllocatorPolicy:
 
         ``clip((obs - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)`` in float64,
         then float32, exactly as ``VecNormalize.normalize_obs``. Accepts one
-        observation ``(N,)`` or a batch ``(B, N)``.
+        observation ``(N,)`` or a batch ``(B, N)``: a job's observation, or one
+        already laid out as the policy's own (``self.layout``); a policy trained
+        on an earlier version of the observation takes its features from a
+        job's by name.
         """
         obs = np.asarray(
             observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation
         )
+        if self._input_positions is not None and obs.ndim in (1, 2) and obs.shape[-1] == self.job_observation_size:
+            obs = obs[..., self._input_positions]
         if obs.ndim not in (1, 2) or obs.shape[-1] != self.observation_size:
             raise ValueError(
                 f"observation has shape {obs.shape}, the policy expects ({self.observation_size},) "
@@ -651,18 +681,46 @@ def _another_observation_version(who: str, reads: Any, gives: int) -> str:
     )
 
 
-def _ignored_positions(observation: dict, spec: AllocationSpec, where: str) -> list[int]:
-    """Positions of the features named in policy.json's ``observation.ignored_features``."""
+def _policy_layout(observation: dict, spec: AllocationSpec, sizes: dict[str, int], where: str) -> Any:
+    """The policy's :class:`~allocator.stats.ObservationLayout`, from the feature names in policy.json.
+
+    A file without names is read as today's layout when the sizes agree;
+    otherwise its layout is unknown (``None``) and no job's observation fits it.
+    """
+    from allocator.stats import ObservationLayout
+
+    names = observation.get("features")
+    if names is None:
+        layout = ObservationLayout(spec)
+        return layout if observation_layout_sizes(layout) == sizes else None
+    if not isinstance(names, dict):
+        raise ValueError(f"{where}: 'observation.features' must be an object, got {names!r}")
+    try:
+        layout = ObservationLayout.from_names(spec, names)
+    except ValueError as error:
+        raise ValueError(
+            f"{where}: {error}: the policy was trained with another version of the observation; retrain it"
+        ) from None
+    if observation_layout_sizes(layout) != sizes:
+        raise ValueError(
+            f"{where}: observation.features lists {observation_layout_sizes(layout)} features, "
+            f"the sizes say {sizes}"
+        )
+    return layout
+
+
+def _ignored_positions(observation: dict, layout: Any, spec: AllocationSpec, where: str) -> list[int]:
+    """Positions, in the policy's own layout, of the features named in ``observation.ignored_features``."""
     names = observation.get("ignored_features", [])
     if not names:
         return []
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise ValueError(f"{where}: 'observation.ignored_features' must be a list of names, got {names!r}")
-    from allocator.stats import ObservationLayout
+    if layout is None:
+        from allocator.stats import ObservationLayout
 
-    layout = ObservationLayout(spec)
-    if layout.size != observation.get("size"):
-        raise ValueError(_another_observation_version(where, observation.get("size"), layout.size))
+        today = ObservationLayout(spec).size
+        raise ValueError(_another_observation_version(where, observation.get("size"), today))
     try:
         return layout.positions(names)
     except ValueError as error:

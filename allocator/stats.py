@@ -3,7 +3,7 @@
 The observation is a float32 vector of scale-free features, the same size for
 every model and dataset, so one policy serves any job. Its layout is::
 
-    [ global (15) | K x per-sample-group (4) | G x per-layer-group (4) ]
+    [ global (16) | K x per-sample-group (4) | G x per-layer-group (4) ]
 
 Global features (``GLOBAL_FEATURES``):
 
@@ -23,13 +23,29 @@ Global features (``GLOBAL_FEATURES``):
 12  val_loss_slope          val_loss_change / budget share of the last interval
 13  val_loss_trend          running mean of val_loss_slope (half-life 1 interval)
 14  budget_since_best       budget share spent since the best val loss so far
+15  selection_alignment     cosine of top-third and whole-batch gradients
 ==  ======================  ====================================================
 
-The last three are what a stopping decision needs. Under J, one more interval
+Features 12 to 14 are what a stopping decision needs. Under J, one more interval
 of budget share ``c`` pays off when the relative loss falls faster than about
 ``0.2 / (1 + 0.8 U)`` per unit of budget (``s = 0.2``, ``U`` unused), so
 ``val_loss_slope`` is in those units: about -0.2 is where training stops
 paying. It is noisy (the validation set is finite); ``val_loss_trend`` smooths it.
+
+``selection_alignment`` is what selective backprop needs, and what the
+job's selection gate reads (:attr:`TrainingJob.selection_gate`): on the first
+batch of the interval, the cosine between the gradient of the mean loss of
+its highest-loss third (:data:`SELECTION_PROBE_FRACTION`) and that of the
+whole batch, over all parameters. Near 1, backpropagating only the hardest
+samples moves the model the way the whole batch would, at a third of the
+backward cost; low, the hardest samples pull elsewhere (noise, outliers), and
+selection spends the budget on them. Trap: it is measured only while the job
+runs under a selection gate (the probe costs about 12 % wall time, not
+charged to C); without one, and before the first interval, it reads 1. So
+under a gate of threshold T the next interval may select exactly when the
+feature is at least T: the policy sees whether the gate is open. Policies
+trained before it existed read the observation without it
+(:meth:`ObservationLayout.positions_in`).
 
 Per sample group k (``SAMPLE_GROUP_FEATURES``), group 0 the lowest losses:
 ``log_loss`` (mean log(last seen loss / initial val loss) of its seen
@@ -73,7 +89,11 @@ GLOBAL_FEATURES = (
     "val_loss_slope",
     "val_loss_trend",
     "budget_since_best",
+    "selection_alignment",
 )
+SELECTION_PROBE_FRACTION = 1 / 3
+"""Share of the probed batch, highest loss first, whose gradient ``selection_alignment``
+compares with the whole batch's: the middle of the keep fractions selection can ask for."""
 TREND_DECAY = 0.5  # weight of the old trend in val_loss_trend: a half-life of one interval
 SAMPLE_GROUP_FEATURES = ("log_loss", "log_loss_spread", "staleness", "previous_share")
 LAYER_GROUP_FEATURES = ("log_grad_to_weight", "change", "gradient_coherence", "previous_gate")
@@ -89,23 +109,63 @@ class ObservationLayout:
 
         layout = ObservationLayout(job.spec)
         layout.sample_group_features(obs)[:, layout.sample_index("log_loss")]
+
+    The feature lists default to today's (``GLOBAL_FEATURES`` and so on). A
+    policy trained on an earlier version of the observation carries its own
+    lists in policy.json; :meth:`from_names` rebuilds its layout and
+    :meth:`positions_in` finds its features in today's observation.
     """
 
     spec: AllocationSpec
+    global_names: tuple[str, ...] = GLOBAL_FEATURES
+    sample_group_names: tuple[str, ...] = SAMPLE_GROUP_FEATURES
+    layer_group_names: tuple[str, ...] = LAYER_GROUP_FEATURES
+
+    @classmethod
+    def from_names(cls, spec: AllocationSpec, names: dict) -> ObservationLayout:
+        """The layout of policy.json's ``observation.features`` (keys ``global``,
+        ``per_sample_group``, ``per_layer_group``); unknown names raise ``ValueError``."""
+        sections = ("global", "per_sample_group", "per_layer_group")
+        lists = []
+        for section, known in zip(sections, (GLOBAL_FEATURES, SAMPLE_GROUP_FEATURES, LAYER_GROUP_FEATURES)):
+            section_names = names.get(section)
+            if not isinstance(section_names, (list, tuple)) or not all(
+                isinstance(n, str) for n in section_names
+            ):
+                raise ValueError(
+                    f"observation features {section!r} must be a list of names, got {section_names!r}"
+                )
+            unknown = [n for n in section_names if n not in known]
+            if unknown:
+                raise ValueError(
+                    f"{section} feature(s) {unknown} are not in this version's observation "
+                    f"(it has {list(known)})"
+                )
+            lists.append(tuple(section_names))
+        return cls(spec, *lists)
+
+    @property
+    def is_current(self) -> bool:
+        """True when this is today's layout: a job's observation needs no selection."""
+        return (self.global_names, self.sample_group_names, self.layer_group_names) == (
+            GLOBAL_FEATURES,
+            SAMPLE_GROUP_FEATURES,
+            LAYER_GROUP_FEATURES,
+        )
 
     @property
     def global_size(self) -> int:
-        return len(GLOBAL_FEATURES)
+        return len(self.global_names)
 
     @property
     def sample_group_size(self) -> int:
         """Features per sample group."""
-        return len(SAMPLE_GROUP_FEATURES)
+        return len(self.sample_group_names)
 
     @property
     def layer_group_size(self) -> int:
         """Features per layer group."""
-        return len(LAYER_GROUP_FEATURES)
+        return len(self.layer_group_names)
 
     @property
     def size(self) -> int:
@@ -117,34 +177,69 @@ class ObservationLayout:
 
     def to_dict(self) -> dict:
         return {
-            "global": list(GLOBAL_FEATURES),
-            "per_sample_group": list(SAMPLE_GROUP_FEATURES),
-            "per_layer_group": list(LAYER_GROUP_FEATURES),
+            "global": list(self.global_names),
+            "per_sample_group": list(self.sample_group_names),
+            "per_layer_group": list(self.layer_group_names),
             "size": self.size,
         }
 
     def global_index(self, name: str) -> int:
-        return GLOBAL_FEATURES.index(name)
+        return self.global_names.index(name)
 
     def sample_index(self, name: str) -> int:
-        return SAMPLE_GROUP_FEATURES.index(name)
+        return self.sample_group_names.index(name)
 
     def layer_index(self, name: str) -> int:
-        return LAYER_GROUP_FEATURES.index(name)
+        return self.layer_group_names.index(name)
 
     def global_features(self, observation: np.ndarray) -> np.ndarray:
         return np.asarray(observation)[: self.global_size]
 
     def sample_group_features(self, observation: np.ndarray) -> np.ndarray:
-        """``(K, 4)`` array: one row per sample group."""
+        """``(K, sample_group_size)`` array: one row per sample group."""
         start = self.global_size
         stop = start + self.spec.sample_groups * self.sample_group_size
         return np.asarray(observation)[start:stop].reshape(self.spec.sample_groups, -1)
 
     def layer_group_features(self, observation: np.ndarray) -> np.ndarray:
-        """``(G, 4)`` array: one row per layer group."""
+        """``(G, layer_group_size)`` array: one row per layer group."""
         start = self.global_size + self.spec.sample_groups * self.sample_group_size
         return np.asarray(observation)[start:].reshape(self.spec.layer_groups, -1)
+
+    def positions_in(self, other: ObservationLayout) -> np.ndarray:
+        """For each entry of this layout, in order, its position in ``other``'s observation.
+
+        ``observation[layout.positions_in(ObservationLayout(spec))]`` turns
+        today's observation into the one this (older) layout describes. Raises
+        ``ValueError`` when ``other`` lacks one of the features.
+        """
+        if (
+            other.spec.sample_groups != self.spec.sample_groups
+            or other.spec.layer_groups != self.spec.layer_groups
+        ):
+            raise ValueError("layouts of different numbers of sample or layer groups cannot be matched")
+        flat = np.arange(other.size)
+        missing = [
+            n
+            for n, known in (
+                *((n, other.global_names) for n in self.global_names),
+                *((n, other.sample_group_names) for n in self.sample_group_names),
+                *((n, other.layer_group_names) for n in self.layer_group_names),
+            )
+            if n not in known
+        ]
+        if missing:
+            raise ValueError(f"the observation lacks feature(s) {missing}")
+        parts = [
+            other.global_features(flat)[[other.global_index(n) for n in self.global_names]],
+            other.sample_group_features(flat)[
+                :, [other.sample_index(n) for n in self.sample_group_names]
+            ].reshape(-1),
+            other.layer_group_features(flat)[
+                :, [other.layer_index(n) for n in self.layer_group_names]
+            ].reshape(-1),
+        ]
+        return np.concatenate(parts).astype(np.int64)
 
     def positions(self, names: Iterable[str]) -> list[int]:
         """Sorted positions in the flat observation of every feature with one of these names.
@@ -154,17 +249,16 @@ class ObservationLayout:
         per sample group. An unknown name raises ``ValueError`` listing the known ones.
         """
         names = list(names)
-        unknown = [name for name in names if name not in FEATURE_NAMES]
+        known = tuple(dict.fromkeys(self.global_names + self.sample_group_names + self.layer_group_names))
+        unknown = [name for name in names if name not in known]
         if unknown:
-            raise ValueError(
-                f"unknown observation feature(s) {unknown}; the features are {list(FEATURE_NAMES)}"
-            )
+            raise ValueError(f"unknown observation feature(s) {unknown}; the features are {list(known)}")
         flat = np.arange(self.size)
-        found = [self.global_index(name) for name in names if name in GLOBAL_FEATURES]
+        found = [self.global_index(name) for name in names if name in self.global_names]
         for name in names:
-            if name in SAMPLE_GROUP_FEATURES:
+            if name in self.sample_group_names:
                 found += self.sample_group_features(flat)[:, self.sample_index(name)].tolist()
-            if name in LAYER_GROUP_FEATURES:
+            if name in self.layer_group_names:
                 found += self.layer_group_features(flat)[:, self.layer_index(name)].tolist()
         return sorted(set(found))
 
@@ -185,6 +279,7 @@ class IntervalStatistics:
     group_staleness: np.ndarray  # (K,)
     layer_log_grad_to_weight: np.ndarray  # (G,) NaN where the group was not trained
     layer_coherence: np.ndarray  # (G,) NaN where the group was not trained
+    selection_alignment: float = 1.0  # NaN when not probed (no selection gate, no step, vanished gradients)
 
 
 class ObservationBuilder:
@@ -201,6 +296,7 @@ class ObservationBuilder:
         self._trend: float | None = None
         self._layer_ratio = np.zeros(spec.layer_groups)
         self._layer_coherence = np.ones(spec.layer_groups)
+        self._alignment = 1.0
 
     def _relative_log(self, loss: float) -> float:
         if not np.isfinite(loss) or loss <= 0:
@@ -216,6 +312,7 @@ class ObservationBuilder:
             max(budget_samples, 1) / max(training_set_size, 1)
         )
         global_part[self.layout.global_index("gradient_coherence")] = 1.0
+        global_part[self.layout.global_index("selection_alignment")] = 1.0
         samples = np.zeros((spec.sample_groups, self.layout.sample_group_size))
         samples[:, self.layout.sample_index("staleness")] = 1.0
         layers = np.zeros((spec.layer_groups, self.layout.layer_group_size))
@@ -244,6 +341,9 @@ class ObservationBuilder:
             np.isfinite(stats.layer_coherence), stats.layer_coherence, self._layer_coherence
         )
 
+        if np.isfinite(stats.selection_alignment):  # an interval without a probe keeps the last one
+            self._alignment = float(stats.selection_alignment)
+
         global_part = np.zeros(layout.global_size)
         values = {
             "budget_used": stats.budget_used,
@@ -259,6 +359,7 @@ class ObservationBuilder:
             "val_loss_slope": slope,
             "val_loss_trend": self._trend,
             "budget_since_best": stats.budget_used - self._budget_at_best,
+            "selection_alignment": self._alignment,
         }
         for name, value in values.items():
             global_part[layout.global_index(name)] = value

@@ -19,7 +19,6 @@ import torch
 
 from allocator import AllocatorPolicy
 from allocator.evaluation import evaluate
-from allocator.stats import ObservationLayout
 
 FEATURE_GROUPS = {
     "stopping (val_loss_slope, val_loss_trend, budget_since_best)": [
@@ -35,6 +34,7 @@ FEATURE_GROUPS = {
         "generalisation_gap",
     ],
     "budget used": ["budget_used"],
+    "selection alignment": ["selection_alignment"],
     "data (unseen, epochs, budget epochs)": ["unseen_fraction", "log_epochs", "log_budget_epochs"],
     # gradient_coherence names the global entry and the per-layer-group ones
     "gradients (coherence, per-layer grad/weight, change)": [
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # small jobs; and a training may share the machine
 
     policy = AllocatorPolicy.load(args.policy)
-    layout = ObservationLayout(policy.spec)  # policy.reset(job) refuses a policy of another layout
+    layout = policy.layout  # the features it reads, which may be fewer than today's
     lines = [
         f"Ablation of `{args.policy}` on the {args.split} split, seeds {args.seeds}: features held at their training mean.",
         "",
@@ -87,7 +87,9 @@ def main(argv=None) -> int:
         "| --- | ---: | ---: | ---: |",
     ]
     full = None
-    for label, group in [("none (the policy as trained)", [])] + list(FEATURE_GROUPS.items()):
+    known = set(layout.global_names + layout.sample_group_names + layout.layer_group_names)
+    groups = [(label, names) for label, names in FEATURE_GROUPS.items() if known.issuperset(names)]
+    for label, group in [("none (the policy as trained)", [])] + groups:
         controller = AblatedPolicy(policy, layout.positions(group), label)
         report = evaluate(
             controller, split=args.split, seeds=args.seeds, baselines=["uniform"], progress=False

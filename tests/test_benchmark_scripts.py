@@ -64,9 +64,9 @@ def test_ablation_holds_the_chosen_features_at_their_training_mean():
 
     ablation = load_script("ablate_features")
     policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
-    layout = ObservationLayout(policy.spec)
+    layout = policy.layout  # the positions are in the features the policy reads
     indices = layout.positions(ablation.FEATURE_GROUPS["previous allocation"])
-    observation = np.random.default_rng(0).normal(size=layout.size) * 3
+    observation = np.random.default_rng(0).normal(size=ObservationLayout(policy.spec).size) * 3
     ablated = ablation.AblatedPolicy(policy, indices, "ablated").normalize(observation)
     full = policy.normalize(observation)
     assert np.all(ablated[indices] == 0.0)  # 0 after normalisation: the training mean
@@ -82,9 +82,26 @@ def test_published_policies_load_and_fit_todays_observation(preset):
 
     policy = AllocatorPolicy.load(BENCHMARKS / f"heldout-{preset}" / "policy")
     assert policy.kind == "attention"
-    assert policy.observation_size == ObservationLayout(policy.spec).size
+    # they were trained before selection_alignment existed and read the rest by name
+    assert "selection_alignment" not in policy.layout.global_names
+    assert policy.observation_size == ObservationLayout(policy.spec).size - 1
+    assert policy.job_observation_size == ObservationLayout(policy.spec).size
     result = run_job(make_job(budget_steps=40), policy)
     assert np.isfinite(result.objective)
+
+
+def test_a_published_policy_reads_its_features_by_name_and_ignores_newer_ones():
+    from allocator import AllocatorPolicy
+
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    today = ObservationLayout(policy.spec)
+    observation = np.random.default_rng(0).normal(size=today.size)
+    newer = today.positions(["selection_alignment"])
+    moved = observation.copy()
+    moved[newer] += 5.0
+    assert np.array_equal(policy.action(observation), policy.action(moved))
+    kept = np.setdiff1d(np.arange(today.size), newer)  # today's order, less the new feature
+    assert np.array_equal(policy.action(observation), policy.action(observation[kept]))
 
 
 def test_run_comparison_counts_wins_over_uniform_by_job_regime(tmp_path, capsys):

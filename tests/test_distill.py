@@ -41,6 +41,8 @@ def test_the_student_is_an_ordinary_policy_directory(distilled, tmp_path):
     assert config["kind"] == "attention"
     assert config["normalization"]["observation"] is True
     assert config["extra"]["distilled_from"] == AllocatorPolicy.load(QUICK).name
+    # its teacher predates selection_alignment; the student learnt from today's observations
+    assert config["observation"]["features"]["global"][-1] == "selection_alignment"
     assert [r["actor"] for r in config["extra"]["distillation"]["rounds_report"]] == ["teacher", "student"]
     assert set(load_file(str(directory / "policy.safetensors"))) == set(student.tensors())
     loaded = AllocatorPolicy.load(directory)
@@ -48,6 +50,17 @@ def test_the_student_is_an_ordinary_policy_directory(distilled, tmp_path):
     np.testing.assert_array_equal(loaded.action(seen), student.action(seen))
     with pytest.raises(FileExistsError):
         student.save(directory)
+
+
+def test_an_older_policy_and_a_student_of_todays_observation_make_one_ensemble(distilled):
+    student, _ = distilled
+    older = AllocatorPolicy.load(QUICK)
+    assert older.observation_size < student.observation_size == older.job_observation_size
+    ensemble = PolicyEnsemble([older, student])
+    seen = np.stack(observations(student, count=3))
+    expected = (older.action(seen) + student.action(seen)) / 2
+    np.testing.assert_allclose(ensemble.action(seen), expected, rtol=1e-6)
+    assert ensemble.metadata["observation"]["features"]["global"][-1] == "selection_alignment"
 
 
 def test_each_round_reports_who_acted_and_how_closely_the_student_imitates(distilled):

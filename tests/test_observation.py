@@ -1,6 +1,7 @@
 """The observation: its stopping features (slope and trend of the validation loss per unit of
 budget) and finding features by name in the layout."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -72,11 +73,27 @@ def test_an_interval_that_spent_no_budget_keeps_the_last_trend():
     assert features(builder, after, "val_loss_trend") == features(builder, before, "val_loss_trend")
 
 
-def test_layout_documents_fifteen_global_features():
+def test_selection_alignment_is_the_last_probe_and_starts_at_one():
+    builder = ObservationBuilder(SPEC, initial_val_loss=1.0)
+    start = builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
+    assert features(builder, start, "selection_alignment") == [1.0]
+    probed = builder.update(dataclasses.replace(interval(0.2, 0.9), selection_alignment=0.4), UNIFORM)
+    assert features(builder, probed, "selection_alignment") == [pytest.approx(0.4)]
+    # an interval that ran no step has no probe: the last one stands
+    unprobed = builder.update(dataclasses.replace(interval(0.2, 0.9), selection_alignment=float("nan")), UNIFORM)
+    assert features(builder, unprobed, "selection_alignment") == [pytest.approx(0.4)]
+
+
+def test_layout_documents_sixteen_global_features():
     layout = ObservationLayout(SPEC)
-    assert layout.global_size == 15
-    assert layout.size == 15 + 2 * 4 + 2 * 4
-    assert layout.to_dict()["global"][-3:] == ["val_loss_slope", "val_loss_trend", "budget_since_best"]
+    assert layout.global_size == 16
+    assert layout.size == 16 + 2 * 4 + 2 * 4
+    assert layout.to_dict()["global"][-4:] == [
+        "val_loss_slope",
+        "val_loss_trend",
+        "budget_since_best",
+        "selection_alignment",
+    ]
 
 
 def test_a_feature_name_finds_its_entries_in_every_section_it_appears_in():
@@ -93,3 +110,25 @@ def test_a_feature_name_finds_its_entries_in_every_section_it_appears_in():
 def test_an_unknown_feature_name_is_refused_with_the_known_names():
     with pytest.raises(ValueError, match="unknown observation feature.*'budget_usd'.*budget_used"):
         ObservationLayout(SPEC).positions(["budget_usd"])
+
+
+def test_an_older_layout_reads_its_own_features_out_of_todays_observation_by_name():
+    """A policy trained before selection_alignment existed lists its features in policy.json."""
+    today = ObservationLayout(SPEC)
+    names = today.to_dict()
+    names["global"] = [n for n in names["global"] if n != "selection_alignment"]
+    older = ObservationLayout.from_names(SPEC, names)
+    assert not older.is_current and today.is_current
+    assert older.size == today.size - 1
+    observation = np.arange(today.size, dtype=float)
+    selected = observation[older.positions_in(today)]
+    assert np.array_equal(older.global_features(selected), today.global_features(observation)[:-1])
+    assert np.array_equal(older.sample_group_features(selected), today.sample_group_features(observation))
+    assert np.array_equal(older.layer_group_features(selected), today.layer_group_features(observation))
+
+
+def test_a_layout_naming_a_feature_this_version_lacks_is_refused():
+    names = ObservationLayout(SPEC).to_dict()
+    names["global"] = names["global"] + ["learning_rate"]
+    with pytest.raises(ValueError, match="'learning_rate'.* not in this version's observation"):
+        ObservationLayout.from_names(SPEC, names)

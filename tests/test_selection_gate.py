@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from allocator import Allocation, AllocationSpec, TrainingJob, run_job
+from allocator import Allocation, AllocationSpec, ObservationLayout, TrainingJob, run_job
 from tests.conftest import make_classification, make_job, make_mlp
 
 SPEC = AllocationSpec(max_steps=10)
@@ -127,3 +127,38 @@ def test_the_gate_is_a_cosine_or_none():
             job.selection_gate = bad
     job.selection_gate = 0.7
     assert job.selection_gate == 0.7
+
+
+def test_the_observation_shows_whether_the_gate_is_open_for_the_next_interval():
+    # selection_alignment in the observation is the measurement the gate reads, so a
+    # policy under gate T can tell whether its next request for selection will run.
+    x, labels = make_classification()
+    job = TrainingJob(make_mlp(), (x[:1000], labels[:1000]), (x[1000:], labels[1000:]), batch_size=64,
+                      budget_steps=300, device="cpu", seed=0, spec=SPEC)
+    threshold = 0.5  # early intervals read below it, later ones above
+    job.selection_gate = threshold
+    layout = ObservationLayout(SPEC)
+    feature = layout.global_index("selection_alignment")
+    assert layout.global_features(job.observation())[feature] == 1.0  # no measurement yet
+    job.advance(SELECTING)  # the first interval never selects, whatever the observation says
+    seen_open, ran_selection = [], []
+    while not job.done:
+        seen = float(layout.global_features(job.observation())[feature])
+        report = job.advance(SELECTING)
+        if report.steps:
+            seen_open.append(seen >= threshold)
+            ran_selection.append(report.allocation.keep_fraction < 1.0)
+        if not job.done:
+            assert float(layout.global_features(job.observation())[feature]) == pytest.approx(
+                job.selection_alignment, abs=1e-6
+            )
+    assert ran_selection == seen_open
+    assert 0 < sum(seen_open) < len(seen_open)  # both states occur, so the check means something
+
+
+def test_without_a_gate_the_alignment_feature_reads_one():
+    job = gated_job(None)
+    layout = ObservationLayout(SPEC)
+    while not job.done:
+        job.advance(SELECTING)
+        assert layout.global_features(job.observation())[layout.global_index("selection_alignment")] == 1.0
