@@ -42,8 +42,10 @@ backward cost; low, the hardest samples pull elsewhere (noise, outliers), and
 selection spends the budget on them. Trap: it is measured only while the job
 runs under a selection gate (the probe costs about 12 % wall time, not
 charged to C); without one, and before the first interval, it reads 1. So
-under a gate of threshold T the next interval may select exactly when the
-feature is at least T: the policy sees whether the gate is open. Policies
+under a gate of threshold T, from the second interval on, the next interval
+may select exactly when the feature is at least T: the policy sees whether
+the gate is open. The first interval never selects under a gate although
+the feature reads 1 there (``budget_used`` is 0 only there). Policies
 trained before it existed read the observation without it
 (:meth:`ObservationLayout.positions_in`).
 
