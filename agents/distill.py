@@ -241,8 +241,7 @@ def _student_metadata(teacher: AllocatorPolicy, settings: DistillSettings, confi
     # The student learns from today's observations, whatever version its teacher read, and
     # sees every feature in them (a teacher's ignored_features are not carried over).
     layout = ObservationLayout(teacher.spec)
-    names = layout.to_dict()
-    observation = {"size": names.pop("size"), **observation_layout_sizes(layout), "features": names}
+    observation = {"size": layout.size, **observation_layout_sizes(layout), "features": layout.names()}
     return {
         "format": first["format"],
         "format_version": first["format_version"],

@@ -168,9 +168,7 @@ class PolicyEnsemble(AllocatorPolicy):
             return features[0]
         from allocator.stats import ObservationLayout  # members of several versions read today's
 
-        names = ObservationLayout(self.spec).to_dict()
-        names.pop("size")
-        return names
+        return ObservationLayout(self.spec).names()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every member's tensors, named ``members.{i}.<name>`` as in the ensemble's policy.safetensors."""

@@ -177,13 +177,22 @@ class ObservationLayout:
             + self.spec.layer_groups * self.layer_group_size
         )
 
-    def to_dict(self) -> dict:
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Every feature name of this layout, once each (``gradient_coherence`` is global and per layer group)."""
+        return tuple(dict.fromkeys(self.global_names + self.sample_group_names + self.layer_group_names))
+
+    def names(self) -> dict:
+        """The feature names section by section, as policy.json's ``observation.features``
+        lists them: what :meth:`from_names` reads back."""
         return {
             "global": list(self.global_names),
             "per_sample_group": list(self.sample_group_names),
             "per_layer_group": list(self.layer_group_names),
-            "size": self.size,
         }
+
+    def to_dict(self) -> dict:
+        return {**self.names(), "size": self.size}
 
     def global_index(self, name: str) -> int:
         return self.global_names.index(name)
@@ -251,10 +260,9 @@ class ObservationLayout:
         per sample group. An unknown name raises ``ValueError`` listing the known ones.
         """
         names = list(names)
-        known = tuple(dict.fromkeys(self.global_names + self.sample_group_names + self.layer_group_names))
-        unknown = [name for name in names if name not in known]
+        unknown = [name for name in names if name not in self.feature_names]
         if unknown:
-            raise ValueError(f"unknown observation feature(s) {unknown}; the features are {list(known)}")
+            raise ValueError(f"unknown observation feature(s) {unknown}; the features are {list(self.feature_names)}")
         flat = np.arange(self.size)
         found = [self.global_index(name) for name in names if name in self.global_names]
         for name in names:

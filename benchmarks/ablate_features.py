@@ -87,8 +87,7 @@ def main(argv=None) -> int:
         "| --- | ---: | ---: | ---: |",
     ]
     full = None
-    known = set(layout.global_names + layout.sample_group_names + layout.layer_group_names)
-    groups = [(label, names) for label, names in FEATURE_GROUPS.items() if known.issuperset(names)]
+    groups = [(label, names) for label, names in FEATURE_GROUPS.items() if set(layout.feature_names).issuperset(names)]
     for label, group in [("none (the policy as trained)", [])] + groups:
         controller = AblatedPolicy(policy, layout.positions(group), label)
         report = evaluate(
