@@ -89,6 +89,11 @@ class EnvConfig:
     """Draw each sampled training job's model family evenly first, then a dataset that has it
     (in the train split the 1-D CNN then makes a third of the sampled jobs rather than a
     twelfth); false: the dataset first, as the presets were trained."""
+    many_epoch_share: float = 0.0
+    """Share of the sampled compute-bound training jobs that run 6 to 30 epochs on a smaller
+    clean set with a slower learning rate (``allocator.jobs.JobDistribution``), so that how many
+    epochs a job runs no longer tells the policy whether it is data-bound; 0: as the presets
+    were trained (compute-bound jobs 2 to 8 epochs, data-bound ones 10 to 80)."""
     device: str = "cpu"
     """Device of the training jobs the envs run: ``cpu``, ``auto`` (CUDA when available),
     ``cuda``, ``cuda:1``, ... The default is ``cpu``: the built-in jobs are small, so on a GPU
@@ -113,6 +118,7 @@ class EnvConfig:
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
+        _in_range(where, "env.many_epoch_share", self.many_epoch_share, 0.0, 1.0)
         _check_families(where, "env.families", self.families, self.split)
         unknown = [name for name in self.ignored_features if name not in FEATURE_NAMES]
         if unknown or not all(isinstance(name, str) for name in self.ignored_features):

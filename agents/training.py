@@ -102,6 +102,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "data_bound_share": env.data_bound_share,
         "families": list(env.families) or None,
         "balance_families": env.balance_families,
+        "many_epoch_share": env.many_epoch_share,
         "num_threads": 1,
         "device": env.device,
     }
@@ -507,6 +508,7 @@ def _train(
             data_bound_share=config.env.data_bound_share,
             families=training.validation_families or config.env.families or None,
             balance_families=config.env.balance_families,
+            many_epoch_share=config.env.many_epoch_share,
         )
 
         def validation_job(index: int):

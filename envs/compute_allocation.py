@@ -87,6 +87,11 @@ class ComputeAllocationEnv(gym.Env):
       (default ``None``: all of the split's; ignored with ``jobs``).
     * ``balance_families``: draw the built-in distribution's model family
       evenly first (default ``False``; ignored with ``jobs``).
+    * ``many_epoch_share``: share of the built-in distribution's sampled
+      compute-bound recipes that run many epochs on a smaller clean set with
+      a slower learning rate, so that epochs alone do not tell the regime
+      (default 0; ignored with ``jobs``; see
+      :class:`~allocator.jobs.JobDistribution`).
     * ``num_threads``: torch threads for this env's process (default 1, so
       several envs in subprocesses share the cores well).
     * ``device``: device of the sampled jobs (default ``"cpu"``).
@@ -145,6 +150,7 @@ class ComputeAllocationEnv(gym.Env):
         data_bound_share: float = 0.5,
         families: Sequence[str] | None = None,
         balance_families: bool = False,
+        many_epoch_share: float = 0.0,
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -181,6 +187,7 @@ class ComputeAllocationEnv(gym.Env):
                 data_bound_share=data_bound_share,
                 families=families,
                 balance_families=balance_families,
+                many_epoch_share=many_epoch_share,
             )
         if not callable(getattr(jobs, "sample", None)):
             raise ValueError("jobs must have sample(rng, spec) -> TrainingJob")

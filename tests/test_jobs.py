@@ -400,3 +400,58 @@ def test_balanced_families_give_each_model_family_an_even_share_of_sampled_jobs(
     )
     balanced = JobDistribution("train", named_share=0.0, balance_families=True).recipes(1, 100)
     assert {recipe.dataset for recipe in balanced if recipe.model == "cnn1d"} == {"mnist1d"}
+
+
+def _budget_epochs(recipe) -> float:
+    return recipe.budget_steps * recipe.batch_size / recipe.data().train[0].shape[0]
+
+
+def test_by_default_the_number_of_epochs_tells_the_regime():
+    # the shortcut many_epoch_share exists to break: most sampled compute-bound jobs run
+    # fewer epochs than most data-bound ones, so a policy can stop on epochs alone
+    recipes = JobDistribution("train", named_share=0.0).recipes(np.random.default_rng(2), 120)
+    compute = [_budget_epochs(r) for r in recipes if r.regime == "compute-bound"]
+    data = [_budget_epochs(r) for r in recipes if r.regime == "data-bound"]
+    assert np.percentile(compute, 80) < np.percentile(data, 20)
+    assert np.median(data) > 4 * np.median(compute)
+
+
+def test_many_epoch_jobs_are_compute_bound_draws_with_many_epochs_clean_labels_and_a_slower_lr():
+    from allocator.jobs.distribution import MANY_EPOCH_LR_SCALE, MANY_EPOCHS
+
+    recipes = JobDistribution("train", named_share=0.0, many_epoch_share=1.0).recipes(
+        np.random.default_rng(2), 120
+    )
+    many = [r for r in recipes if "many-epochs" in r.name]
+    assert len(many) == sum(r.regime == "compute-bound" for r in recipes) > 40
+    epochs = [_budget_epochs(r) for r in many]
+    # digits has 1,397 training samples: a few of its draws run fewer epochs than asked for
+    assert np.median(epochs) > MANY_EPOCHS[0] and max(epochs) <= MANY_EPOCHS[1] * 1.01
+    assert sum(e >= MANY_EPOCHS[0] * 0.99 for e in epochs) / len(epochs) > 0.9
+    for r in many:
+        assert r.options.get("label_noise", 0.0) == 0.0
+        low, high = LR_RANGES[r.optimizer]
+        assert low * MANY_EPOCH_LR_SCALE[0] <= r.lr <= high * MANY_EPOCH_LR_SCALE[1]
+    # data-bound draws are untouched: small noisy sets, as without the option
+    for r in recipes:
+        if r.regime == "data-bound":
+            assert r.options["n_train"] < 1000 and "many-epochs" not in r.name
+
+
+def test_many_epoch_jobs_make_the_epoch_ranges_of_the_two_regimes_overlap():
+    recipes = JobDistribution("train", named_share=0.0, many_epoch_share=0.5).recipes(
+        np.random.default_rng(2), 200
+    )
+    compute = np.array([_budget_epochs(r) for r in recipes if r.regime == "compute-bound"])
+    data = np.array([_budget_epochs(r) for r in recipes if r.regime == "data-bound"])
+    # between 9 and 30 epochs, where the held-out digits CNN and transformer sit, both regimes occur
+    in_band = lambda epochs: ((epochs >= 9) & (epochs <= 30)).sum()  # noqa: E731
+    assert in_band(compute) >= 0.4 * in_band(data) > 0
+
+
+def test_no_many_epoch_share_draws_the_same_jobs_as_before_the_option():
+    assert JobDistribution("train", many_epoch_share=0.0).recipes(7, 30) == JobDistribution("train").recipes(
+        7, 30
+    )
+    with pytest.raises(ValueError, match="many_epoch_share"):
+        JobDistribution("train", many_epoch_share=-0.1)

@@ -423,17 +423,25 @@ def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypat
     assert len(validated) == 2 and all("cnn1d" in name for name in validated), validated
 
 
-def test_balanced_families_reach_the_envs_job_distribution(tmp_path):
+def test_balanced_families_and_many_epoch_jobs_reach_the_envs_job_distribution(tmp_path):
     from agents.training import make_vec_env
 
     path = tmp_path / "balanced.yaml"
-    path.write_text("env:\n  balance_families: true\n")
+    path.write_text("env:\n  balance_families: true\n  many_epoch_share: 0.5\n")
     venv = make_vec_env(resolve_config("tiny", path), seed=0)
     try:
         (env,) = venv.envs
         assert env.unwrapped.jobs.balance_families
+        assert env.unwrapped.jobs.many_epoch_share == 0.5
     finally:
         venv.close()
+
+
+def test_a_many_epoch_share_outside_0_to_1_is_refused_in_a_config(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("env:\n  many_epoch_share: 1.5\n")
+    with pytest.raises(ValueError, match="env.many_epoch_share"):
+        resolve_config("tiny", path)
 
 
 # ---------------------------------------------------------------------- kill and resume

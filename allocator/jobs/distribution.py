@@ -345,6 +345,18 @@ _VARIANTS: dict[str, dict[str, tuple[str, dict, tuple[str, ...]]]] = {
     },
 }
 
+# Many-epoch compute-bound draws (``JobDistribution(many_epoch_share=...)``): the budget buys
+# this many passes over the training set (drawn log-uniformly; the set is subsampled to fit),
+# and the learning rate is the optimizer's usual draw times a factor from this range, so the
+# model is still learning when the budget ends. Measured on the train split
+# (benchmarks/regime_mix.py): about 6 in 10 such jobs are compute-bound under uniform
+# training, most of the rest converged, few data-bound.
+MANY_EPOCHS = (6.0, 30.0)
+MANY_EPOCH_LR_SCALE = (0.15, 0.5)
+MANY_EPOCH_BUDGET_STEPS = (150, 300)
+# Bounds on the subsampled training set: small enough for many epochs, never a handful.
+MANY_EPOCH_TRAIN_SIZE = (200, 4000)
+
 # Synthetic data seeds of the two splits never overlap.
 _SYNTHETIC_SEEDS = {"train": (0, 100_000), "heldout": (100_000, 200_000)}
 # MNIST-1D generation costs ~0.6 s a seed; a few seeds, each cached, keep resets cheap.
@@ -378,6 +390,19 @@ class JobDistribution:
             then a dataset variant that has it. ``False`` (the default) draws
             the variant first and a family of it, so a family offered by one
             variant alone (the 1-D CNN: MNIST-1D only) is rarer than the others.
+        many_epoch_share: probability that a sampled compute-bound recipe is
+            a *many-epoch* one: a clean training set subsampled so that the
+            budget buys 6 to 30 epochs, and a learning rate 0.15 to 0.5 times
+            the usual draw, so the model still learns at the budget's end. By
+            default (0) compute-bound jobs run 2 to 8 epochs and data-bound
+            ones 10 to 80, so the number of epochs alone tells the regime, and
+            a policy learns to stop on it; a model family that learns slowly
+            (a CNN or a transformer on 1,400 digits, 9 to 12 epochs) then looks
+            data-bound to it. Many-epoch jobs break that shortcut. 0 draws
+            exactly as before this option existed. Trap: their ``regime`` is
+            the one they are drawn for; measured under uniform training about
+            6 in 10 are compute-bound, most others converged
+            (``benchmarks/regime_mix.py``).
 
     Example::
 
@@ -395,6 +420,7 @@ class JobDistribution:
         data_bound_share: float = 0.5,
         families: Sequence[str] | None = None,
         balance_families: bool = False,
+        many_epoch_share: float = 0.0,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -402,7 +428,10 @@ class JobDistribution:
             raise ValueError(f"named_share must be in [0, 1], got {named_share!r}")
         if not 0.0 <= data_bound_share <= 1.0:
             raise ValueError(f"data_bound_share must be in [0, 1], got {data_bound_share!r}")
+        if not 0.0 <= many_epoch_share <= 1.0:
+            raise ValueError(f"many_epoch_share must be in [0, 1], got {many_epoch_share!r}")
         self.split = split
+        self.many_epoch_share = float(many_epoch_share)
         self.named_share = float(named_share)
         self.data_bound_share = float(data_bound_share)
         self.device = device
@@ -472,6 +501,8 @@ class JobDistribution:
             family = families[int(rng.integers(len(families)))]
         widths, depths, batches = _SIZES[family]
         data_bound = regime == "data-bound"
+        # drawn only when asked for, so that the default keeps seeded job pools as they were
+        many_epochs = not data_bound and self.many_epoch_share > 0 and rng.random() < self.many_epoch_share
         # Data-bound jobs get the wider models: more capacity to memorise noise.
         width = int(widths[-1] if data_bound else rng.choice(widths))
         depth = int(rng.choice(depths))
@@ -485,15 +516,19 @@ class JobDistribution:
         # Compute-bound: a short budget, shorter still for the easy digits, which
         # a longer one would fit to convergence; data-bound: a long one, many
         # passes over a small noisy set.
-        if data_bound:
+        if many_epochs:
+            budget = self._many_epochs(rng, options, batch_size)
+            lr *= _log_uniform(rng, *MANY_EPOCH_LR_SCALE)
+        elif data_bound:
             # not much longer: standard training must still beat not training
             # at all (J < 1.8) on most jobs, or the job teaches only "stop at once"
             budget = int(rng.integers(150, 301))
         else:
             budget = int(rng.integers(60, 151) if dataset == "digits" else rng.integers(100, 251))
         tag = int(rng.integers(0, 100_000))
+        kind = f"{variant}-{family}-many-epochs" if many_epochs else f"{variant}-{family}"
         return JobRecipe(
-            name=f"{self.split}-{variant}-{family}-{tag:05d}",
+            name=f"{self.split}-{kind}-{tag:05d}",
             dataset=dataset,
             dataset_options=options,
             model=family,
@@ -507,6 +542,18 @@ class JobDistribution:
             split=self.split,
             weight_decay=weight_decay,
         )
+
+    @staticmethod
+    def _many_epochs(rng: np.random.Generator, options: dict, batch_size: int) -> int:
+        """A many-epoch draw's budget; sets its training-set size and clean labels in ``options``."""
+        budget = int(rng.integers(MANY_EPOCH_BUDGET_STEPS[0], MANY_EPOCH_BUDGET_STEPS[1] + 1))
+        epochs = _log_uniform(rng, *MANY_EPOCHS)
+        smallest, largest = MANY_EPOCH_TRAIN_SIZE
+        # MNIST-1D and digits keep their whole set when this asks for more than it has
+        options["n_train"] = int(min(largest, max(smallest, round(budget * batch_size / epochs))))
+        if "label_noise" in options:
+            options["label_noise"] = 0.0
+        return budget
 
     def _data_options(self, rng: np.random.Generator, dataset: str, data_bound: bool) -> dict:
         """Training-set size, noise and seed for the regime being drawn."""
@@ -545,4 +592,5 @@ class JobDistribution:
 
     def __repr__(self) -> str:
         families = "" if self.families is None else f", families={list(self.families)}"
-        return f"JobDistribution(split={self.split!r}, named_share={self.named_share}{families})"
+        many = f", many_epoch_share={self.many_epoch_share}" if self.many_epoch_share else ""
+        return f"JobDistribution(split={self.split!r}, named_share={self.named_share}{families}{many})"
