@@ -16,6 +16,16 @@ seed and the policies' spec), so the numbers equal those of the two commands.
 ``--out DIR`` writes an ``evaluate``-style ``results.csv`` per policy and set
 (``DIR/NAME-named``, ``DIR/NAME-cnn1d``) that ``compare_runs.py`` reads.
 
+``--slow-learner-jobs N`` adds a third set, a train-split stand-in for the
+held-out slow learners (a CNN or a transformer on 1,400 digits, still
+improving after 10 epochs): N many-epoch compute-bound jobs
+(``JobDistribution(many_epoch_share=1)``, 6 to 30 epochs on a clean set at
+a slower learning rate) x 2 seeds. Its table counts only the pairs whose
+uniform run measures compute-bound (``measured_regime``), where stopping
+early loses, and gives each policy's mean compute fraction there and how
+many of those pairs it stops before 0.9 of the budget (BENCHMARKS.md
+section 5, sixteenth round). The bar's table above it is unchanged.
+
 ``--selection-gate T`` also runs every policy with the jobs' selection gate
 at alignment threshold T (``TrainingJob.selection_gate``): a policy trained
 without the gate, applied with it, as a cheap screen of the rule before
@@ -42,7 +52,8 @@ from allocator.evaluation import (
     describe_machine,
 )
 from allocator.job_loading import JobSource
-from allocator.jobs import make_job, names
+from allocator.jobs import JobDistribution, make_job, names
+from allocator.jobs.distribution import measured_regime
 from allocator.runner import run_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +62,9 @@ from family_transfer import job_builders, load_policies, report_name, transfer_r
 # set name -> (job seeds, {job name: build(seed)}); built once, inherited by forked workers
 SETS: dict[str, tuple[list[int], dict]] = {}
 POLICIES: dict = {}
+# apart from the envs' job pools (job_pool_seed 0), family_transfer.py and regime_mix.py
+SLOW_LEARNER_SEED = 3036
+EARLY = 0.9  # a compute-bound run that ends before this share of its budget was stopped early
 
 
 class GatedPolicy:
@@ -70,15 +84,44 @@ class GatedPolicy:
         return self.policy.act(observation)
 
 
+def slow_learner_recipes(count: int) -> dict:
+    """``{name: JobRecipe}``: ``count`` distinct many-epoch compute-bound recipes of the train split."""
+    drawn = JobDistribution("train", named_share=0.0, many_epoch_share=1.0).recipes(SLOW_LEARNER_SEED, count * 4)
+    many = {recipe.name: recipe for recipe in drawn if "-many-epochs-" in recipe.name}
+    return dict(list(many.items())[:count])
+
+
 def job_sets(
-    cnn_jobs: int = 16, named_seeds: int = 3, cnn_seeds: int = 2
+    cnn_jobs: int = 16, named_seeds: int = 3, cnn_seeds: int = 2, slow_learner_jobs: int = 0
 ) -> dict[str, tuple[list[int], dict]]:
-    """The two sets of the check: the named train jobs and jobs of the train split's 1-D CNN family."""
+    """The sets of the check: the named train jobs, jobs of the train split's 1-D CNN family and
+    (``slow_learner_jobs`` > 0) many-epoch compute-bound jobs, two seeds each."""
     named = {
         name: (lambda seed, name=name: make_job(name, seed=seed, device="cpu")) for name in names("train")
     }
     cnn = job_builders(transfer_recipes("train", ["cnn1d"], cnn_jobs))
-    return {"named": (list(range(named_seeds)), named), "cnn1d": (list(range(cnn_seeds)), cnn)}
+    sets = {"named": (list(range(named_seeds)), named), "cnn1d": (list(range(cnn_seeds)), cnn)}
+    if slow_learner_jobs:
+        sets["slow"] = ([0, 1], job_builders(slow_learner_recipes(slow_learner_jobs)))
+    return sets
+
+
+def slow_learner_row(path: str, report: EvaluationReport) -> str:
+    """One Markdown row: the policy on the slow-learner pairs whose uniform run is compute-bound."""
+    pairs = [
+        (run, report.run(run.job, run.seed, POLICY))
+        for run in report.select(controller=REFERENCE)
+        if measured_regime(run.result.curve) == "compute-bound"
+    ]
+    if not pairs:
+        return f"| {path} | 0 | - | - | - | - | - |"
+    fractions = [mine.result.compute_used / mine.result.budget for _, mine in pairs]
+    return (
+        f"| {path} | {len(pairs)} | {statistics.fmean(u.result.objective for u, _ in pairs):.4f} "
+        f"| {statistics.fmean(m.result.objective for _, m in pairs):.4f} "
+        f"| {sum(m.result.objective < u.result.objective for u, m in pairs)} "
+        f"| {statistics.fmean(fractions):.3f} | {sum(f < EARLY for f in fractions)} |"
+    )
 
 
 def _run_pair(task: tuple[str, str, int]) -> tuple[tuple[str, str, int], dict]:
@@ -145,6 +188,13 @@ def main(argv=None) -> int:
     parser.add_argument("--named-seeds", type=int, default=3, help="job seeds per named train job")
     parser.add_argument("--cnn-seeds", type=int, default=2, help="job seeds per 1-D CNN job")
     parser.add_argument(
+        "--slow-learner-jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run N many-epoch compute-bound jobs x 2 seeds, a stand-in for slow learners (default: 0, not run)",
+    )
+    parser.add_argument(
         "--selection-gate",
         type=float,
         metavar="T",
@@ -156,6 +206,8 @@ def main(argv=None) -> int:
     for option in ("workers", "cnn_jobs", "named_seeds", "cnn_seeds"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    if args.slow_learner_jobs < 0:
+        parser.error(f"--slow-learner-jobs must be >= 0, got {args.slow_learner_jobs}")
     torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool
     POLICIES.update(load_policies(parser, args.policies))
     specs = {policy.spec for policy in POLICIES.values()}
@@ -166,7 +218,7 @@ def main(argv=None) -> int:
     if args.selection_gate is not None:
         for path, policy in list(POLICIES.items()):
             POLICIES[f"{path}@gate{args.selection_gate:g}"] = GatedPolicy(policy, args.selection_gate)
-    SETS.update(job_sets(args.cnn_jobs, args.named_seeds, args.cnn_seeds))
+    SETS.update(job_sets(args.cnn_jobs, args.named_seeds, args.cnn_seeds, args.slow_learner_jobs))
     tasks = [
         (name, job, seed) for name, (seeds, builders) in SETS.items() for job in builders for seed in seeds
     ]
@@ -204,6 +256,14 @@ def main(argv=None) -> int:
         )
     if len(POLICIES) > 1:
         print(f"mean total wins {statistics.fmean(totals):.2f}")
+    if "slow" in SETS:
+        print(
+            f"\nslow learners: {len(SETS['slow'][1])} many-epoch jobs x 2 seeds; the pairs whose uniform run is compute-bound"
+        )
+        print("| policy | pairs | uniform mean J | policy mean J | wins | compute fraction | stopped before 0.9 |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for path in POLICIES:
+            print(slow_learner_row(path, made[path, "slow"]))
     return 0
 
 

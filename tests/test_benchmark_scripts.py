@@ -373,3 +373,58 @@ def test_train_check_gated_policy_acts_as_the_policy_and_sets_the_jobs_gate():
     assert job.selection_gate == 0.7 and gated.spec == policy.spec
     observation = job.observation()
     assert gated.act(observation) == policy.act(observation)
+
+
+def test_train_check_slow_learners_are_distinct_many_epoch_compute_bound_jobs():
+    check = load_script("train_check")
+    recipes = check.slow_learner_recipes(5)
+    assert len(recipes) == 5
+    for name, recipe in recipes.items():
+        assert recipe.name == name and "-many-epochs-" in name and recipe.regime == "compute-bound"
+        assert recipe.budget_steps >= 150
+    # its own job seed: none of the jobs family_transfer.py or regime_mix.py draw
+    assert check.SLOW_LEARNER_SEED not in (load_script("regime_mix").JOB_SEED, load_script("family_transfer").JOB_SEED)
+
+
+def test_train_check_slow_learner_row_counts_only_pairs_uniform_finds_compute_bound():
+    """A pair whose uniform run is not compute-bound is left out; a stop at a fifth is counted as early."""
+    import dataclasses
+
+    from allocator import Allocation, AllocatorPolicy
+
+    check = load_script("train_check")
+    spec = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy").spec
+
+    class StopAfterTwoIntervals:
+        name = "stop-early"
+
+        def __init__(self):
+            self.spec = spec
+
+        def reset(self, job):
+            self.taken = 0
+
+        def act(self, observation):
+            self.taken += 1
+            steps = 0 if self.taken > 2 else self.spec.max_steps
+            return dataclasses.replace(Allocation.uniform(self.spec), steps=steps)
+
+    check.POLICIES.clear()
+    check.POLICIES["early"] = StopAfterTwoIntervals()
+    check.SETS.clear()
+    check.SETS["slow"] = (
+        [0],
+        {
+            "falling": lambda seed: make_job(budget_steps=200, seed=seed),
+            "flat": lambda seed: make_job(budget_steps=80, seed=seed),
+        },
+    )
+    results = dict(map(check._run_pair, [("slow", "falling", 0), ("slow", "flat", 0)]))
+    report = check.reports(results, check.POLICIES)["early", "slow"]
+    regime = {job: check.measured_regime(report.run(job, 0, "uniform").result.curve) for job in ("falling", "flat")}
+    assert regime == {"falling": "compute-bound", "flat": "converged"}  # the premise of the test
+    stopped = report.run("falling", 0, "policy").result
+    fraction = stopped.compute_used / stopped.budget
+    assert fraction < check.EARLY
+    row = check.slow_learner_row("early", report)
+    assert row.startswith("| early | 1 |") and row.endswith(f"| 0 | {fraction:.3f} | 1 |")
