@@ -36,11 +36,6 @@ EPOCH_BANDS = ((0.0, 6.0), (6.0, 9.0), (9.0, 30.0), (30.0, float("inf")))
 MEASURED = ("compute-bound", "converged", "data-bound", "diverged")
 
 
-def budget_epochs(recipe) -> float:
-    """Passes over the training set that the recipe's budget buys at standard training."""
-    return recipe.budget_steps * recipe.batch_size / recipe.data().train[0].shape[0]
-
-
 def measure(recipe_and_seed) -> dict:
     """One uniform run of a recipe on the CPU (one thread): its row of the table."""
     import torch
@@ -53,7 +48,7 @@ def measure(recipe_and_seed) -> dict:
     return {
         "job": recipe.name,
         "seed": seed,
-        "epochs": round(budget_epochs(recipe), 3),
+        "epochs": round(recipe.budget_epochs, 3),
         "drawn_regime": recipe.regime,
         "measured_regime": measured_regime(result.curve),
         "uniform_objective": round(result.objective, 6),

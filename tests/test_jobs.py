@@ -402,16 +402,18 @@ def test_balanced_families_give_each_model_family_an_even_share_of_sampled_jobs(
     assert {recipe.dataset for recipe in balanced if recipe.model == "cnn1d"} == {"mnist1d"}
 
 
-def _budget_epochs(recipe) -> float:
-    return recipe.budget_steps * recipe.batch_size / recipe.data().train[0].shape[0]
+def test_budget_epochs_are_the_passes_over_the_training_set_the_budget_buys():
+    # 250 steps of 64 samples over the 1,397 digits: a slow learner still improving at 11 epochs
+    assert NAMED_JOBS["digits-transformer"].budget_epochs == pytest.approx(250 * 64 / 1397)
+    assert NAMED_JOBS["synth-noisy-mlp"].budget_epochs == pytest.approx(250 * 64 / 300)
 
 
 def test_by_default_the_number_of_epochs_tells_the_regime():
     # the shortcut many_epoch_share exists to break: most sampled compute-bound jobs run
     # fewer epochs than most data-bound ones, so a policy can stop on epochs alone
     recipes = JobDistribution("train", named_share=0.0).recipes(np.random.default_rng(2), 120)
-    compute = [_budget_epochs(r) for r in recipes if r.regime == "compute-bound"]
-    data = [_budget_epochs(r) for r in recipes if r.regime == "data-bound"]
+    compute = [r.budget_epochs for r in recipes if r.regime == "compute-bound"]
+    data = [r.budget_epochs for r in recipes if r.regime == "data-bound"]
     assert np.percentile(compute, 80) < np.percentile(data, 20)
     assert np.median(data) > 4 * np.median(compute)
 
@@ -424,7 +426,7 @@ def test_many_epoch_jobs_are_compute_bound_draws_with_many_epochs_clean_labels_a
     )
     many = [r for r in recipes if "many-epochs" in r.name]
     assert len(many) == sum(r.regime == "compute-bound" for r in recipes) > 40
-    epochs = [_budget_epochs(r) for r in many]
+    epochs = [r.budget_epochs for r in many]
     # digits has 1,397 training samples: a few of its draws run fewer epochs than asked for
     assert np.median(epochs) > MANY_EPOCHS[0] and max(epochs) <= MANY_EPOCHS[1] * 1.01
     assert sum(e >= MANY_EPOCHS[0] * 0.99 for e in epochs) / len(epochs) > 0.9
@@ -442,8 +444,8 @@ def test_many_epoch_jobs_make_the_epoch_ranges_of_the_two_regimes_overlap():
     recipes = JobDistribution("train", named_share=0.0, many_epoch_share=0.5).recipes(
         np.random.default_rng(2), 200
     )
-    compute = np.array([_budget_epochs(r) for r in recipes if r.regime == "compute-bound"])
-    data = np.array([_budget_epochs(r) for r in recipes if r.regime == "data-bound"])
+    compute = np.array([r.budget_epochs for r in recipes if r.regime == "compute-bound"])
+    data = np.array([r.budget_epochs for r in recipes if r.regime == "data-bound"])
     # between 9 and 30 epochs, where the held-out digits CNN and transformer sit, both regimes occur
     in_band = lambda epochs: ((epochs >= 9) & (epochs <= 30)).sum()  # noqa: E731
     assert in_band(compute) >= 0.4 * in_band(data) > 0

@@ -116,6 +116,11 @@ class JobRecipe:
         """The recipe's dataset (cached in-process: repeated calls return the same tensors)."""
         return load_dataset(self.dataset, **self.options)
 
+    @property
+    def budget_epochs(self) -> float:
+        """Passes over the training set that the budget buys at standard training (loads the data)."""
+        return self.budget_steps * self.batch_size / len(self.data().train[1])
+
     def build(self, seed: int = 0, spec=None, device: str = "auto"):
         """Build a fresh TrainingJob from this recipe; ``seed`` seeds the initial weights and the job.
 
