@@ -92,8 +92,11 @@ def main(argv=None) -> int:
         parser.error(str(error))
     rng = np.random.default_rng(JOB_SEED)
     draws = [(distribution.sample_recipe(rng), int(rng.integers(1000))) for _ in range(args.jobs)]
-    with ProcessPoolExecutor(args.workers) as pool:
-        rows = list(tqdm(pool.map(measure, draws), total=len(draws), desc="uniform runs", unit="job"))
+    if args.workers == 1:
+        rows = list(tqdm(map(measure, draws), total=len(draws), desc="uniform runs", unit="job"))
+    else:
+        with ProcessPoolExecutor(args.workers) as pool:
+            rows = list(tqdm(pool.map(measure, draws), total=len(draws), desc="uniform runs", unit="job"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as handle:

@@ -1,5 +1,6 @@
 """The analysis scripts behind BENCHMARKS.md section 5 compute what they claim."""
 
+import csv
 import importlib.util
 from pathlib import Path
 
@@ -428,3 +429,30 @@ def test_train_check_slow_learner_row_counts_only_pairs_uniform_finds_compute_bo
     assert fraction < check.EARLY
     row = check.slow_learner_row("early", report)
     assert row.startswith("| early | 1 |") and row.endswith(f"| 0 | {fraction:.3f} | 1 |")
+
+
+def test_regime_mix_counts_each_uniform_run_in_its_band_of_epochs(tmp_path, capsys):
+    regime_mix = load_script("regime_mix")
+    out = tmp_path / "mix.csv"
+    assert regime_mix.main(["--jobs", "3", "--workers", "1", "--many-epoch-share", "1", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3
+    printed = capsys.readouterr().out
+    for drawn in ("compute-bound", "data-bound"):
+        mine = [row for row in rows if row["drawn_regime"] == drawn]
+        lines = regime_mix.band_table(
+            [dict(row, epochs=float(row["epochs"]), uniform_objective=float(row["uniform_objective"])) for row in mine]
+        )
+        assert "\n".join(lines) in printed
+        # every run falls in exactly one band, and each band's regimes add up to its jobs
+        assert sum(int(line.split("|")[2]) for line in lines[2:]) == len(mine)
+        for line in lines[2:]:
+            cells = [cell.strip() for cell in line.split("|")[2:-2]]
+            assert int(cells[0]) == sum(map(int, cells[1:]))
+
+
+def test_regime_mix_refuses_a_share_outside_0_to_1(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("regime_mix").main(["--many-epoch-share", "2"])
+    assert exit_info.value.code == 2
+    assert "many_epoch_share must be in [0, 1], got 2.0" in capsys.readouterr().err
