@@ -56,6 +56,9 @@ class EnvConfig:
     """Optimizer steps of one interval (one env step) at uniform allocation."""
     min_keep_fraction: float = 0.1
     """Smallest share of a drawn batch that can get the backward pass."""
+    min_layer_gate: float = 0.0
+    """Smallest layer gate an action can ask for, in [0, 1]; 1 takes the layer lever away
+    (every layer group trained at every step). The exported policy records it."""
     dead_zone: float = 0.0
     """Actions within this distance of the zero action give exactly standard training
     (``allocator.AllocationSpec``), in [0, 0.5); the exported policy records it."""
@@ -112,6 +115,7 @@ class EnvConfig:
         for name in ("sample_groups", "layer_groups", "max_steps"):
             _at_least(where, f"env.{name}", getattr(self, name), 1)
         _in_range(where, "env.min_keep_fraction", self.min_keep_fraction, 0.0, 1.0, low_open=True)
+        _in_range(where, "env.min_layer_gate", self.min_layer_gate, 0.0, 1.0)
         _in_range(where, "env.dead_zone", self.dead_zone, 0.0, -STOP_BELOW, high_open=True)
         try:
             check_selection_gate(self.selection_gate, "env.selection_gate")

@@ -91,6 +91,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "layer_groups": env.layer_groups,
         "max_steps": env.max_steps,
         "min_keep_fraction": env.min_keep_fraction,
+        "min_layer_gate": env.min_layer_gate,
         "dead_zone": env.dead_zone,
         "selection_gate": env.selection_gate,
         "s": env.s,
@@ -144,6 +145,7 @@ def allocation_spec(config: TrainConfig):
         max_steps=env.max_steps,
         min_keep_fraction=env.min_keep_fraction,
         dead_zone=env.dead_zone,
+        min_layer_gate=env.min_layer_gate,
     )
 
 

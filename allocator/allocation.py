@@ -79,6 +79,12 @@ class AllocationSpec:
             training a 1 % tilt of the shares or a gate of 0.99 changes the
             trajectory (BENCHMARKS.md, section 5). 0 (the default, and what a
             policy.json without the field means) is the original mapping.
+        min_layer_gate: the smallest layer gate an action can ask for, in
+            ``[0, 1]``: gate entries map onto ``[min_layer_gate, 1]``. 1 takes
+            the layer lever away (every group trained at every step, as in
+            standard training), as ``min_keep_fraction`` 1 takes selection
+            away. 0 (the default, and what a policy.json without the field
+            means) is the original mapping.
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
@@ -89,6 +95,7 @@ class AllocationSpec:
     max_steps: int = 10
     min_keep_fraction: float = 0.1
     dead_zone: float = 0.0
+    min_layer_gate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -99,6 +106,8 @@ class AllocationSpec:
             raise ValueError(f"min_keep_fraction must be in (0, 1], got {self.min_keep_fraction!r}")
         if not (math.isfinite(self.dead_zone) and 0.0 <= self.dead_zone < -STOP_BELOW):
             raise ValueError(f"dead_zone must be in [0, {-STOP_BELOW}), got {self.dead_zone!r}")
+        if not (math.isfinite(self.min_layer_gate) and 0.0 <= self.min_layer_gate <= 1.0):
+            raise ValueError(f"min_layer_gate must be in [0, 1], got {self.min_layer_gate!r}")
 
     @property
     def action_size(self) -> int:
@@ -106,17 +115,20 @@ class AllocationSpec:
         return self.sample_groups + 1 + self.layer_groups + 1
 
     def to_dict(self) -> dict:
-        return {
+        spec = {
             "sample_groups": int(self.sample_groups),
             "layer_groups": int(self.layer_groups),
             "max_steps": int(self.max_steps),
             "min_keep_fraction": float(self.min_keep_fraction),
             "dead_zone": float(self.dead_zone),
         }
+        if self.min_layer_gate:  # only when set: policies of the original mapping write what they always did
+            spec["min_layer_gate"] = float(self.min_layer_gate)
+        return spec
 
     @classmethod
     def from_dict(cls, data: dict) -> AllocationSpec:
-        known = {"sample_groups", "layer_groups", "max_steps", "min_keep_fraction", "dead_zone"}
+        known = {"sample_groups", "layer_groups", "max_steps", "min_keep_fraction", "dead_zone", "min_layer_gate"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown AllocationSpec field(s): {sorted(unknown)}")
@@ -133,7 +145,8 @@ class AllocationSpec:
         * keep: ``1`` for ``a >= 0``; below 0 it jumps to the break-even fraction
           ``2/3`` (:data:`KEEP_BREAK_EVEN`) and falls linearly to ``min_keep_fraction``
           at -1 (a fraction between 2/3 and 1 would cost more than keeping all);
-        * gates: ``clip(1 + a, 0, 1)`` (zero or more -> always trained);
+        * gates: ``clip(1 + a, 0, 1)`` (zero or more -> always trained), mapped
+          onto ``[min_layer_gate, 1]``;
         * steps: ``max_steps`` for ``a >= 0``, falling linearly to 1 at
           ``a = -0.5``; below -0.5 the job stops (steps = 0).
 
@@ -158,6 +171,8 @@ class AllocationSpec:
         shares /= shares.sum()
         keep = self._keep_of(a[k])
         gates = np.clip((1.0 + a[k + 1 : k + 1 + g]) / (1.0 - self.dead_zone), 0.0, 1.0)
+        if self.min_layer_gate:
+            gates = self.min_layer_gate + (1.0 - self.min_layer_gate) * gates
         steps = self._steps_of(a[k + 1 + g])
         return Allocation(
             sample_shares=tuple(float(x) for x in shares),
@@ -190,8 +205,12 @@ class AllocationSpec:
         else:  # a fraction above the break-even point maps to it: the nearest reachable one
             keep = -d + (1.0 - d) * (min(allocation.keep_fraction, top) - top) / (top - self.min_keep_fraction)
             keep = min(keep, -d - 1e-6)  # strictly below -d, where selection starts
-        gates = np.asarray(allocation.layer_gates, dtype=np.float64) * (1.0 - d) - 1.0
-        gates[np.asarray(allocation.layer_gates) >= 1.0] = 0.0
+        floor = self.min_layer_gate
+        wanted = np.asarray(allocation.layer_gates, dtype=np.float64)
+        # a gate below the floor maps to the floor: the nearest reachable one
+        unit = np.clip((wanted - floor) / (1.0 - floor), 0.0, 1.0) if floor < 1.0 else np.ones_like(wanted)
+        gates = unit * (1.0 - d) - 1.0
+        gates[unit >= 1.0] = 0.0
         if allocation.steps == 0:
             steps = (-1.0 + STOP_BELOW) / 2.0  # the middle of the stop region
         elif allocation.steps == self.max_steps:

@@ -14,7 +14,8 @@ files that are all a user needs to apply a trained policy:
       "format_version": 1,
       "kind": "mlp" | "attention",
       "spec": {"sample_groups": K, "layer_groups": G, "max_steps": ..., "min_keep_fraction": ...,
-               "dead_zone": ... (absent in older files: 0)},
+               "dead_zone": ... (absent in older files: 0),
+               "min_layer_gate": ... (absent unless set: 0)},
       "selection_gate": T,                                   # optional: absent means off
       "observation": {"size": N, "global": n_g, "per_sample_group": n_s,
                       "per_layer_group": n_l, "features": {...names, optional...},

@@ -39,7 +39,8 @@ class ComputeAllocationEnv(gym.Env):
                                    ``min_keep_fraction`` at -1: share of the
                                    batch (highest loss first) that gets a
                                    backward pass
-    K+1..K+G   layer gates         ``clip(1 + a, 0, 1)``: probability each
+    K+1..K+G   layer gates         ``clip(1 + a, 0, 1)``, mapped onto
+                                   ``[min_layer_gate, 1]``: probability each
                                    layer group is trained at a step
     K+G+1      steps               ``max_steps`` for a >= 0, down to 1 at
                                    a = -0.5; a < -0.5 stops the job
@@ -74,7 +75,7 @@ class ComputeAllocationEnv(gym.Env):
 
     * ``split``: ``"train"`` or ``"heldout"``, the job distribution to sample.
     * ``sample_groups``, ``layer_groups``, ``max_steps``, ``min_keep_fraction``,
-      ``dead_zone``: the :class:`~allocator.AllocationSpec`.
+      ``dead_zone``, ``min_layer_gate``: the :class:`~allocator.AllocationSpec`.
     * ``selection_gate``: the jobs' selection gate (``TrainingJob.selection_gate``):
       an interval asking for selective backprop runs the whole batch unless the
       last interval's gradient alignment reached this threshold; ``None``: off.
@@ -134,6 +135,7 @@ class ComputeAllocationEnv(gym.Env):
         layer_groups: int = 4,
         max_steps: int = 10,
         min_keep_fraction: float = 0.1,
+        min_layer_gate: float = 0.0,
         dead_zone: float = 0.0,
         selection_gate: float | None = None,
         s: float = 0.2,
@@ -171,6 +173,7 @@ class ComputeAllocationEnv(gym.Env):
             layer_groups=layer_groups,
             max_steps=max_steps,
             min_keep_fraction=min_keep_fraction,
+            min_layer_gate=min_layer_gate,
             dead_zone=dead_zone,
         )
         self.selection_gate = check_selection_gate(selection_gate)

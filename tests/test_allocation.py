@@ -1,5 +1,7 @@
 """Allocations: validation, the uniform allocation and the centred action mapping."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -104,6 +106,40 @@ def test_spec_without_a_dead_zone_field_reads_as_the_original_mapping():
     old = {"sample_groups": 4, "layer_groups": 3, "max_steps": 10, "min_keep_fraction": 0.1}
     assert AllocationSpec.from_dict(old) == SPEC and SPEC.dead_zone == 0.0
     assert AllocationSpec.from_dict(DEAD.to_dict()) == DEAD
+
+
+def test_a_min_layer_gate_of_one_takes_the_layer_lever_away():
+    no_gates = AllocationSpec(sample_groups=4, layer_groups=3, max_steps=10, min_layer_gate=1.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        action = rng.uniform(-1, 1, no_gates.action_size)
+        allocation = no_gates.to_allocation(action)
+        assert allocation.layer_gates == (1.0, 1.0, 1.0)
+        # the other levers map as without the floor
+        assert allocation == dataclasses.replace(SPEC.to_allocation(action), layer_gates=(1.0, 1.0, 1.0))
+    assert np.all(no_gates.to_action(Allocation.uniform(no_gates)) == 0.0)
+
+
+def test_gates_map_onto_min_layer_gate_to_one_and_back():
+    half = AllocationSpec(sample_groups=2, layer_groups=3, max_steps=10, min_layer_gate=0.5, dead_zone=0.1)
+    action = np.array([0.0, 0.0, 0.0, -1.0, -0.55, 0.3, 0.0])
+    assert half.to_allocation(action).layer_gates == pytest.approx((0.5, 0.75, 1.0))
+    for gates in [(0.5, 0.75, 1.0), (0.6, 0.99, 0.5)]:
+        allocation = Allocation((0.5, 0.5), 1.0, gates, 10)
+        assert half.to_allocation(half.to_action(allocation)).layer_gates == pytest.approx(gates, abs=1e-6)
+    # a gate below the floor cannot be asked for: it maps to the floor
+    below = Allocation((0.5, 0.5), 1.0, (0.1, 1.0, 1.0), 10)
+    assert half.to_allocation(half.to_action(below)).layer_gates == pytest.approx((0.5, 1.0, 1.0))
+
+
+def test_min_layer_gate_is_written_only_when_set_and_read_back():
+    assert "min_layer_gate" not in SPEC.to_dict()  # policies of the original mapping write what they did
+    floored = AllocationSpec(min_layer_gate=1.0)
+    assert floored.to_dict()["min_layer_gate"] == 1.0
+    assert AllocationSpec.from_dict(floored.to_dict()) == floored
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="min_layer_gate must be in"):
+            AllocationSpec(min_layer_gate=bad)
 
 
 def test_out_of_range_actions_are_clipped_and_non_finite_ones_rejected():

@@ -183,6 +183,7 @@ def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
     config = tmp_path / "blind.yaml"
     config.write_text(
         "env:\n  ignored_features: [budget_used, previous_gate]\n  dead_zone: 0.05\n  selection_gate: 0.7\n"
+        "  min_layer_gate: 0.5\n"
     )
     out = tmp_path / "blind"
     argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "64"]
@@ -193,6 +194,7 @@ def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
     assert metadata["selection_gate"] == 0.7
     policy = AllocatorPolicy.load(out)
     assert policy.spec.dead_zone == 0.05  # the action mapping it was trained with, recorded
+    assert policy.spec.min_layer_gate == 0.5
     positions = ObservationLayout(policy.spec).positions(["budget_used", "previous_gate"])
     job = make_job()
     policy.reset(job)
