@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -128,7 +128,7 @@ class AllocationSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> AllocationSpec:
-        known = {"sample_groups", "layer_groups", "max_steps", "min_keep_fraction", "dead_zone", "min_layer_gate"}
+        known = {field.name for field in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown AllocationSpec field(s): {sorted(unknown)}")

@@ -32,15 +32,21 @@ from allocator.jobs import JobDistribution
 JOB_SEED = 2024
 
 
-def transfer_recipes(split: str, families: list[str], count: int, job_seed: int = JOB_SEED) -> dict:
-    """``{name: JobRecipe}``: ``count`` distinct recipes of ``split`` drawn from ``families`` only."""
-    distribution = JobDistribution(split, families=families)
+def distinct_recipes(distribution: JobDistribution, count: int, job_seed: int, keep=None) -> dict:
+    """``{name: JobRecipe}``: the first ``count`` distinct recipes ``distribution`` draws from
+    ``job_seed`` (of those ``keep(recipe)`` accepts, if given), out of ``count * 4`` draws."""
     recipes: dict = {}
     for recipe in distribution.recipes(job_seed, count * 4):  # named jobs can repeat; keep distinct ones
-        recipes.setdefault(recipe.name, recipe)
+        if keep is None or keep(recipe):
+            recipes.setdefault(recipe.name, recipe)
         if len(recipes) == count:
             break
     return recipes
+
+
+def transfer_recipes(split: str, families: list[str], count: int, job_seed: int = JOB_SEED) -> dict:
+    """``{name: JobRecipe}``: ``count`` distinct recipes of ``split`` drawn from ``families`` only."""
+    return distinct_recipes(JobDistribution(split, families=families), count, job_seed)
 
 
 def job_builders(recipes: dict) -> dict:

@@ -57,7 +57,13 @@ from allocator.jobs.distribution import measured_regime
 from allocator.runner import run_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from family_transfer import job_builders, load_policies, report_name, transfer_recipes  # noqa: E402
+from family_transfer import (  # noqa: E402
+    distinct_recipes,
+    job_builders,
+    load_policies,
+    report_name,
+    transfer_recipes,
+)
 
 # set name -> (job seeds, {job name: build(seed)}); built once, inherited by forked workers
 SETS: dict[str, tuple[list[int], dict]] = {}
@@ -86,9 +92,8 @@ class GatedPolicy:
 
 def slow_learner_recipes(count: int) -> dict:
     """``{name: JobRecipe}``: ``count`` distinct many-epoch compute-bound recipes of the train split."""
-    drawn = JobDistribution("train", named_share=0.0, many_epoch_share=1.0).recipes(SLOW_LEARNER_SEED, count * 4)
-    many = {recipe.name: recipe for recipe in drawn if "-many-epochs-" in recipe.name}
-    return dict(list(many.items())[:count])
+    distribution = JobDistribution("train", named_share=0.0, many_epoch_share=1.0)
+    return distinct_recipes(distribution, count, SLOW_LEARNER_SEED, keep=lambda recipe: "-many-epochs-" in recipe.name)
 
 
 def job_sets(
