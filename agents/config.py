@@ -107,6 +107,17 @@ class EnvConfig:
     ``budget_used``, ``previous_share``): 0 in every observation. The exported policy
     records them and zeroes them in a job's observation too."""
 
+    def distribution_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``allocator.jobs.JobDistribution`` (and of the env, which passes
+        them on) for the configured training jobs: one place for both the envs and the
+        validation jobs of ``agents.training``, so that a new option reaches both."""
+        return {
+            "data_bound_share": self.data_bound_share,
+            "families": list(self.families) or None,
+            "balance_families": self.balance_families,
+            "many_epoch_share": self.many_epoch_share,
+        }
+
     def validate(self, where: str) -> None:
         _choice(where, "env.split", self.split, SPLITS)
         _choice(where, "env.reference", self.reference, REFERENCES)

@@ -100,10 +100,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "job_pool": env.job_pool or None,
         "job_pool_seed": env.job_pool_seed,
         "ignored_features": list(env.ignored_features),
-        "data_bound_share": env.data_bound_share,
-        "families": list(env.families) or None,
-        "balance_families": env.balance_families,
-        "many_epoch_share": env.many_epoch_share,
+        **env.distribution_options(),
         "num_threads": 1,
         "device": env.device,
     }
@@ -504,14 +501,10 @@ def _train(
     if training.validation_jobs > 0:
         from allocator.jobs import JobDistribution
 
-        validation_distribution = JobDistribution(
-            config.env.split,
-            device=config.env.device,
-            data_bound_share=config.env.data_bound_share,
-            families=training.validation_families or config.env.families or None,
-            balance_families=config.env.balance_families,
-            many_epoch_share=config.env.many_epoch_share,
-        )
+        options = config.env.distribution_options()
+        if training.validation_families:  # validate on a family left out of training
+            options["families"] = list(training.validation_families)
+        validation_distribution = JobDistribution(config.env.split, device=config.env.device, **options)
 
         def validation_job(index: int):
             # a seed sequence of its own: not one of the envs' job pools, nor a fresh job an env draws

@@ -10,7 +10,13 @@ J and wins over uniform for each. Jobs are the named jobs of a split, or with
 
     python benchmarks/lever_ablation.py --families cnn1d --jobs 16 --seeds 1 runs/quick
 
-BENCHMARKS.md section 5 (fifth round) has what it found.
+``--slow-learner-jobs N`` runs the stand-in for the held-out slow learners
+instead (``train_check.py --slow-learner-jobs``: N many-epoch compute-bound
+jobs) and counts only the pairs whose uniform run measures compute-bound,
+where every lever but stopping is what can still cost J once a policy runs
+to the end.
+
+BENCHMARKS.md section 5 (fifth and seventeenth rounds) has what it found.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from family_transfer import job_builders, load_policies, transfer_recipes  # noqa: E402
+from train_check import slow_learner_recipes  # noqa: E402
 
 from allocator.allocation import Allocation  # noqa: E402
 from allocator.evaluation import parse_names, resolve_jobs  # noqa: E402
+from allocator.jobs.distribution import measured_regime  # noqa: E402
 from allocator.runner import run_job  # noqa: E402
 
 # each lever and the Allocation field that holds it
@@ -78,10 +86,22 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=16, help="with --families: how many distinct jobs")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument(
+        "--slow-learner-jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N many-epoch compute-bound jobs of the train split (train_check.py's stand-in for slow "
+        "learners) and count only the pairs uniform measures compute-bound",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.slow_learner_jobs < 0:
+        parser.error(f"--slow-learner-jobs must be >= 0, got {args.slow_learner_jobs}")
     try:
-        if args.families:
+        if args.slow_learner_jobs:
+            builders = list(job_builders(slow_learner_recipes(args.slow_learner_jobs)).values())
+        elif args.families:
             recipes = transfer_recipes(args.split, parse_names(args.families), args.jobs)
             builders = list(job_builders(recipes).values())
         else:
@@ -101,13 +121,18 @@ def main(argv=None) -> int:
         for build in builders:
             for seed in range(args.seeds):
 
-                def objective(controller, build=build, seed=seed, spec=policy.spec) -> float:
+                def result(controller, build=build, seed=seed, spec=policy.spec):
                     job = build(seed)
                     job.use_spec(spec)
-                    return run_job(job, controller).objective
+                    return run_job(job, controller)
 
-                uniform = objective("uniform")
-                rows.append([uniform] + [objective(controller) for controller in controllers])
+                uniform = result("uniform")
+                if args.slow_learner_jobs and measured_regime(uniform.curve) != "compute-bound":
+                    continue
+                rows.append([uniform.objective] + [result(controller).objective for controller in controllers])
+        if not rows:
+            print(f"| {path} | no compute-bound pairs |", flush=True)
+            continue
         cells = [
             f"{statistics.fmean(r[c] for r in rows):.4f} ({sum(r[c] < r[0] for r in rows)}/{len(rows)})"
             for c in range(1, len(controllers) + 1)

@@ -270,6 +270,34 @@ def test_lever_ablation_sets_one_lever_back_to_standard_training_and_leaves_the_
     assert ablation.standard("stopping", fewer_steps, spec) == fewer_steps  # only a stop is undone
 
 
+def test_lever_ablation_on_slow_learners_counts_only_the_pairs_uniform_measures_compute_bound(capsys):
+    from allocator import AllocatorPolicy
+    from allocator.jobs.distribution import measured_regime
+    from allocator.runner import run_job
+
+    ablation = load_script("lever_ablation")
+    policy = BENCHMARKS / "heldout-quick" / "policy"
+    spec = AllocatorPolicy.load(policy).spec
+    regimes = []
+    for build in ablation.job_builders(ablation.slow_learner_recipes(3)).values():
+        job = build(0)
+        job.use_spec(spec)
+        regimes.append(measured_regime(run_job(job, "uniform").curve))
+    counted = regimes.count("compute-bound")
+    assert 0 < counted < 3, regimes  # the three jobs are a mix, so the filter shows
+
+    assert ablation.main(["--slow-learner-jobs", "3", "--seeds", "1", str(policy)]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {policy} |")]
+    cells = row.strip("| ").split(" | ")[2:]  # policy as trained, then each lever
+    assert len(cells) == 5 and all(cell.endswith(f"/{counted})") for cell in cells), row
+
+
+def test_lever_ablation_refuses_a_negative_number_of_slow_learner_jobs(capsys):
+    with pytest.raises(SystemExit):
+        load_script("lever_ablation").main(["--slow-learner-jobs", "-1", "some-policy"])
+    assert "--slow-learner-jobs must be >= 0, got -1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "script, options",
     [

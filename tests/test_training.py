@@ -439,6 +439,40 @@ def test_balanced_families_and_many_epoch_jobs_reach_the_envs_job_distribution(t
         venv.close()
 
 
+def test_the_validation_jobs_are_drawn_with_the_envs_distribution_options(tmp_path, monkeypatch):
+    # the options are written once (EnvConfig.distribution_options); a many-epoch-only
+    # distribution must reach the validation jobs as it reaches the envs
+    import inspect
+
+    from agents.callbacks import HeldOutEvaluation
+    from agents.training import env_kwargs
+    from allocator.jobs import JobDistribution
+
+    path = tmp_path / "many-epochs.yaml"
+    path.write_text(
+        "env:\n  data_bound_share: 0.0\n  many_epoch_share: 1.0\n"
+        "training:\n  validation_jobs: 3\n  eval_jobs: 0\n"
+    )
+    config = resolve_config("tiny", path)
+    options = config.env.distribution_options()
+    assert set(options) <= set(inspect.signature(JobDistribution).parameters)
+    assert {key: env_kwargs(config)[key] for key in options} == options
+
+    real_run = HeldOutEvaluation.run
+    validated = []
+
+    def recording_run(self, model, vec_normalize):
+        validated.extend(self.job_factory(index).name for index in range(self.n_jobs))
+        return real_run(self, model, vec_normalize)
+
+    monkeypatch.setattr(HeldOutEvaluation, "run", recording_run)
+    argv = ["train", "--preset", "tiny", "--config", str(path), "--timesteps", "64", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--no-progress-bar"]) == 0
+    # some validation jobs are named train jobs; every sampled one ("train-...") is a many-epoch job
+    sampled = [name for name in validated if name.startswith("train-")]
+    assert sampled and all("-many-epochs-" in name for name in sampled), validated
+
+
 def test_a_many_epoch_share_outside_0_to_1_is_refused_in_a_config(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("env:\n  many_epoch_share: 1.5\n")
