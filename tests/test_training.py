@@ -395,8 +395,26 @@ def test_validation_chooses_among_the_policies_training_makes_without_changing_t
         assert torch.equal(tensor, final[1][name]), name
 
 
-def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypatch):
+def validation_job_names(config_path, tmp_path, monkeypatch) -> list[str]:
+    """Train ``tiny`` with the config at ``config_path`` for 64 timesteps: the names of the
+    validation jobs its evaluations ran."""
     from agents.callbacks import HeldOutEvaluation
+
+    real_run = HeldOutEvaluation.run
+    validated = []
+
+    def recording_run(self, model, vec_normalize):
+        validated.extend(self.job_factory(index).name for index in range(self.n_jobs))
+        return real_run(self, model, vec_normalize)
+
+    monkeypatch.setattr(HeldOutEvaluation, "run", recording_run)
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--config", str(config_path), "--timesteps", "64", "--out", str(out)]
+    assert main([*argv, "--no-progress-bar"]) == 0
+    return validated
+
+
+def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypatch):
     from agents.training import make_vec_env
 
     path = tmp_path / "leave-one-out.yaml"
@@ -412,16 +430,7 @@ def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypat
     finally:
         venv.close()
 
-    real_run = HeldOutEvaluation.run
-    validated = []
-
-    def recording_run(self, model, vec_normalize):
-        validated.extend(self.job_factory(index).name for index in range(self.n_jobs))
-        return real_run(self, model, vec_normalize)
-
-    monkeypatch.setattr(HeldOutEvaluation, "run", recording_run)
-    argv = ["train", "--preset", "tiny", "--config", str(path), "--timesteps", "64", "--out", str(tmp_path / "run")]
-    assert main([*argv, "--no-progress-bar"]) == 0
+    validated = validation_job_names(path, tmp_path, monkeypatch)
     assert len(validated) == 2 and all("cnn1d" in name for name in validated), validated
 
 
@@ -444,7 +453,6 @@ def test_the_validation_jobs_are_drawn_with_the_envs_distribution_options(tmp_pa
     # distribution must reach the validation jobs as it reaches the envs
     import inspect
 
-    from agents.callbacks import HeldOutEvaluation
     from agents.training import env_kwargs
     from allocator.jobs import JobDistribution
 
@@ -458,16 +466,7 @@ def test_the_validation_jobs_are_drawn_with_the_envs_distribution_options(tmp_pa
     assert set(options) <= set(inspect.signature(JobDistribution).parameters)
     assert {key: env_kwargs(config)[key] for key in options} == options
 
-    real_run = HeldOutEvaluation.run
-    validated = []
-
-    def recording_run(self, model, vec_normalize):
-        validated.extend(self.job_factory(index).name for index in range(self.n_jobs))
-        return real_run(self, model, vec_normalize)
-
-    monkeypatch.setattr(HeldOutEvaluation, "run", recording_run)
-    argv = ["train", "--preset", "tiny", "--config", str(path), "--timesteps", "64", "--out", str(tmp_path / "run")]
-    assert main([*argv, "--no-progress-bar"]) == 0
+    validated = validation_job_names(path, tmp_path, monkeypatch)
     # some validation jobs are named train jobs; every sampled one ("train-...") is a many-epoch job
     sampled = [name for name in validated if name.startswith("train-")]
     assert sampled and all("-many-epochs-" in name for name in sampled), validated
