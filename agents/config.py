@@ -67,6 +67,10 @@ class EnvConfig:
     an interval that asks for selective backprop runs the whole batch unless the hardest third's
     gradient and the whole batch's had at least this cosine in the previous interval; null: off.
     The exported policy records it and sets it on the jobs it runs."""
+    stop_before_budget: bool = False
+    """Skip the interval that would end the budget (``allocator.AllocationSpec.stop_before_budget``):
+    once the budget left is at most what the last interval spent, the job stops. Part of the
+    spec, so the exported policy keeps it; standard training and the baselines run without it."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0

@@ -94,6 +94,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "min_layer_gate": env.min_layer_gate,
         "dead_zone": env.dead_zone,
         "selection_gate": env.selection_gate,
+        "stop_before_budget": env.stop_before_budget,
         "s": env.s,
         "w": env.w,
         "reference": None if env.reference == "none" else env.reference,
@@ -143,6 +144,7 @@ def allocation_spec(config: TrainConfig):
         min_keep_fraction=env.min_keep_fraction,
         dead_zone=env.dead_zone,
         min_layer_gate=env.min_layer_gate,
+        stop_before_budget=env.stop_before_budget,
     )
 
 

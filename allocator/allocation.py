@@ -85,6 +85,18 @@ class AllocationSpec:
             standard training), as ``min_keep_fraction`` 1 takes selection
             away. 0 (the default, and what a policy.json without the field
             means) is the original mapping.
+        stop_before_budget: the policy's jobs skip the interval that would end
+            the budget: once the budget left is at most what the last interval
+            spent, the next interval is a stop
+            (:attr:`~allocator.TrainingJob.stop_before_budget`). Under J that
+            interval buys the least (the learning rate has decayed to near zero)
+            at a full interval's compute; standard training stopped there wins
+            21 of 24 train pairs (BENCHMARKS.md section 5, eleventh round).
+            Trap: it is a rule of the policy, not of the job: a policy sets it
+            on the jobs it runs in ``reset(job)``, and a job that only takes
+            this spec (``use_spec``, as ``evaluate`` does for the baselines)
+            runs without it. False (the default, and what a policy.json
+            without the field means) leaves every stop to the action.
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
@@ -96,6 +108,7 @@ class AllocationSpec:
     min_keep_fraction: float = 0.1
     dead_zone: float = 0.0
     min_layer_gate: float = 0.0
+    stop_before_budget: bool = False
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -108,6 +121,8 @@ class AllocationSpec:
             raise ValueError(f"dead_zone must be in [0, {-STOP_BELOW}), got {self.dead_zone!r}")
         if not (math.isfinite(self.min_layer_gate) and 0.0 <= self.min_layer_gate <= 1.0):
             raise ValueError(f"min_layer_gate must be in [0, 1], got {self.min_layer_gate!r}")
+        if not isinstance(self.stop_before_budget, (bool, np.bool_)):
+            raise ValueError(f"stop_before_budget must be true or false, got {self.stop_before_budget!r}")
 
     @property
     def action_size(self) -> int:
@@ -124,6 +139,8 @@ class AllocationSpec:
         }
         if self.min_layer_gate:  # only when set: policies of the original mapping write what they always did
             spec["min_layer_gate"] = float(self.min_layer_gate)
+        if self.stop_before_budget:  # likewise
+            spec["stop_before_budget"] = True
         return spec
 
     @classmethod

@@ -68,12 +68,13 @@ class StopGuard:
 
 
 class StopBeforeTheBudget:
-    """``policy``, except that it stops once the budget left is at most what its last interval spent.
+    """``policy``, run on jobs that stop once the budget left is at most what the last interval spent.
 
     The interval it skips is the one that would spend the rest of the budget,
-    where the learning rate has decayed to near zero. A policy that trains on
-    with fewer steps than before still runs; the rule compares with the
-    interval just spent, so it needs one interval before it can stop.
+    where the learning rate has decayed to near zero. The rule is the job's
+    (``TrainingJob.stop_before_budget``, what a policy trained with
+    ``env.stop_before_budget`` sets); this puts it under a policy trained
+    without it.
     """
 
     name = "stop-before-budget"
@@ -83,16 +84,10 @@ class StopBeforeTheBudget:
 
     def reset(self, job) -> None:
         self.policy.reset(job)
-        self.budget_used = ObservationLayout(job.spec).global_index("budget_used")
-        self.previous = 0.0
+        job.stop_before_budget = True
 
     def act(self, observation) -> Allocation:
-        allocation = self.policy.act(observation)
-        used = float(observation[self.budget_used])
-        spent, self.previous = used - self.previous, used
-        if spent > 0.0 and 1.0 - used <= spent * (1.0 + 1e-6):
-            return dataclasses.replace(allocation, steps=0)
-        return allocation
+        return self.policy.act(observation)
 
 
 def main(argv=None) -> int:

@@ -26,6 +26,12 @@ early loses, and gives each policy's mean compute fraction there and how
 many of those pairs it stops before 0.9 of the budget (BENCHMARKS.md
 section 5, sixteenth round). The bar's table above it is unchanged.
 
+``--baseline NAME`` (repeatable) also runs a hand-designed controller of
+``allocator.baselines`` under the policies' spec, as a row of its own:
+``--baseline stop-before-budget`` is the rule a policy trained or applied
+with ``stop_before_budget`` adds, so the row says what the rule alone does
+(BENCHMARKS.md section 5, seventeenth round).
+
 ``--selection-gate T`` also runs every policy with the jobs' selection gate
 at alignment threshold T (``TrainingJob.selection_gate``): a policy trained
 without the gate, applied with it, as a cheap screen of the rule before
@@ -43,6 +49,8 @@ from pathlib import Path
 
 import torch
 
+from allocator.baselines import BASELINES
+from allocator.baselines import make as make_baseline
 from allocator.evaluation import (
     POLICY,
     REFERENCE,
@@ -205,7 +213,17 @@ def main(argv=None) -> int:
         metavar="T",
         help="also run each policy with the selection gate at alignment threshold T (in [-1, 1])",
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also run this baseline (allocator.baselines) under the policies' spec, as a row; repeatable",
+    )
     args = parser.parse_args(argv)
+    unknown = [name for name in args.baseline if name not in BASELINES]
+    if unknown:
+        parser.error(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     if args.selection_gate is not None and not -1.0 <= args.selection_gate <= 1.0:
         parser.error(f"--selection-gate must be in [-1, 1], got {args.selection_gate}")
     for option in ("workers", "cnn_jobs", "named_seeds", "cnn_seeds"):
@@ -223,6 +241,8 @@ def main(argv=None) -> int:
     if args.selection_gate is not None:
         for path, policy in list(POLICIES.items()):
             POLICIES[f"{path}@gate{args.selection_gate:g}"] = GatedPolicy(policy, args.selection_gate)
+    for name in args.baseline:  # after the policies: the pairs run under the first policy's spec
+        POLICIES[name] = make_baseline(name)
     SETS.update(job_sets(args.cnn_jobs, args.named_seeds, args.cnn_seeds, args.slow_learner_jobs))
     tasks = [
         (name, job, seed) for name, (seeds, builders) in SETS.items() for job in builders for seed in seeds

@@ -79,6 +79,9 @@ class ComputeAllocationEnv(gym.Env):
     * ``selection_gate``: the jobs' selection gate (``TrainingJob.selection_gate``):
       an interval asking for selective backprop runs the whole batch unless the
       last interval's gradient alignment reached this threshold; ``None``: off.
+    * ``stop_before_budget``: the jobs skip the interval that would end the
+      budget (``TrainingJob.stop_before_budget``; part of the spec, so the
+      exported policy keeps it). The uniform reference runs without it.
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
@@ -138,6 +141,7 @@ class ComputeAllocationEnv(gym.Env):
         min_layer_gate: float = 0.0,
         dead_zone: float = 0.0,
         selection_gate: float | None = None,
+        stop_before_budget: bool = False,
         s: float = 0.2,
         w: float = 1.0,
         divergence_loss: float = 3.0,
@@ -175,6 +179,7 @@ class ComputeAllocationEnv(gym.Env):
             min_keep_fraction=min_keep_fraction,
             min_layer_gate=min_layer_gate,
             dead_zone=dead_zone,
+            stop_before_budget=stop_before_budget,
         )
         self.selection_gate = check_selection_gate(selection_gate)
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
@@ -226,6 +231,7 @@ class ComputeAllocationEnv(gym.Env):
             raise ValueError(f"options['job'] must be a TrainingJob, got {type(job).__name__}")
         job.use_spec(self.allocation_spec)
         job.selection_gate = self.selection_gate
+        job.stop_before_budget = self.allocation_spec.stop_before_budget
         self.job = job
         observation = self._visible(job.observation())
         self._meter = ObjectiveMeter(self.objective, job.initial_val_loss)

@@ -142,6 +142,15 @@ def test_min_layer_gate_is_written_only_when_set_and_read_back():
             AllocationSpec(min_layer_gate=bad)
 
 
+def test_stop_before_budget_is_written_only_when_set_and_read_back():
+    assert "stop_before_budget" not in SPEC.to_dict()  # policies without the rule write what they did
+    ruled = AllocationSpec(stop_before_budget=True)
+    assert ruled.to_dict()["stop_before_budget"] is True
+    assert AllocationSpec.from_dict(ruled.to_dict()) == ruled
+    with pytest.raises(ValueError, match="stop_before_budget must be true or false, got 'yes'"):
+        AllocationSpec(stop_before_budget="yes")
+
+
 def test_out_of_range_actions_are_clipped_and_non_finite_ones_rejected():
     assert SPEC.to_allocation(np.full(SPEC.action_size, 5.0)) == SPEC.to_allocation(np.ones(SPEC.action_size))
     with pytest.raises(ValueError, match="finite"):

@@ -334,3 +334,29 @@ def test_random_never_stops_before_a_tenth_of_the_budget():
     assert not any(controller.act(None).stops for _ in range(200))
     job.compute_fraction = 0.1
     assert any(controller.act(None).stops for _ in range(200))
+
+
+def test_stop_before_budget_is_standard_training_without_the_interval_that_ends_the_budget():
+    # budget 80 steps in intervals of 5: uniform runs 16 intervals, the rule stops after 15
+    uniform = run_job(tiny_job(), "uniform")
+    ruled = run_job(tiny_job(), "stop-before-budget")
+    assert uniform.steps == 80 and ruled.steps == 75
+    assert ruled.curve == uniform.curve[: len(ruled.curve)]  # the same run until it stops
+    assert ruled.compute_used / ruled.budget == pytest.approx(75 / 80)
+
+
+def test_a_policy_with_the_stop_before_budget_rule_does_not_pass_it_to_the_baselines():
+    """evaluate gives every controller's job the policy's spec; the rule is the policy's own."""
+    import dataclasses
+    from pathlib import Path
+
+    from allocator import AllocatorPolicy
+
+    policy = AllocatorPolicy.load(Path(__file__).resolve().parents[1] / "benchmarks" / "heldout-quick" / "policy")
+    policy.spec = dataclasses.replace(policy.spec, stop_before_budget=True)
+    with_the_policys_spec = tiny_job()
+    with_the_policys_spec.use_spec(policy.spec)
+    assert run_job(with_the_policys_spec, "uniform").steps == 80  # standard training, to the end
+    job = tiny_job()
+    policy.reset(job)
+    assert job.stop_before_budget

@@ -35,25 +35,10 @@ def test_stopping_oracle_reproduces_the_runs_own_objective():
 
 def test_stopping_before_the_budget_is_what_a_run_that_stops_there_scores():
     """The oracle's "k intervals before the budget" row is a real run's J, not an extrapolation."""
-    import dataclasses
-
-    from allocator import Allocation
-
     oracle = load_script("stopping_oracle")
     full = run_job(make_job(budget_steps=40), "uniform")
-    intervals = len(full.curve) - 1
-    assert intervals >= 3
-
-    class StopBeforeTheBudget:
-        def reset(self, job):
-            self.spec, self.taken = job.spec, 0
-
-        def act(self, observation):
-            self.taken += 1
-            steps = 0 if self.taken == intervals else self.spec.max_steps  # skip the last interval
-            return dataclasses.replace(Allocation.uniform(self.spec), steps=steps)
-
-    stopped = run_job(make_job(budget_steps=40), StopBeforeTheBudget())
+    assert len(full.curve) - 1 >= 3  # intervals
+    stopped = run_job(make_job(budget_steps=40), "stop-before-budget")  # skips the last interval
     values = oracle.stopped_objectives(full.curve, Objective())
     assert stopped.curve == full.curve[:-1]  # the same run, one interval shorter
     assert values[-2] == pytest.approx(stopped.objective, rel=1e-9)
@@ -327,16 +312,18 @@ def test_train_check_gives_each_policy_the_numbers_evaluate_gives_it_with_unifor
     check = load_script("train_check")
     paths = [BENCHMARKS / "heldout-quick" / "policy", BENCHMARKS / "heldout-default" / "policy"]
     check.POLICIES.update({path: AllocatorPolicy.load(path) for path in paths})
+    check.POLICIES["stop-before-budget"] = check.make_baseline("stop-before-budget")  # what --baseline adds
     check.SETS.update({"named": ([0, 1], {"tiny": lambda seed: make_job(budget_steps=60, seed=seed)})})
     results = dict(map(check._run_pair, [("named", "tiny", 0), ("named", "tiny", 1)]))
     made = check.reports(results, check.POLICIES)
+    evaluated = {}
     for path in paths:
-        alone = evaluate(
+        alone = evaluated[path] = evaluate(
             path,
             split=None,
             jobs={"tiny": lambda seed: make_job(budget_steps=60, seed=seed)},
             seeds=[0, 1],
-            baselines=["uniform"],
+            baselines=["uniform", "stop-before-budget"],
         )
         for seed in (0, 1):
             for controller in ("policy", "uniform"):
@@ -345,6 +332,12 @@ def test_train_check_gives_each_policy_the_numbers_evaluate_gives_it_with_unifor
                     == alone.run("tiny", seed, controller).result.objective
                 )
         assert made[path, "named"].wins("uniform") == alone.wins("uniform")
+    # the baseline's row: its runs under the (first) policy's spec, as evaluate runs it beside that policy
+    for seed in (0, 1):
+        assert (
+            made["stop-before-budget", "named"].run("tiny", seed, "policy").result.objective
+            == evaluated[paths[0]].run("tiny", seed, "stop-before-budget").result.objective
+        )
 
 
 def _tiny_residual_recipe():

@@ -87,6 +87,20 @@ def test_the_env_runs_every_job_under_its_selection_gate():
         make_env(selection_gate=2.0)
 
 
+def test_with_stop_before_budget_the_episode_ends_before_the_last_interval_and_the_reference_does_not():
+    # make_job: 60 steps in intervals of 10, so the rule stops after 50
+    env = make_env(stop_before_budget=True, reference="uniform", job_pool=1)
+    zero = np.zeros(env.action_space.shape, np.float32)
+    rewards, infos = rollout(env, lambda _: zero, options={"job": make_job(seed=5)})
+    assert env.unwrapped.job.stop_before_budget and infos[-1]["stopped"]
+    assert infos[-1]["compute_fraction"] == pytest.approx(5 / 6)
+    # a sampled job: standard training, its reference, runs to the end without the rule
+    rewards, infos = rollout(env, lambda _: zero, seed=0)
+    assert infos[-1]["stopped"] and infos[-1]["compute_fraction"] < 1.0
+    assert sum(rewards) == pytest.approx(infos[-1]["reference_objective"] - infos[-1]["objective"], abs=1e-9)
+    assert sum(rewards) != 0.0  # the reference is not the ruled run
+
+
 def test_rewards_sum_to_minus_j_and_match_run_job_under_uniform():
     env = make_env()
     rewards, infos = rollout(env, lambda _: np.zeros(env.action_space.shape, np.float32), options={"job": make_job(seed=5)})

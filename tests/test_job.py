@@ -123,6 +123,31 @@ def test_uniform_run_spends_exactly_the_budget():
     assert result.curve[-1][0] == pytest.approx(1.0)
 
 
+def test_stop_before_budget_skips_the_interval_that_would_end_the_budget():
+    # 25 steps in intervals of 10: 10, 10, then the 5 left are at most the last interval's 10
+    job = make_job(budget_steps=25)
+    job.stop_before_budget = True
+    reports = [job.advance(interval(steps=10)) for _ in range(3)]
+    assert [r.steps for r in reports] == [10, 10, 0]
+    assert reports[-1].done and reports[-1].stopped
+    assert job.compute_used == 20 * job.uniform_step_flops < job.budget
+
+
+def test_stop_before_budget_compares_with_what_the_last_interval_spent():
+    # 22 steps: after 10, 12 left; after 4 more, 8 left is more than the 4 just spent,
+    # so the job trains on and the budget ends inside the next interval
+    job = make_job(budget_steps=22)
+    job.stop_before_budget = True
+    assert [job.advance(interval(steps=s)).steps for s in (10, 4, 10)] == [10, 4, 8]
+    assert job.compute_used == job.budget
+
+
+def test_without_stop_before_budget_the_last_interval_runs():
+    job = make_job(budget_steps=25)
+    assert not job.stop_before_budget  # off unless a policy or the env sets it
+    assert [job.advance(interval(steps=10)).steps for _ in range(3)] == [10, 10, 5]
+
+
 def test_batch_composition_follows_sample_shares():
     job = make_job()
     job.advance(interval(steps=10))  # losses seen, groups defined

@@ -174,8 +174,8 @@ def test_resolved_configuration_round_trips_through_yaml():
 
 
 def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
-    """Trained without some features, with a dead zone and a selection gate: policy.json records all three,
-    apply honours all three."""
+    """Trained without some features, with a dead zone, a selection gate, a layer-gate floor and the stop
+    before the budget: policy.json records them all, apply honours them all."""
     from allocator import AllocatorPolicy
     from allocator.stats import ObservationLayout
     from tests.conftest import make_job
@@ -183,7 +183,7 @@ def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
     config = tmp_path / "blind.yaml"
     config.write_text(
         "env:\n  ignored_features: [budget_used, previous_gate]\n  dead_zone: 0.05\n  selection_gate: 0.7\n"
-        "  min_layer_gate: 0.5\n"
+        "  min_layer_gate: 0.5\n  stop_before_budget: true\n"
     )
     out = tmp_path / "blind"
     argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "64"]
@@ -195,10 +195,12 @@ def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
     policy = AllocatorPolicy.load(out)
     assert policy.spec.dead_zone == 0.05  # the action mapping it was trained with, recorded
     assert policy.spec.min_layer_gate == 0.5
+    assert policy.spec.stop_before_budget
     positions = ObservationLayout(policy.spec).positions(["budget_used", "previous_gate"])
     job = make_job()
     policy.reset(job)
     assert job.selection_gate == 0.7  # the rule its jobs ran under in training
+    assert job.stop_before_budget  # and the other one
     observation = job.observation()
     observation[positions] = np.linspace(-5.0, 5.0, len(positions))  # what training never showed
     assert np.all(policy.normalize(observation)[positions] == 0.0)
