@@ -42,6 +42,7 @@ named ``NAME@gateT``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import statistics
 import sys
@@ -135,6 +136,17 @@ def slow_learner_row(path: str, report: EvaluationReport) -> str:
         f"| {sum(m.result.objective < u.result.objective for u, m in pairs)} "
         f"| {statistics.fmean(fractions):.3f} | {sum(f < EARLY for f in fractions)} |"
     )
+
+
+def check_one_spec(policies) -> None:
+    """``ValueError`` unless the policies share a spec: every pair runs under the first one's.
+
+    They may differ in ``stop_before_budget``, a rule each policy sets on its
+    own jobs in ``reset``: a policy and its copy with the rule compare.
+    """
+    specs = {dataclasses.replace(policy.spec, stop_before_budget=False) for policy in policies}
+    if len(specs) > 1:
+        raise ValueError(f"the policies have different specs {sorted(map(str, specs))}; check them one spec at a time")
 
 
 def _run_pair(task: tuple[str, str, int]) -> tuple[tuple[str, str, int], dict]:
@@ -233,11 +245,10 @@ def main(argv=None) -> int:
         parser.error(f"--slow-learner-jobs must be >= 0, got {args.slow_learner_jobs}")
     torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool
     POLICIES.update(load_policies(parser, args.policies))
-    specs = {policy.spec for policy in POLICIES.values()}
-    if len(specs) > 1:
-        parser.error(
-            f"the policies have different specs {sorted(map(str, specs))}; check them one spec at a time"
-        )
+    try:
+        check_one_spec(POLICIES.values())
+    except ValueError as error:
+        parser.error(str(error))
     if args.selection_gate is not None:
         for path, policy in list(POLICIES.items()):
             POLICIES[f"{path}@gate{args.selection_gate:g}"] = GatedPolicy(policy, args.selection_gate)

@@ -376,6 +376,22 @@ def test_stochastic_depth_probe_refuses_rates_that_do_not_start_at_uniform(capsy
     assert "must start with 0" in capsys.readouterr().err
 
 
+def test_train_check_compares_a_policy_with_its_copy_under_the_stop_before_budget_only():
+    import dataclasses
+
+    from allocator import AllocatorPolicy
+
+    check = load_script("train_check")
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    ruled = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    ruled.spec = dataclasses.replace(policy.spec, stop_before_budget=True)
+    check.check_one_spec([policy, ruled])  # the rule is each policy's own: one spec for the jobs
+    other = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    other.spec = dataclasses.replace(policy.spec, max_steps=10)
+    with pytest.raises(ValueError, match="different specs"):
+        check.check_one_spec([policy, other])
+
+
 def test_train_check_selection_gate_must_be_a_cosine(capsys):
     check = load_script("train_check")
     with pytest.raises(SystemExit) as exit_info:
