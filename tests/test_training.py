@@ -416,38 +416,36 @@ def validation_job_names(config_path, tmp_path, monkeypatch) -> list[str]:
     return validated
 
 
-def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypatch):
+def envs_job_distribution(config):
+    """The job distribution the training envs of ``config`` draw from (one env, closed after)."""
     from agents.training import make_vec_env
 
+    venv = make_vec_env(config, seed=0)
+    try:
+        (env,) = venv.envs
+        return env.unwrapped.jobs
+    finally:
+        venv.close()
+
+
+def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypatch):
     path = tmp_path / "leave-one-out.yaml"
     path.write_text(
         "env:\n  families: [mlp, resmlp]\n"
         "training:\n  validation_families: [cnn1d]\n  validation_jobs: 2\n  eval_jobs: 0\n"
     )
-    config = resolve_config("tiny", path)
-    venv = make_vec_env(config, seed=0)
-    try:
-        (env,) = venv.envs
-        assert env.unwrapped.jobs.model_families == ("mlp", "resmlp")
-    finally:
-        venv.close()
+    assert envs_job_distribution(resolve_config("tiny", path)).model_families == ("mlp", "resmlp")
 
     validated = validation_job_names(path, tmp_path, monkeypatch)
     assert len(validated) == 2 and all("cnn1d" in name for name in validated), validated
 
 
 def test_balanced_families_and_many_epoch_jobs_reach_the_envs_job_distribution(tmp_path):
-    from agents.training import make_vec_env
-
     path = tmp_path / "balanced.yaml"
     path.write_text("env:\n  balance_families: true\n  many_epoch_share: 0.5\n")
-    venv = make_vec_env(resolve_config("tiny", path), seed=0)
-    try:
-        (env,) = venv.envs
-        assert env.unwrapped.jobs.balance_families
-        assert env.unwrapped.jobs.many_epoch_share == 0.5
-    finally:
-        venv.close()
+    jobs = envs_job_distribution(resolve_config("tiny", path))
+    assert jobs.balance_families
+    assert jobs.many_epoch_share == 0.5
 
 
 def test_the_validation_jobs_are_drawn_with_the_envs_distribution_options(tmp_path, monkeypatch):
