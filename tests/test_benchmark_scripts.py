@@ -49,7 +49,7 @@ def test_ablation_holds_the_chosen_features_at_their_training_mean():
     from allocator import AllocatorPolicy
 
     ablation = load_script("ablate_features")
-    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
     layout = policy.layout  # the positions are in the features the policy reads
     indices = layout.positions(ablation.FEATURE_GROUPS["previous allocation"])
     observation = np.random.default_rng(0).normal(size=ObservationLayout(policy.spec).size) * 3
@@ -60,7 +60,7 @@ def test_ablation_holds_the_chosen_features_at_their_training_mean():
     assert np.array_equal(ablated[kept], full[kept])
 
 
-@pytest.mark.parametrize("preset", ["quick", "default"])
+@pytest.mark.parametrize("preset", ["quick-v1", "default"])
 def test_published_policies_load_and_fit_todays_observation(preset):
     """The policies behind BENCHMARKS.md section 4 still load and act on a job's observation."""
     from allocator import AllocatorPolicy
@@ -79,7 +79,7 @@ def test_published_policies_load_and_fit_todays_observation(preset):
 def test_a_published_policy_reads_its_features_by_name_and_ignores_newer_ones():
     from allocator import AllocatorPolicy
 
-    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
     today = ObservationLayout(policy.spec)
     observation = np.random.default_rng(0).normal(size=today.size)
     newer = today.positions(["selection_alignment"])
@@ -116,11 +116,32 @@ def test_run_comparison_counts_wins_over_uniform_by_job_regime(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("path", sorted((BENCHMARKS / "configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_research_log_configurations_still_resolve_on_the_quick_preset(path):
-    """BENCHMARKS.md section 5 reruns these with `train --preset quick --config FILE`."""
+def test_research_log_configurations_still_resolve_on_the_quick_v1_preset(path):
+    """BENCHMARKS.md section 5 reruns these with `train --preset quick-v1 --config FILE`."""
     from agents.config import load_preset, resolve_config
 
-    assert resolve_config("quick", path) != load_preset("quick")  # each changes something
+    assert resolve_config("quick-v1", path) != load_preset("quick-v1")  # each changes something
+
+
+def test_the_quick_preset_is_the_e27_recipe_and_its_published_policy_was_trained_by_it():
+    """`quick` = `quick-v1` + e27.yaml, and benchmarks/heldout-quick/policy is one of its seeds.
+
+    Change the preset and this fails until the published policy (and its held-out tables in
+    BENCHMARKS.md section 4) are made again with it.
+    """
+    from agents.config import config_from_yaml, load_preset, resolve_config
+    from allocator import AllocatorPolicy
+
+    quick = load_preset("quick")
+    assert quick == resolve_config("quick-v1", BENCHMARKS / "configs" / "e27.yaml")
+    published = BENCHMARKS / "heldout-quick" / "policy"
+    trained_with = config_from_yaml(published / "config.yaml")
+    assert trained_with == quick.updated({"training": {"seed": trained_with.training.seed}}, "seed")
+    policy = AllocatorPolicy.load(published)
+    assert policy.spec.stop_before_budget and policy.spec.dead_zone == pytest.approx(0.1)
+    job = make_job(budget_steps=40)
+    assert np.isfinite(run_job(job, policy).objective)
+    assert job.stop_before_budget  # applying it brings its rule to the user's job
 
 
 def test_noise_floor_perturbations_move_the_trajectory_and_nothing_else():
@@ -261,7 +282,7 @@ def test_lever_ablation_on_slow_learners_counts_only_the_pairs_uniform_measures_
     from allocator.runner import run_job
 
     ablation = load_script("lever_ablation")
-    policy = BENCHMARKS / "heldout-quick" / "policy"
+    policy = BENCHMARKS / "heldout-quick-v1" / "policy"
     spec = AllocatorPolicy.load(policy).spec
     regimes = []
     for build in ablation.job_builders(ablation.slow_learner_recipes(3)).values():
@@ -310,7 +331,7 @@ def test_train_check_gives_each_policy_the_numbers_evaluate_gives_it_with_unifor
     from allocator.evaluation import evaluate
 
     check = load_script("train_check")
-    paths = [BENCHMARKS / "heldout-quick" / "policy", BENCHMARKS / "heldout-default" / "policy"]
+    paths = [BENCHMARKS / "heldout-quick-v1" / "policy", BENCHMARKS / "heldout-default" / "policy"]
     check.POLICIES.update({path: AllocatorPolicy.load(path) for path in paths})
     check.POLICIES["stop-before-budget"] = check.make_baseline("stop-before-budget")  # what --baseline adds
     check.SETS.update({"named": ([0, 1], {"tiny": lambda seed: make_job(budget_steps=60, seed=seed)})})
@@ -382,11 +403,11 @@ def test_train_check_compares_a_policy_with_its_copy_under_the_stop_before_budge
     from allocator import AllocatorPolicy
 
     check = load_script("train_check")
-    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
-    ruled = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
+    ruled = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
     ruled.spec = dataclasses.replace(policy.spec, stop_before_budget=True)
     check.check_one_spec([policy, ruled])  # the rule is each policy's own: one spec for the jobs
-    other = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    other = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
     other.spec = dataclasses.replace(policy.spec, max_steps=10)
     with pytest.raises(ValueError, match="different specs"):
         check.check_one_spec([policy, other])
@@ -404,7 +425,7 @@ def test_train_check_gated_policy_acts_as_the_policy_and_sets_the_jobs_gate():
     from allocator import AllocatorPolicy
 
     check = load_script("train_check")
-    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
     gated = check.GatedPolicy(policy, 0.7)
     job = make_job(budget_steps=60, spec=policy.spec)
     gated.reset(job)
@@ -431,7 +452,7 @@ def test_train_check_slow_learner_row_counts_only_pairs_uniform_finds_compute_bo
     from allocator import Allocation, AllocatorPolicy
 
     check = load_script("train_check")
-    spec = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy").spec
+    spec = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy").spec
 
     class StopAfterTwoIntervals:
         name = "stop-early"

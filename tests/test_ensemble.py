@@ -19,7 +19,7 @@ from tests.conftest import make_job
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two genuinely trained policies of the same spec, shipped with the repository.
-QUICK = ROOT / "benchmarks" / "heldout-quick" / "policy"
+QUICK = ROOT / "benchmarks" / "heldout-quick-v1" / "policy"
 DEFAULT = ROOT / "benchmarks" / "heldout-default" / "policy"
 
 
