@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from allocator.allocation import STOP_BELOW, check_selection_gate
+from allocator.allocation import SHARE_PRIORS, STOP_BELOW, check_selection_gate
 from allocator.stats import FEATURE_NAMES
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -71,6 +71,11 @@ class EnvConfig:
     """Skip the interval that would end the budget (``allocator.AllocationSpec.stop_before_budget``):
     once the budget left is at most what the last interval spent, the job stops. Part of the
     spec, so the exported policy keeps it; standard training and the baselines run without it."""
+    share_prior: str = "uniform"
+    """``loss``: the jobs draw the action's sample shares times loss-proportional ones
+    (``allocator.AllocationSpec.share_prior``), so the zero action samples as the
+    ``loss-sampling`` baseline does; ``uniform``: the action's shares as they are. Part of the
+    spec, so the exported policy keeps it; standard training and the baselines run without it."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
@@ -95,12 +100,12 @@ class EnvConfig:
     balance_families: bool = False
     """Draw each sampled training job's model family evenly first, then a dataset that has it
     (in the train split the 1-D CNN then makes a third of the sampled jobs rather than a
-    twelfth); false: the dataset first, as the presets were trained."""
+    twelfth); false: the dataset first, as every preset was trained."""
     many_epoch_share: float = 0.0
     """Share of the sampled compute-bound training jobs that run 6 to 30 epochs on a smaller
     clean set with a slower learning rate (``allocator.jobs.JobDistribution``), so that how many
-    epochs a job runs no longer tells the policy whether it is data-bound; 0: as the presets
-    were trained (compute-bound jobs 2 to 8 epochs, data-bound ones 10 to 80)."""
+    epochs a job runs no longer tells the policy whether it is data-bound; 0: as ``quick-v1`` and
+    ``default`` were trained (compute-bound jobs 2 to 8 epochs, data-bound ones 10 to 80)."""
     device: str = "cpu"
     """Device of the training jobs the envs run: ``cpu``, ``auto`` (CUDA when available),
     ``cuda``, ``cuda:1``, ... The default is ``cpu``: the built-in jobs are small, so on a GPU
@@ -125,6 +130,7 @@ class EnvConfig:
     def validate(self, where: str) -> None:
         _choice(where, "env.split", self.split, SPLITS)
         _choice(where, "env.reference", self.reference, REFERENCES)
+        _choice(where, "env.share_prior", self.share_prior, SHARE_PRIORS)
         _at_least(where, "env.job_pool", self.job_pool, 0)
         _at_least(where, "env.job_pool_seed", self.job_pool_seed, 0)
         for name in ("sample_groups", "layer_groups", "max_steps"):

@@ -95,6 +95,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "dead_zone": env.dead_zone,
         "selection_gate": env.selection_gate,
         "stop_before_budget": env.stop_before_budget,
+        "share_prior": env.share_prior,
         "s": env.s,
         "w": env.w,
         "reference": None if env.reference == "none" else env.reference,
@@ -145,6 +146,7 @@ def allocation_spec(config: TrainConfig):
         dead_zone=env.dead_zone,
         min_layer_gate=env.min_layer_gate,
         stop_before_budget=env.stop_before_budget,
+        share_prior=env.share_prior,
     )
 
 

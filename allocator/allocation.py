@@ -46,6 +46,27 @@ STOP_BELOW = -0.5
 # from an action. Without this, a policy drifting a little below the zero
 # action paid 15-30 % more per step for a smaller batch (BENCHMARKS.md, 5).
 KEEP_BREAK_EVEN = 2.0 / 3.0
+# What a spec's ``share_prior`` may be: ``uniform`` (the action's shares as they are) or
+# ``loss`` (the action's shares times loss-proportional ones, see loss_proportional_shares).
+SHARE_PRIORS = ("uniform", "loss")
+# Every group keeps at least this share of its uniform share under loss-proportional shares.
+LOSS_SHARE_FLOOR = 0.25
+
+
+def loss_proportional_shares(log_losses: Sequence[float], floor: float = LOSS_SHARE_FLOOR) -> np.ndarray:
+    """Sample-group shares proportional to each group's loss, mixed with equal shares.
+
+    ``share_k = floor / K + (1 - floor) * loss_k / sum_j loss_j`` with
+    ``loss_k = exp(log_losses[k])``; adding a constant to every log-loss changes
+    nothing, so relative and absolute log-losses give the same shares. What the
+    ``loss-sampling`` baseline draws and what ``share_prior: loss`` multiplies a
+    policy's shares by.
+    """
+    log_losses = np.asarray(log_losses, dtype=np.float64)
+    weights = np.exp(log_losses - log_losses.max())  # relative losses, largest 1
+    shares = floor / len(weights) + (1.0 - floor) * weights / weights.sum()
+    return shares / shares.sum()
+
 
 
 def check_selection_gate(threshold, what: str = "selection_gate") -> float | None:
@@ -97,6 +118,21 @@ class AllocationSpec:
             this spec (``use_spec``, as ``evaluate`` does for the baselines)
             runs without it. False (the default, and what a policy.json
             without the field means) leaves every stop to the action.
+        share_prior: ``uniform`` or ``loss``. With ``loss`` the policy's jobs
+            draw each group's share of a batch in proportion to the action's
+            share times :func:`loss_proportional_shares` of the groups' last
+            seen losses (:attr:`~allocator.TrainingJob.share_prior`), so the
+            zero action draws as the ``loss-sampling`` baseline does and the
+            action tilts from there. Why: on compute-bound jobs that baseline
+            makes more progress per FLOP than standard training on some jobs,
+            which policies holding their shares at uniform did not find
+            (BENCHMARKS.md section 4). Trap: like ``stop_before_budget``, a
+            rule of the policy that ``reset(job)`` sets, not of the job:
+            ``use_spec`` alone (the baselines in ``evaluate``, the env's
+            uniform reference) runs without it, and the first interval, before
+            any loss is seen, draws the action's shares. ``uniform`` (the
+            default, and what a policy.json without the field means) is the
+            action's shares as they are.
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
@@ -109,6 +145,7 @@ class AllocationSpec:
     dead_zone: float = 0.0
     min_layer_gate: float = 0.0
     stop_before_budget: bool = False
+    share_prior: str = "uniform"
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -123,6 +160,8 @@ class AllocationSpec:
             raise ValueError(f"min_layer_gate must be in [0, 1], got {self.min_layer_gate!r}")
         if not isinstance(self.stop_before_budget, (bool, np.bool_)):
             raise ValueError(f"stop_before_budget must be true or false, got {self.stop_before_budget!r}")
+        if self.share_prior not in SHARE_PRIORS:
+            raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {self.share_prior!r}")
 
     @property
     def action_size(self) -> int:
@@ -141,6 +180,8 @@ class AllocationSpec:
             spec["min_layer_gate"] = float(self.min_layer_gate)
         if self.stop_before_budget:  # likewise
             spec["stop_before_budget"] = True
+        if self.share_prior != "uniform":  # likewise
+            spec["share_prior"] = self.share_prior
         return spec
 
     @classmethod

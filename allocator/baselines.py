@@ -21,11 +21,14 @@ loss-sampling        samples: batch shares by       Loshchilov & Hutter 2015 (in
 random               all, at random                 --
 stop-before-budget   intervals: skips the one that  --
                      would end the budget
+loss-sampling-       loss-sampling's shares and     --
+before-budget        stop-before-budget's stop
 ==================== ============================== =====================================
 
 ``evaluate`` runs the first five by default; ``stop-before-budget`` is the
-reference for a policy trained with ``env.stop_before_budget`` (pass it with
-``--baselines``).
+reference for a policy trained with ``env.stop_before_budget``, and
+``loss-sampling-before-budget`` for one trained with ``env.share_prior: loss``
+as well (pass them with ``--baselines``).
 
 Controllers read only the job's public state (``job.spec``, ``job.seed``,
 ``job.device``, ``job.compute_fraction``; selective backprop also installs
@@ -42,7 +45,7 @@ import math
 import numpy as np
 import torch
 
-from allocator.allocation import Allocation, AllocationSpec
+from allocator.allocation import LOSS_SHARE_FLOOR, Allocation, AllocationSpec, loss_proportional_shares
 from allocator.stats import ObservationLayout
 
 # Offsets that give each baseline's random stream its own seed, distinct from the
@@ -354,7 +357,7 @@ class LossSampling:
 
     name = "loss-sampling"
 
-    def __init__(self, floor: float = 0.25) -> None:
+    def __init__(self, floor: float = LOSS_SHARE_FLOOR) -> None:
         if not (math.isfinite(floor) and 0.0 <= floor <= 1.0):
             raise ValueError(f"floor must be in [0, 1], got {floor!r}")
         self.floor = float(floor)
@@ -370,11 +373,8 @@ class LossSampling:
     def shares(self, observation) -> tuple[float, ...]:
         """Sample-group shares for this observation: proportional to group loss, floored."""
         groups = self.layout.sample_group_features(observation)
-        log_loss = groups[:, self.layout.sample_index("log_loss")].astype(np.float64)
-        weights = np.exp(log_loss - log_loss.max())  # relative losses, largest 1
-        k = self.spec.sample_groups
-        shares = self.floor / k + (1.0 - self.floor) * weights / weights.sum()
-        return tuple(float(s) for s in shares / shares.sum())
+        log_loss = groups[:, self.layout.sample_index("log_loss")]
+        return tuple(float(s) for s in loss_proportional_shares(log_loss, self.floor))
 
     def act(self, observation) -> Allocation:
         uniform = Allocation.uniform(self.spec)
@@ -433,9 +433,33 @@ class RandomAllocation:
         return allocation
 
 
+class LossSamplingBeforeBudget(LossSampling):
+    """Loss-sampling's batch shares with the stop before the budget.
+
+    What a policy trained with ``env.share_prior: loss`` and
+    ``env.stop_before_budget`` does at the zero action: the hand-designed
+    controller such a policy must beat to show that its own allocations, not
+    its two rules, saved the compute.
+    """
+
+    name = "loss-sampling-before-budget"
+
+    def reset(self, job) -> None:
+        super().reset(job)
+        job.stop_before_budget = True
+
+
 BASELINES = {
     controller.name: controller
-    for controller in (Uniform, SelectiveBackprop, FreezeOut, LossSampling, RandomAllocation, StopBeforeBudget)
+    for controller in (
+        Uniform,
+        SelectiveBackprop,
+        FreezeOut,
+        LossSampling,
+        RandomAllocation,
+        StopBeforeBudget,
+        LossSamplingBeforeBudget,
+    )
 }
 
 

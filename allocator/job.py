@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from allocator.allocation import Allocation, AllocationSpec, check_selection_gate
+from allocator.allocation import (
+    SHARE_PRIORS,
+    Allocation,
+    AllocationSpec,
+    check_selection_gate,
+    loss_proportional_shares,
+)
 from allocator.compute import StepCostModel
 from allocator.layers import LayerGroup, split_layer_groups
 from allocator.stats import SELECTION_PROBE_FRACTION, IntervalStatistics, ObservationBuilder
@@ -276,6 +282,15 @@ class TrainingJob:
         #: ``stop_before_budget`` sets it in ``reset(job)``. Trap: the first
         #: interval has spent nothing before it, so it never stops this way.
         self.stop_before_budget = False
+        #: ``uniform`` or ``loss`` (see ``AllocationSpec.share_prior``): with
+        #: ``loss`` each interval draws the allocation's sample shares times
+        #: the loss-proportional shares of the groups' last seen losses,
+        #: renormalised, and reports and observes the shares it drew. A policy
+        #: whose spec has ``share_prior: loss`` sets it in ``reset(job)``.
+        #: Trap: the first interval has seen no loss, so it draws the
+        #: allocation's shares as they are.
+        self.share_prior = "uniform"
+        self._group_log_loss: np.ndarray | None = None
         self._last_interval_compute = 0
         self._selection_alignment = float("nan")
         self._probe_next = False
@@ -366,6 +381,17 @@ class TrainingJob:
     @selection_gate.setter
     def selection_gate(self, threshold: float | None) -> None:
         self._selection_gate = check_selection_gate(threshold)
+
+    @property
+    def share_prior(self) -> str:
+        """``uniform`` or ``loss``: how the allocation's sample shares are drawn; see ``__init__``."""
+        return self._share_prior
+
+    @share_prior.setter
+    def share_prior(self, prior: str) -> None:
+        if prior not in SHARE_PRIORS:
+            raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {prior!r}")
+        self._share_prior = prior
 
     @property
     def selection_alignment(self) -> float:
@@ -486,6 +512,12 @@ class TrainingJob:
             # the gate is closed: standard backward passes, charged, reported and observed as such
             kept = batch
             allocation = dataclasses.replace(allocation, keep_fraction=1.0)
+        if self.share_prior == "loss" and self._group_log_loss is not None:
+            # the same groups the next batches are drawn from: _read_statistics sorted both
+            drawn_shares = loss_proportional_shares(self._group_log_loss) * np.asarray(allocation.sample_shares)
+            allocation = dataclasses.replace(
+                allocation, sample_shares=tuple(float(x) for x in drawn_shares / drawn_shares.sum())
+            )
         self._alignment_on_device = torch.full((), float("nan"), device=self.device) if gated else None
         gates = np.asarray(allocation.layer_gates)
         self._prepare_sampling(allocation.sample_shares)
@@ -763,6 +795,7 @@ class TrainingJob:
             fill = np.nanmax(mean_log) if np.any(counts > 0) else np.log(self.initial_val_loss)
             mean_log = np.where(counts > 0, mean_log, fill)
             variance = np.where(counts > 1, log_sq_sum / np.maximum(counts, 1) - mean_log**2, 0.0)
+        self._group_log_loss = mean_log
         statistics = IntervalStatistics(
             budget_used=self._compute_used / self.budget,
             train_loss=float(train_loss),

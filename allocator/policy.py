@@ -16,7 +16,8 @@ files that are all a user needs to apply a trained policy:
       "spec": {"sample_groups": K, "layer_groups": G, "max_steps": ..., "min_keep_fraction": ...,
                "dead_zone": ... (absent in older files: 0),
                "min_layer_gate": ... (absent unless set: 0),
-               "stop_before_budget": true (absent unless set: false)},
+               "stop_before_budget": true (absent unless set: false),
+               "share_prior": "loss" (absent unless set: "uniform")},
       "selection_gate": T,                                   # optional: absent means off
       "observation": {"size": N, "global": n_g, "per_sample_group": n_s,
                       "per_layer_group": n_l, "features": {...names, optional...},
@@ -591,8 +592,9 @@ class AllocatorPolicy:
         """Prepare ``job`` for this policy: make it use the policy's spec and its rules.
 
         Calls ``job.use_spec(self.spec)`` and sets ``job.selection_gate`` (``None``
-        for a policy trained without the gate) and ``job.stop_before_budget``
-        (``spec.stop_before_budget``) when the job has that method;
+        for a policy trained without the gate), ``job.stop_before_budget``
+        (``spec.stop_before_budget``) and ``job.share_prior`` (``spec.share_prior``)
+        when the job has that method;
         otherwise a job whose ``spec`` differs from the policy's raises ``ValueError``.
         """
         use_spec = getattr(job, "use_spec", None)
@@ -602,6 +604,8 @@ class AllocatorPolicy:
                 job.selection_gate = self.selection_gate
             if hasattr(job, "stop_before_budget"):
                 job.stop_before_budget = self.spec.stop_before_budget
+            if hasattr(job, "share_prior"):
+                job.share_prior = self.spec.share_prior
             self._check_observation_size(job)
             return
         job_spec = getattr(job, "spec", None)

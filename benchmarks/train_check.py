@@ -141,10 +141,12 @@ def slow_learner_row(path: str, report: EvaluationReport) -> str:
 def check_one_spec(policies) -> None:
     """``ValueError`` unless the policies share a spec: every pair runs under the first one's.
 
-    They may differ in ``stop_before_budget``, a rule each policy sets on its
-    own jobs in ``reset``: a policy and its copy with the rule compare.
+    They may differ in ``stop_before_budget`` and ``share_prior``, rules each policy
+    sets on its own jobs in ``reset``: a policy and its copy with a rule compare.
     """
-    specs = {dataclasses.replace(policy.spec, stop_before_budget=False) for policy in policies}
+    specs = {
+        dataclasses.replace(policy.spec, stop_before_budget=False, share_prior="uniform") for policy in policies
+    }
     if len(specs) > 1:
         raise ValueError(f"the policies have different specs {sorted(map(str, specs))}; check them one spec at a time")
 

@@ -82,6 +82,10 @@ class ComputeAllocationEnv(gym.Env):
     * ``stop_before_budget``: the jobs skip the interval that would end the
       budget (``TrainingJob.stop_before_budget``; part of the spec, so the
       exported policy keeps it). The uniform reference runs without it.
+    * ``share_prior``: ``"uniform"`` or ``"loss"``: with ``"loss"`` the jobs
+      draw the action's sample shares times loss-proportional ones
+      (``TrainingJob.share_prior``; part of the spec). The uniform reference
+      runs without it.
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
@@ -142,6 +146,7 @@ class ComputeAllocationEnv(gym.Env):
         dead_zone: float = 0.0,
         selection_gate: float | None = None,
         stop_before_budget: bool = False,
+        share_prior: str = "uniform",
         s: float = 0.2,
         w: float = 1.0,
         divergence_loss: float = 3.0,
@@ -180,6 +185,7 @@ class ComputeAllocationEnv(gym.Env):
             min_layer_gate=min_layer_gate,
             dead_zone=dead_zone,
             stop_before_budget=stop_before_budget,
+            share_prior=share_prior,
         )
         self.selection_gate = check_selection_gate(selection_gate)
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
@@ -232,6 +238,7 @@ class ComputeAllocationEnv(gym.Env):
         job.use_spec(self.allocation_spec)
         job.selection_gate = self.selection_gate
         job.stop_before_budget = self.allocation_spec.stop_before_budget
+        job.share_prior = self.allocation_spec.share_prior
         self.job = job
         observation = self._visible(job.observation())
         self._meter = ObjectiveMeter(self.objective, job.initial_val_loss)

@@ -151,6 +151,26 @@ def test_stop_before_budget_is_written_only_when_set_and_read_back():
         AllocationSpec(stop_before_budget="yes")
 
 
+def test_the_share_prior_is_written_only_when_set_and_read_back():
+    assert "share_prior" not in SPEC.to_dict()  # policies without the prior write what they did
+    loss = AllocationSpec(share_prior="loss")
+    assert loss.to_dict()["share_prior"] == "loss"
+    assert AllocationSpec.from_dict(loss.to_dict()) == loss
+    with pytest.raises(ValueError, match="share_prior must be one of uniform, loss, got 'losses'"):
+        AllocationSpec(share_prior="losses")
+
+
+def test_loss_proportional_shares_keep_a_floor_and_ignore_a_shift_of_the_log_losses():
+    from allocator.allocation import loss_proportional_shares
+
+    log_losses = np.log([0.1, 0.2, 0.3, 0.4])
+    shares = loss_proportional_shares(log_losses)
+    assert shares.sum() == pytest.approx(1.0)
+    assert shares == pytest.approx(0.25 / 4 + 0.75 * np.array([0.1, 0.2, 0.3, 0.4]))
+    assert loss_proportional_shares(log_losses - 7.0) == pytest.approx(shares)  # relative or absolute
+    assert loss_proportional_shares(np.zeros(4)) == pytest.approx([0.25] * 4)  # equal losses: equal shares
+
+
 def test_out_of_range_actions_are_clipped_and_non_finite_ones_rejected():
     assert SPEC.to_allocation(np.full(SPEC.action_size, 5.0)) == SPEC.to_allocation(np.ones(SPEC.action_size))
     with pytest.raises(ValueError, match="finite"):

@@ -345,7 +345,27 @@ def test_stop_before_budget_is_standard_training_without_the_interval_that_ends_
     assert ruled.compute_used / ruled.budget == pytest.approx(75 / 80)
 
 
-def test_a_policy_with_the_stop_before_budget_rule_does_not_pass_it_to_the_baselines():
+def test_the_loss_share_prior_at_standard_training_samples_as_loss_sampling_does():
+    """The zero action of a policy with ``share_prior: loss`` is the loss-sampling baseline."""
+    loss_sampling = run_job(tiny_job(), "loss-sampling")
+    job = tiny_job()
+    job.share_prior = "loss"
+    prior = run_job(job, "uniform")
+    assert np.array([a.sample_shares for a in allocations(prior)]) == pytest.approx(
+        np.array([a.sample_shares for a in allocations(loss_sampling)]), abs=1e-6
+    )
+    assert np.array(prior.curve) == pytest.approx(np.array(loss_sampling.curve), rel=1e-6)
+    assert np.array(prior.curve) != pytest.approx(np.array(run_job(tiny_job(), "uniform").curve), rel=1e-6)
+
+
+def test_loss_sampling_before_budget_is_loss_sampling_without_the_interval_that_ends_the_budget():
+    loss_sampling = run_job(tiny_job(), "loss-sampling")
+    ruled = run_job(tiny_job(), "loss-sampling-before-budget")
+    assert loss_sampling.steps == 80 and ruled.steps == 75
+    assert ruled.curve == loss_sampling.curve[: len(ruled.curve)]
+
+
+def test_a_policys_rules_stop_before_budget_and_share_prior_do_not_pass_to_the_baselines():
     """evaluate gives every controller's job the policy's spec; the rule is the policy's own."""
     import dataclasses
     from pathlib import Path
@@ -353,10 +373,12 @@ def test_a_policy_with_the_stop_before_budget_rule_does_not_pass_it_to_the_basel
     from allocator import AllocatorPolicy
 
     policy = AllocatorPolicy.load(Path(__file__).resolve().parents[1] / "benchmarks" / "heldout-quick" / "policy")
-    policy.spec = dataclasses.replace(policy.spec, stop_before_budget=True)
+    policy.spec = dataclasses.replace(policy.spec, stop_before_budget=True, share_prior="loss")
     with_the_policys_spec = tiny_job()
     with_the_policys_spec.use_spec(policy.spec)
-    assert run_job(with_the_policys_spec, "uniform").steps == 80  # standard training, to the end
+    uniform = run_job(with_the_policys_spec, "uniform")
+    assert uniform.steps == 80  # standard training, to the end
+    assert all(a.sample_shares == (0.25,) * 4 for a in allocations(uniform))  # and without the prior
     job = tiny_job()
     policy.reset(job)
-    assert job.stop_before_budget
+    assert job.stop_before_budget and job.share_prior == "loss"

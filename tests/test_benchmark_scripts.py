@@ -397,7 +397,7 @@ def test_stochastic_depth_probe_refuses_rates_that_do_not_start_at_uniform(capsy
     assert "must start with 0" in capsys.readouterr().err
 
 
-def test_train_check_compares_a_policy_with_its_copy_under_the_stop_before_budget_only():
+def test_train_check_compares_a_policy_with_its_copy_under_its_rules_only():
     import dataclasses
 
     from allocator import AllocatorPolicy
@@ -407,6 +407,8 @@ def test_train_check_compares_a_policy_with_its_copy_under_the_stop_before_budge
     ruled = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
     ruled.spec = dataclasses.replace(policy.spec, stop_before_budget=True)
     check.check_one_spec([policy, ruled])  # the rule is each policy's own: one spec for the jobs
+    ruled.spec = dataclasses.replace(policy.spec, share_prior="loss")
+    check.check_one_spec([policy, ruled])  # likewise the share prior
     other = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
     other.spec = dataclasses.replace(policy.spec, max_steps=10)
     with pytest.raises(ValueError, match="different specs"):

@@ -101,6 +101,19 @@ def test_with_stop_before_budget_the_episode_ends_before_the_last_interval_and_t
     assert sum(rewards) != 0.0  # the reference is not the ruled run
 
 
+def test_with_the_loss_share_prior_the_zero_action_is_loss_sampling_and_the_reference_is_not():
+    env = make_env(share_prior="loss", reference="uniform", job_pool=1)
+    zero = np.zeros(env.action_space.shape, np.float32)
+    rewards, infos = rollout(env, lambda _: zero, seed=0)
+    assert env.unwrapped.job.share_prior == "loss"
+    job_seed = env.unwrapped._job_pool[0]
+    loss_sampling = run_job(env.unwrapped._build_job(job_seed), "loss-sampling")
+    uniform = run_job(env.unwrapped._build_job(job_seed), "uniform")
+    assert infos[-1]["objective"] == pytest.approx(loss_sampling.objective, rel=1e-6)
+    assert infos[-1]["reference_objective"] == pytest.approx(uniform.objective, rel=1e-9)
+    assert infos[-1]["objective"] != pytest.approx(uniform.objective, rel=1e-6)
+
+
 def test_rewards_sum_to_minus_j_and_match_run_job_under_uniform():
     env = make_env()
     rewards, infos = rollout(env, lambda _: np.zeros(env.action_space.shape, np.float32), options={"job": make_job(seed=5)})

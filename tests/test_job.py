@@ -10,6 +10,8 @@ from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from allocator import Allocation, AllocationSpec, TrainingJob, run_job
+from allocator.allocation import loss_proportional_shares
+from allocator.stats import ObservationLayout
 from tests.conftest import make_classification, make_job, make_mlp
 
 ALL = (1.0, 1.0, 1.0, 1.0)
@@ -146,6 +148,23 @@ def test_without_stop_before_budget_the_last_interval_runs():
     job = make_job(budget_steps=25)
     assert not job.stop_before_budget  # off unless a policy or the env sets it
     assert [job.advance(interval(steps=10)).steps for _ in range(3)] == [10, 10, 5]
+
+
+def test_the_loss_share_prior_tilts_the_allocations_shares_toward_high_loss_groups():
+    job = make_job(budget_steps=60)
+    job.share_prior = "loss"
+    first = job.advance(interval(steps=10))  # no loss seen yet: the allocation's shares as they are
+    assert first.allocation.sample_shares == pytest.approx([0.25] * 4)
+    layout = ObservationLayout(job.spec)
+    log_loss = layout.sample_group_features(job.observation())[:, layout.sample_index("log_loss")]
+    second = job.advance(interval(steps=10))
+    drawn = np.array(second.allocation.sample_shares)  # reported as drawn, not as asked
+    assert drawn == pytest.approx(loss_proportional_shares(log_loss), abs=1e-6)  # the groups' losses seen so far
+    assert drawn[-1] > drawn[0]
+    tilted = job.advance(interval(steps=10, shares=(0.7, 0.1, 0.1, 0.1))).allocation.sample_shares
+    assert tilted[0] > drawn[0]  # the action still moves the shares, from the prior
+    with pytest.raises(ValueError, match="share_prior must be one of uniform, loss"):
+        job.share_prior = "hard"
 
 
 def test_batch_composition_follows_sample_shares():

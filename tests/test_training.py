@@ -100,6 +100,7 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("env:\n  ignored_features: [budget]\n", "env.ignored_features has unknown feature"),
         ("env:\n  dead_zone: 0.5\n", r"env.dead_zone must be in \[0, 0.5\)"),
         ("env:\n  selection_gate: 1.2\n", r"env.selection_gate must be in \[-1, 1\]"),
+        ("env:\n  share_prior: losses\n", "env.share_prior must be one of uniform, loss, got 'losses'"),
         ("env:\n  families: [cnn2d]\n", "env.families: families must be a non-empty subset of the train split"),
         ("env:\n  families: mlp\n", "env.families must be a list, got 'mlp'"),
         ("training:\n  validation_families: [lstm]\n", "training.validation_families: families must be"),
@@ -174,8 +175,8 @@ def test_resolved_configuration_round_trips_through_yaml():
 
 
 def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
-    """Trained without some features, with a dead zone, a selection gate, a layer-gate floor and the stop
-    before the budget: policy.json records them all, apply honours them all."""
+    """Trained without some features, with a dead zone, a selection gate, a layer-gate floor, the stop
+    before the budget and the loss share prior: policy.json records them all, apply honours them all."""
     from allocator import AllocatorPolicy
     from allocator.stats import ObservationLayout
     from tests.conftest import make_job
@@ -183,7 +184,7 @@ def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
     config = tmp_path / "blind.yaml"
     config.write_text(
         "env:\n  ignored_features: [budget_used, previous_gate]\n  dead_zone: 0.05\n  selection_gate: 0.7\n"
-        "  min_layer_gate: 0.5\n  stop_before_budget: true\n"
+        "  min_layer_gate: 0.5\n  stop_before_budget: true\n  share_prior: loss\n"
     )
     out = tmp_path / "blind"
     argv = ["train", "--preset", "tiny", "--config", str(config), "--timesteps", "64"]
@@ -195,12 +196,12 @@ def test_a_policy_keeps_its_env_settings_when_applied(tmp_path):
     policy = AllocatorPolicy.load(out)
     assert policy.spec.dead_zone == 0.05  # the action mapping it was trained with, recorded
     assert policy.spec.min_layer_gate == 0.5
-    assert policy.spec.stop_before_budget
+    assert policy.spec.stop_before_budget and policy.spec.share_prior == "loss"
     positions = ObservationLayout(policy.spec).positions(["budget_used", "previous_gate"])
     job = make_job()
     policy.reset(job)
     assert job.selection_gate == 0.7  # the rule its jobs ran under in training
-    assert job.stop_before_budget  # and the other one
+    assert job.stop_before_budget and job.share_prior == "loss"  # and the others
     observation = job.observation()
     observation[positions] = np.linspace(-5.0, 5.0, len(positions))  # what training never showed
     assert np.all(policy.normalize(observation)[positions] == 0.0)
