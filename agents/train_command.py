@@ -38,8 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default=argparse.SUPPRESS,
         metavar="NAME",
-        help="configuration preset from agents/presets: quick (10 to 15 minutes on 2 cores), "
-        "default (longer, stronger) [default: quick]",
+        help="configuration preset from agents/presets: quick (10 to 15 minutes on 2 cores; "
+        "the published policy's recipe), default (an older recipe, 100k timesteps, about an hour), "
+        "quick-v1 (quick before it gained five env choices; reruns BENCHMARKS.md section 5), "
+        "tiny (seconds; for tests) [default: quick]",
     )
     parser.add_argument(
         "--config",
