@@ -66,10 +66,32 @@ def wins(pairs, regime: str | None = None) -> str:
     return f"{sum(mine < theirs for theirs, mine, _ in chosen)}/{len(chosen)}"
 
 
-def report_name(path: str) -> str:
-    """A policy directory's folder under --out: its name, or its parent's for ``.../NAME/policy``."""
-    path = Path(path)
-    return path.parent.name if path.name == "policy" and path.parent.name else path.name
+def report_names(paths) -> dict:
+    """Each policy directory's folder under --out, distinct for distinct directories.
+
+    A directory is named by its last component (its parent's for ``.../NAME/policy``), with
+    as many components before it, joined by "-", as it takes to tell it from the others:
+    ``runs/e27/seed-3`` and ``runs/e28/seed-3`` become ``e27-seed-3`` and ``e28-seed-3``.
+    The trap this avoids: two runs both called ``seed-3`` would write the same report and
+    the second would silently replace the first.
+    """
+
+    def parts(path) -> list[str]:
+        components = [part for part in Path(path).parts if part not in ("/", ".", "")]
+        if len(components) > 1 and components[-1] == "policy":
+            components.pop()
+        return components
+
+    names = {}
+    for path in paths:
+        mine = parts(path)
+        for length in range(1, len(mine) + 1):
+            name = "-".join(mine[-length:])
+            clashes = [other for other in paths if other != path and "-".join(parts(other)[-length:]) == name]
+            if not clashes:
+                break
+        names[path] = name
+    return names
 
 
 def load_policies(parser: argparse.ArgumentParser, paths: list[str]) -> dict[str, AllocatorPolicy]:
@@ -104,6 +126,7 @@ def main(argv=None) -> int:
     print("| policy | uniform mean J | policy mean J | wins | compute-bound wins | data-bound wins |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     policies = load_policies(parser, args.policies)
+    folders = report_names(list(policies))
     for path, policy in policies.items():
         report = evaluate(
             policy,
@@ -112,7 +135,7 @@ def main(argv=None) -> int:
             baselines=["uniform"],
             jobs=jobs,
             device="cpu",
-            out_dir=args.out / report_name(path),
+            out_dir=args.out / folders[path],
             progress=False,
         )
         pairs = [

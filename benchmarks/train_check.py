@@ -70,7 +70,7 @@ from family_transfer import (  # noqa: E402
     distinct_recipes,
     job_builders,
     load_policies,
-    report_name,
+    report_names,
     transfer_recipes,
 )
 
@@ -269,10 +269,11 @@ def main(argv=None) -> int:
             results = dict(pool.imap_unordered(_run_pair, tasks))
     made = reports(results, POLICIES)
     if args.out is not None:
+        folders = report_names([path for path in POLICIES if "@" not in path])
         for (path, set_name), report in made.items():
             base, _, gate = path.partition("@")
             suffix = f"@{gate}" if gate else ""
-            report.write(args.out / f"{report_name(base)}{suffix}-{set_name}")
+            report.write(args.out / f"{folders[base]}{suffix}-{set_name}")
     first = next(iter(POLICIES))
     uniform = {s: made[first, s].mean_objective(REFERENCE) for s in SETS}
     pairs = {s: len(made[first, s].select(controller=REFERENCE)) for s in SETS}

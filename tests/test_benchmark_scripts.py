@@ -255,6 +255,19 @@ def test_family_transfer_draws_distinct_jobs_of_the_left_out_family_only():
     assert list(transfer.transfer_recipes("train", ["cnn1d"], 12)) == list(recipes)  # same jobs for every policy
 
 
+def test_policies_with_the_same_folder_name_get_reports_of_their_own():
+    names = load_script("family_transfer").report_names(
+        ["runs/e27/seed-3", "runs/e28/seed-3", "runs/e28/seed-0", "benchmarks/heldout-quick/policy", "seed-1"]
+    )
+    assert names == {
+        "runs/e27/seed-3": "e27-seed-3",
+        "runs/e28/seed-3": "e28-seed-3",
+        "runs/e28/seed-0": "seed-0",
+        "benchmarks/heldout-quick/policy": "heldout-quick",
+        "seed-1": "seed-1",
+    }
+
+
 def test_family_transfer_refuses_a_family_of_the_other_split(capsys):
     transfer = load_script("family_transfer")
     with pytest.raises(SystemExit):
