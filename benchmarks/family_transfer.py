@@ -66,7 +66,7 @@ def wins(pairs, regime: str | None = None) -> str:
     return f"{sum(mine < theirs for theirs, mine, _ in chosen)}/{len(chosen)}"
 
 
-def report_names(paths) -> dict:
+def report_names(paths) -> dict[str, str]:
     """Each policy directory's folder under --out, distinct for distinct directories.
 
     A directory is named by its last component (its parent's for ``.../NAME/policy``), with
@@ -82,13 +82,13 @@ def report_names(paths) -> dict:
             components.pop()
         return components
 
+    components = {path: parts(path) for path in paths}
     names = {}
-    for path in paths:
-        mine = parts(path)
+    for path, mine in components.items():
         for length in range(1, len(mine) + 1):
             name = "-".join(mine[-length:])
-            clashes = [other for other in paths if other != path and "-".join(parts(other)[-length:]) == name]
-            if not clashes:
+            others = (theirs for other, theirs in components.items() if other != path)
+            if all("-".join(theirs[-length:]) != name for theirs in others):
                 break
         names[path] = name
     return names
