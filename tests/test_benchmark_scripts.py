@@ -529,3 +529,85 @@ def test_regime_mix_refuses_a_share_outside_0_to_1(capsys):
         load_script("regime_mix").main(["--many-epoch-share", "2"])
     assert exit_info.value.code == 2
     assert "many_epoch_share must be in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+def test_allocation_oracle_fixed_allocations_hold_their_entries_and_phase():
+    oracle = load_script("allocation_oracle")
+    job = make_job(budget_steps=40)
+    tilted = oracle.FixedAllocation("tilted", keep=0.5, shares=(1.0, 2.0, 3.0, 4.0), frozen=(0, 3))
+    tilted.reset(job)
+    allocation = tilted.act(None)
+    assert allocation.sample_shares == pytest.approx((0.1, 0.2, 0.3, 0.4))
+    assert allocation.keep_fraction == 0.5
+    assert allocation.layer_gates == (0.0, 1.0, 1.0, 1.0)  # the head (last group) is never frozen
+    early = oracle.FixedAllocation("early", keep=0.2, phase="before", switch=0.5)
+    early.reset(job)
+    assert early.act(None).keep_fraction == 0.2  # nothing spent yet
+    result = run_job(job, early)
+    assert result.controller_name == "early"
+    assert result.steps > 40  # selection's steps cost less, so the budget buys more of them
+    assert result.compute_used <= result.budget
+    # from half the budget on the intervals are standard training's
+    assert early.act(None) == oracle.Allocation.uniform(job.spec)
+    with pytest.raises(ValueError, match="phase"):
+        oracle.FixedAllocation("bad", phase="during")
+
+
+def test_allocation_oracle_reads_each_contender_against_uniforms_best(monkeypatch):
+    oracle = load_script("allocation_oracle")
+    monkeypatch.setattr(oracle, "grid", lambda: [oracle.FixedAllocation("keep 0.3", keep=0.3), "loss-sampling"])
+    oracle._PAIRS[:] = [("tiny", 0, lambda seed: make_job(budget_steps=40, seed=seed))]
+    rows = oracle.run_pair(0)
+    uniform = run_job(make_job(budget_steps=40), "uniform")
+    assert [r["contender"] for r in rows] == ["uniform", "keep 0.3", "loss-sampling"]
+    assert all(r["target"] == uniform.best_val_loss for r in rows)
+    assert rows[0]["compute_to_target"] == uniform.compute_to_reach(uniform.best_val_loss) <= 1.0
+    assert rows[0]["loss_by_target_share"] == min(loss for f, loss in uniform.curve if f <= 0.7)
+    assert rows[0]["objective"] == rows[0]["uniform_objective"] == uniform.objective
+
+
+def test_allocation_oracle_picks_the_fastest_contender_per_compute_bound_pair_in_hindsight():
+    oracle = load_script("allocation_oracle")
+    inf = float("inf")
+
+    def row(job, contender, reach, loss, regime="compute-bound"):
+        return {
+            "job": job, "seed": 0, "regime": regime, "job_regime": regime, "contender": contender, "target": 1.0,
+            "compute_to_target": reach, "loss_by_target_share": loss, "objective": 1.0, "uniform_objective": 1.0,
+        }  # fmt: skip
+
+    rows = [
+        row("a", "uniform", 1.0, 1.2), row("a", "x", 0.6, 0.99), row("a", "y", inf, 1.1),
+        row("b", "uniform", 1.0, 1.3), row("b", "x", 0.9, 1.05), row("b", "y", 0.8, 1.1),
+        row("c", "uniform", 0.3, 1.0, "data-bound"), row("c", "x", 0.1, 0.9, "data-bound"),
+    ]  # fmt: skip
+    best = {b["job"]: b for b in oracle.hindsight(rows)}
+    assert set(best) == {"a", "b"}  # data-bound pairs are not counted
+    assert (best["a"]["fastest"], best["a"]["compute_to_target"]) == ("x", 0.6)
+    assert (best["b"]["fastest"], best["b"]["lowest"]) == ("y", "x")  # fastest to the target, lowest by 0.7
+    assert "1 of 2 compute-bound pairs reach uniform's best within 0.7" in oracle.hindsight_table(list(best.values()))
+    table = oracle.contender_table(rows).splitlines()
+    assert table[2].startswith("| x | 2 | 1 | 2 | 0.750 |")  # most pairs within 0.7 first; median of 0.6, 0.9
+    assert table[3].startswith("| uniform | 2 | 0 | 2 | 1.000 |")
+    assert table[4].startswith("| y | 2 | 0 | 1 | never |")  # a median over a pair never reached is "never"
+
+
+def test_allocation_oracle_heldout_check_reports_the_median_over_every_pair(capsys):
+    oracle = load_script("allocation_oracle")
+    inf = float("inf")
+    rows = [
+        {"contender": c, "job_regime": regime, "compute_to_target": reach, "objective": j, "uniform_objective": 1.0}
+        for c, regime, reach, j in [
+            ("uniform", "compute-bound", 1.0, 1.0), ("uniform", "data-bound", 0.3, 1.0), ("uniform", "data-bound", 0.2, 1.0),
+            ("keep 0.2", "compute-bound", 0.6, 0.9), ("keep 0.2", "data-bound", inf, 1.1), ("keep 0.2", "data-bound", 0.5, 0.8),
+        ]
+    ]  # fmt: skip
+    table = oracle.heldout_table(rows).splitlines()
+    assert table[2] == "| uniform | 3 | 0.300 | 0/1 | 2/2 | 0 | 1.0000 | 0 |"
+    assert table[3] == "| keep 0.2 | 3 | 0.600 | 1/1 | 1/2 | 1 | 0.9333 | 2 |"
+    assert oracle.contender_by_label("keep 0.2, even shares, all layers").keep == 0.2
+    assert oracle.contender_by_label("freezeout") == "freezeout"
+    with pytest.raises(SystemExit) as exit_info:
+        oracle.main(["--heldout", "keep 0.25"])
+    assert exit_info.value.code == 2
+    assert "no contender is called 'keep 0.25'" in capsys.readouterr().err
