@@ -54,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-from allocator.allocation import Allocation
+from allocator.allocation import Allocation, AllocationSpec
 from allocator.baselines import Uniform
 from allocator.jobs.distribution import measured_regime, names, recipe
 from allocator.runner import RunResult, run_job
@@ -69,6 +69,7 @@ BASELINES = ("selective-backprop", "freezeout", "loss-sampling")
 SHARES = {"even": None, "tilted": (1.0, 2.0, 3.0, 4.0), "steep": (1.0, 4.0, 15.0, 30.0)}
 GATES = {"all layers": (), "first frozen": (0,), "first two frozen": (0, 1)}
 KEEPS = (1.0, 0.7, 0.5, 0.35, 0.2)
+_RANDOM_SUBSET_STREAM = 4_000_037  # the random subsets' own stream, apart from the job's
 
 
 class FixedAllocation(Uniform):
@@ -91,16 +92,31 @@ class FixedAllocation(Uniform):
         frozen: tuple[int, ...] = (),
         phase: str = "always",
         switch: float = 0.5,
+        selection: str = "loss",
     ) -> None:
         super().__init__()
         if phase not in ("always", "before", "after"):
             raise ValueError(f"phase must be always, before or after, got {phase!r}")
+        if selection not in ("loss", "random"):
+            raise ValueError(f"selection must be loss or random, got {selection!r}")
         self.name = name
         self.keep = keep
         self.shares = shares
         self.frozen = frozen
         self.phase = phase
         self.switch = switch
+        self.selection = selection
+
+    def reset(self, job) -> None:
+        super().reset(job)
+        if self.selection == "random":
+            # a uniformly random subset of each drawn batch gets the backward pass: the same FLOPs
+            # and step count as selecting by loss, without the selection (the job's selector hook,
+            # as selective-backprop uses it)
+            generator = torch.Generator(device=job.device).manual_seed(job.seed + _RANDOM_SUBSET_STREAM)
+            job.sample_selector = lambda scores: torch.rand(
+                scores.shape, generator=generator, device=scores.device
+            )
 
     def active(self, compute_fraction: float) -> bool:
         if self.phase == "before":
@@ -146,6 +162,15 @@ def grid() -> list:
     return contenders + list(BASELINES)
 
 
+def mechanism() -> list:
+    """Contenders outside the grid that tell why selection pays: the same keep fractions with a
+    random subset instead of the highest losses (the same steps and FLOPs, no selection)."""
+    return [
+        FixedAllocation(f"keep {keep:g}, even shares, all layers, random subset", keep, selection="random")
+        for keep in (0.35, 0.2)
+    ]
+
+
 def job_set(seeds: int, slow_learner_jobs: int) -> list[tuple[str, int, object]]:
     """``[(job name, seed, build(seed)), ...]``: the train-split pairs the probe runs."""
     recipes = {name: recipe(name) for name in names("train") if recipe(name).regime == "compute-bound"}
@@ -165,8 +190,9 @@ def heldout_job_set(seeds: int) -> list[tuple[str, int, object]]:
 
 
 def contender_by_label(label: str):
-    """The grid's contender called ``label`` (a fixed allocation's label or a baseline's name)."""
-    for contender in grid():
+    """The contender called ``label`` (a fixed allocation's label or a baseline's name), in the grid or
+    :func:`mechanism`."""
+    for contender in grid() + mechanism():
         if (contender if isinstance(contender, str) else contender.name) == label:
             return contender
     raise ValueError(
@@ -182,16 +208,24 @@ def loss_by(result: RunResult, share: float) -> float:
 # the pairs and contenders of the run in progress; forked workers inherit them (job builders cannot be pickled)
 _PAIRS: list[tuple[str, int, object]] = []
 _CONTENDERS: list = []
+_SPEC = [AllocationSpec(max_steps=20)]
+
+
+def _job(build, seed: int):
+    """A fresh job with the spec of the run in progress (its interval length is the curve's resolution)."""
+    job = build(seed)
+    job.use_spec(_SPEC[0])
+    return job
 
 
 def run_pair(index: int) -> list[dict]:
     """Uniform and every contender on ``_PAIRS[index]``; one row each, the target being uniform's best."""
     name, seed, build = _PAIRS[index]
-    uniform = run_job(build(seed), "uniform")
+    uniform = run_job(_job(build, seed), "uniform")
     target = uniform.best_val_loss
     rows = []
     for contender in [None, *(_CONTENDERS or grid())]:
-        result = uniform if contender is None else run_job(build(seed), contender)
+        result = uniform if contender is None else run_job(_job(build, seed), contender)
         rows.append(
             {
                 "job": name,
@@ -216,11 +250,13 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def measure(pairs, workers: int, contenders=None, show=print) -> list[dict]:
-    """Rows of :func:`run_pair` for every pair; ``contenders`` (default: the grid) beside uniform."""
+def measure(pairs, workers: int, contenders=None, max_steps: int = 20, show=print) -> list[dict]:
+    """Rows of :func:`run_pair` for every pair; ``contenders`` (default: the grid) beside uniform,
+    every job in intervals of ``max_steps`` standard steps."""
     rows: list[dict] = []
     _PAIRS[:] = pairs
     _CONTENDERS[:] = contenders or []
+    _SPEC[0] = AllocationSpec(max_steps=max_steps)
     if workers == 1:
         results = map(run_pair, range(len(pairs)))
     else:
@@ -379,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--top", type=int, default=None, help="print only this many contenders, fastest first"
     )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=20,
+        help="steps per interval, where each run's validation loss is read (default: %(default)s, the presets' spec)",
+    )
     parser.add_argument("--out", default=None, help="also write every run's row to this CSV file")
     parser.add_argument(
         "--heldout",
@@ -387,19 +429,30 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of the grid on the train split, run this one contender (a label of the probe's table) "
         "beside uniform on every held-out job: the once-only check of a contender chosen on the train split",
     )
+    parser.add_argument(
+        "--only",
+        metavar="LABEL",
+        action="append",
+        default=None,
+        help="run only this contender beside uniform on the train split (repeat for several); "
+        "the mechanism checks, e.g. 'keep 0.35, even shares, all layers, random subset', are run this way",
+    )
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.workers < 1 or args.slow_learner_jobs < 0:
-        parser.error("--seeds and --workers must be at least 1, --slow-learner-jobs at least 0")
+    if args.heldout and args.only:
+        parser.error("--heldout runs one contender chosen on the train split; --only is for the train split")
+    if args.seeds < 1 or args.workers < 1 or args.max_steps < 1 or args.slow_learner_jobs < 0:
+        parser.error("--seeds, --workers and --max-steps must be at least 1, --slow-learner-jobs at least 0")
     if args.out and not Path(args.out).parent.is_dir():
         parser.error(f"--out: the folder {Path(args.out).parent} does not exist")
     try:
-        contenders = [contender_by_label(args.heldout)] if args.heldout else None
+        labels = [args.heldout] if args.heldout else args.only or []
+        contenders = [contender_by_label(label) for label in labels] or None
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool
     pairs = heldout_job_set(args.seeds) if args.heldout else job_set(args.seeds, args.slow_learner_jobs)
     print(f"{len(pairs)} pairs x {len(contenders or grid()) + 1} contenders")
-    rows = measure(pairs, args.workers, contenders)
+    rows = measure(pairs, args.workers, contenders, args.max_steps)
     if args.out:
         write_csv(rows, args.out)  # first: the tables below are cheap to recompute, the runs are not
         print(f"\nwrote {args.out}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from allocator.allocation import AllocationSpec
 from allocator.objective import Objective
 from allocator.runner import run_job
 from allocator.stats import ObservationLayout
@@ -556,9 +557,12 @@ def test_allocation_oracle_fixed_allocations_hold_their_entries_and_phase():
 def test_allocation_oracle_reads_each_contender_against_uniforms_best(monkeypatch):
     oracle = load_script("allocation_oracle")
     monkeypatch.setattr(oracle, "grid", lambda: [oracle.FixedAllocation("keep 0.3", keep=0.3), "loss-sampling"])
-    oracle._PAIRS[:] = [("tiny", 0, lambda seed: make_job(budget_steps=40, seed=seed))]
+    oracle._PAIRS[:] = [("tiny", 0, lambda seed: make_job(budget_steps=80, seed=seed))]
     rows = oracle.run_pair(0)
-    uniform = run_job(make_job(budget_steps=40), "uniform")
+    job = make_job(budget_steps=80)
+    job.use_spec(AllocationSpec(max_steps=20))  # the presets' interval length, as evaluate reads a policy's runs
+    uniform = run_job(job, "uniform")
+    assert len(uniform.curve) == 1 + 80 // 20
     assert [r["contender"] for r in rows] == ["uniform", "keep 0.3", "loss-sampling"]
     assert all(r["target"] == uniform.best_val_loss for r in rows)
     assert rows[0]["compute_to_target"] == uniform.compute_to_reach(uniform.best_val_loss) <= 1.0
@@ -611,3 +615,16 @@ def test_allocation_oracle_heldout_check_reports_the_median_over_every_pair(caps
         oracle.main(["--heldout", "keep 0.25"])
     assert exit_info.value.code == 2
     assert "no contender is called 'keep 0.25'" in capsys.readouterr().err
+
+
+def test_allocation_oracle_random_subset_costs_what_selection_costs_and_selects_differently():
+    oracle = load_script("allocation_oracle")
+    by_loss = run_job(make_job(budget_steps=40), oracle.FixedAllocation("by loss", keep=0.35))
+    random = oracle.contender_by_label("keep 0.35, even shares, all layers, random subset")
+    assert random.selection == "random"
+    at_random = run_job(make_job(budget_steps=40), random)
+    assert at_random.steps == by_loss.steps and at_random.compute_used == by_loss.compute_used
+    assert at_random.curve != by_loss.curve  # other samples got the backward pass
+    assert run_job(make_job(budget_steps=40), random).curve == at_random.curve  # its own seeded stream
+    with pytest.raises(ValueError, match="selection"):
+        oracle.FixedAllocation("bad", selection="hardest")
