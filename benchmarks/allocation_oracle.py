@@ -33,7 +33,16 @@ compute-bound jobs (``train_check.py``'s stand-in for the held-out slow
 learners, a CNN or a transformer among them). Only pairs whose uniform run
 measures compute-bound are counted.
 
-    python benchmarks/allocation_oracle.py --seeds 3 --slow-learner-jobs 8 --out runs/allocation-oracle.csv
+    python benchmarks/allocation_oracle.py --seeds 3 --slow-learner-jobs 8 --out runs/allocation-oracle-20.csv
+
+Each run's curve is read every ``--max-steps`` steps (default 20, the presets'
+interval, as ``evaluate`` reads a policy's runs). ``--only LABEL`` (repeatable)
+runs the named contenders alone beside uniform, among them the random-subset
+ones that are not in the grid (:func:`mechanism`). ``--heldout LABEL`` runs one
+contender chosen on the train split beside uniform on every held-out job and
+prints the issue's measure, the median compute to target over all pairs:
+
+    python benchmarks/allocation_oracle.py --heldout "keep 0.35, even shares, all layers" --seeds 3
 
 Prints, per contender, on how many compute-bound pairs it reaches the target
 within 0.7 of the budget and its median compute to target; then per pair the
