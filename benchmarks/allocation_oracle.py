@@ -66,6 +66,7 @@ import torch
 from allocator.allocation import Allocation, AllocationSpec
 from allocator.baselines import Uniform
 from allocator.jobs.distribution import measured_regime, names, recipe
+from allocator.report import format_fraction
 from allocator.runner import RunResult, run_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
@@ -85,8 +86,8 @@ class FixedAllocation(Uniform):
     """Standard training with some entries fixed: the same allocation at every interval.
 
     ``shares`` are relative weights of the sample groups from the lowest loss
-    to the highest (``None``: even); they are spread over the job's K groups
-    by linear interpolation when K differs from their length. ``frozen`` lists
+    to the highest (``None``: even), one per group of the job's spec (the
+    probe's spec has K = 4). ``frozen`` lists
     the layer groups (from the input) whose gate is 0; the last group (the
     output head) always trains. ``phase`` limits the allocation to the budget
     before ``switch`` (``"before"``) or from it (``"after"``); outside it the
@@ -140,13 +141,11 @@ class FixedAllocation(Uniform):
             return uniform
         shares = uniform.sample_shares
         if self.shares is not None:
-            k = len(shares)
-            weights = torch.tensor(self.shares, dtype=torch.float64)
-            if len(weights) != k:
-                positions = torch.linspace(0, len(weights) - 1, k, dtype=torch.float64)
-                lower = positions.floor().long().clamp(max=len(weights) - 2)
-                weights = weights[lower] + (positions - lower) * (weights[lower + 1] - weights[lower])
-            shares = tuple(float(w) for w in weights / weights.sum())
+            if len(self.shares) != len(shares):
+                raise ValueError(
+                    f"{self.name}: {len(self.shares)} share weights for {len(shares)} sample groups"
+                )
+            shares = tuple(w / sum(self.shares) for w in self.shares)
         groups = len(uniform.layer_gates)
         # the output head (the last group) always trains: a job with no trained group learns nothing
         gates = tuple(0.0 if i in self.frozen and i < groups - 1 else 1.0 for i in range(groups))
@@ -232,6 +231,9 @@ def run_pair(index: int) -> list[dict]:
     name, seed, build = _PAIRS[index]
     uniform = run_job(_job(build, seed), "uniform")
     target = uniform.best_val_loss
+    regime = measured_regime(uniform.curve)
+    # the probe's jobs that are not named (the probe transformers, the slow learners) are compute-bound recipes
+    job_regime = recipe(name).regime if name in names() else "compute-bound"
     rows = []
     for contender in [None, *(_CONTENDERS or grid())]:
         result = uniform if contender is None else run_job(_job(build, seed), contender)
@@ -239,8 +241,8 @@ def run_pair(index: int) -> list[dict]:
             {
                 "job": name,
                 "seed": seed,
-                "regime": measured_regime(uniform.curve),
-                "job_regime": recipe(name).regime if name in names() else "compute-bound",
+                "regime": regime,
+                "job_regime": job_regime,
                 "contender": result.controller_name,
                 "target": target,
                 "compute_to_target": result.compute_to_reach(target),
@@ -277,16 +279,12 @@ def measure(pairs, workers: int, contenders=None, max_steps: int = 20, show=prin
         best = min(pair_rows[1:], key=lambda r: r["compute_to_target"])
         show(
             f"[{done}/{len(pairs)}] {first['job']} seed {first['seed']} ({first['regime']}): "
-            f"fastest {best['contender']} at {_fraction(best['compute_to_target'])}"
+            f"fastest {best['contender']} at {format_fraction(best['compute_to_target'])}"
         )
     if workers != 1:
         pool.close()
         pool.join()
     return rows
-
-
-def _fraction(value: float) -> str:
-    return f"{value:.3f}" if math.isfinite(value) else "never"
 
 
 def _median(values: list[float]) -> float:
@@ -315,7 +313,7 @@ def contender_table(rows: list[dict], top: int | None = None) -> str:
         reached = [r["compute_to_target"] for r in runs]
         lines.append(
             f"| {name} | {len(runs)} | {sum(c <= TARGET_SHARE for c in reached)} | {sum(math.isfinite(c) for c in reached)} | "
-            f"{_fraction(_median(reached))} | {statistics.mean(r['loss_by_target_share'] / r['target'] for r in runs):.3f} | "
+            f"{format_fraction(_median(reached))} | {statistics.mean(r['loss_by_target_share'] / r['target'] for r in runs):.3f} | "
             f"{statistics.mean(r['objective'] for r in runs):.4f} ({statistics.mean(r['uniform_objective'] for r in runs):.4f}) | "
             f"{sum(r['objective'] < r['uniform_objective'] for r in runs)} |"
         )
@@ -353,14 +351,14 @@ def hindsight_table(best: list[dict]) -> str:
     ]
     for b in sorted(best, key=lambda b: b["compute_to_target"]):
         lines.append(
-            f"| {b['job']} | {b['seed']} | {b['fastest']} | {_fraction(b['compute_to_target'])} | "
+            f"| {b['job']} | {b['seed']} | {b['fastest']} | {format_fraction(b['compute_to_target'])} | "
             f"{b['loss_by_target_share']:.3f} ({b['lowest']}) |"
         )
     within = sum(b["compute_to_target"] <= TARGET_SHARE for b in best)
     lines.append("")
     lines.append(
         f"{within} of {len(best)} compute-bound pairs reach uniform's best within {TARGET_SHARE:g} of the budget "
-        f"under the fastest contender in hindsight; median {_fraction(_median([b['compute_to_target'] for b in best]))}."
+        f"under the fastest contender in hindsight; median {format_fraction(_median([b['compute_to_target'] for b in best]))}."
     )
     return "\n".join(lines)
 
@@ -387,7 +385,7 @@ def heldout_table(rows: list[dict]) -> str:
             return f"{sum(r['compute_to_target'] <= TARGET_SHARE for r in chosen)}/{len(chosen)}"
 
         lines.append(
-            f"| {name} | {len(runs)} | {_fraction(_median(reached))} | {within('compute-bound')} | "
+            f"| {name} | {len(runs)} | {format_fraction(_median(reached))} | {within('compute-bound')} | "
             f"{within('data-bound')} | {sum(not math.isfinite(c) for c in reached)} | "
             f"{statistics.mean(r['objective'] for r in runs):.4f} | {sum(r['objective'] < r['uniform_objective'] for r in runs)} |"
         )
