@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import multiprocessing
 import statistics
@@ -252,6 +253,7 @@ def run_pair(index: int) -> list[dict]:
                 "final_val_loss": result.final_val_loss,
                 "compute_fraction": result.compute_fraction,
                 "steps": result.steps,
+                "curve": result.curve,  # selection_probe.py recomputes rules from it
             }
         )
     return rows
@@ -392,14 +394,19 @@ def heldout_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _csv_value(key: str, value):
+    """Floats as repr (every digit back on reading), the curve as JSON (``selection_probe.py`` reads it)."""
+    if key == "curve":
+        return json.dumps(value)
+    return repr(value) if isinstance(value, float) else value
+
+
 def write_csv(rows: list[dict], path: str | Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         for r in rows:
-            writer.writerow(
-                {key: repr(value) if isinstance(value, float) else value for key, value in r.items()}
-            )
+            writer.writerow({key: _csv_value(key, value) for key, value in r.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -628,3 +628,63 @@ def test_allocation_oracle_random_subset_costs_what_selection_costs_and_selects_
     assert run_job(make_job(budget_steps=40), random).curve == at_random.curve  # its own seeded stream
     with pytest.raises(ValueError, match="selection"):
         oracle.FixedAllocation("bad", selection="hardest")
+
+
+def test_selection_probe_with_one_candidate_is_that_candidates_run():
+    """J and compute to target rebuilt from a curve equal the run's own: the rule's arithmetic is the objective's."""
+    probe = load_script("selection_probe")
+    result = run_job(make_job(budget_steps=40), "uniform")
+    committed = probe.committed_run({"uniform": result.curve}, ("uniform",), 0.1, result.best_val_loss)
+    assert committed["choice"] == "uniform" and committed["charged"] == 0.0
+    assert committed["objective"] == pytest.approx(result.objective, rel=1e-12)
+    assert committed["compute_to_target"] == result.compute_to_reach(result.best_val_loss)
+
+
+def test_selection_probe_commits_to_the_lower_loss_at_equal_compute_and_charges_the_discarded_probe():
+    probe = load_script("selection_probe")
+    curves = {
+        "uniform": [(0.0, 2.0), (0.2, 1.6), (0.4, 1.2), (0.6, 1.0), (0.8, 0.9), (1.0, 0.8)],
+        # selection reads more often (cheaper intervals); at 0.1 of the budget it is at 1.55, uniform at 1.8
+        "select": [(0.0, 2.0), (0.05, 1.7), (0.15, 1.4), (0.3, 1.0), (0.5, 0.8), (0.75, 0.7), (1.0, 0.65)],
+    }
+    assert probe.loss_at(curves["uniform"], 0.1) == pytest.approx(
+        1.8
+    )  # linear between the readings around it
+    assert probe.loss_at(curves["select"], 0.1) == pytest.approx(1.55)
+    assert probe.probe_end(curves["uniform"], 0.1) == 1  # uniform's probe ends at its first reading, 0.2
+    committed = probe.committed_run(curves, ("uniform", "select"), 0.1, target=0.8)
+    assert committed["choice"] == "select"
+    assert committed["charged"] == pytest.approx(0.2)  # the discarded uniform copy ran to its reading at 0.2
+    # the committed run starts after the discarded probe: selection's 0.8 at 0.5 of its own budget is 0.7 of the job's
+    assert committed["compute_to_target"] == pytest.approx(0.7)
+    # J: uniform's probe at its loss, then selection's intervals until its reading at 0.75 (0.95 of the budget);
+    # the reading at 1.0 would end past the budget and is cut
+    relative = [(0.2, 0.8), (0.05, 0.85), (0.1, 0.7), (0.15, 0.5), (0.2, 0.4), (0.25, 0.35)]
+    expected = sum(c * r for c, r in relative) + 0.05 * 0.8 * 0.35 + 1.0 * 0.35
+    assert committed["objective"] == pytest.approx(expected)
+    # ties go to the first candidate, uniform; a target never read is never reached
+    tie = probe.committed_run({"a": curves["uniform"], "b": curves["uniform"]}, ("a", "b"), 0.1, target=0.1)
+    assert tie["choice"] == "a" and tie["compute_to_target"] == float("inf")
+
+
+def test_selection_probe_reads_back_its_runs_and_refuses_a_set_it_does_not_know(
+    tmp_path, capsys, monkeypatch
+):
+    oracle = load_script("allocation_oracle")
+    probe = load_script("selection_probe")
+    oracle._PAIRS[:] = [("tiny", 0, lambda seed: make_job(budget_steps=40, seed=seed))]
+    oracle._CONTENDERS[:] = [oracle.contender_by_label(probe.SELECT)]
+    oracle._SPEC[0] = AllocationSpec(max_steps=5)
+    rows = oracle.run_pair(0)
+    oracle.write_csv(rows, tmp_path / "runs.csv")
+    read = probe.read_csv(tmp_path / "runs.csv")
+    assert [r["curve"] for r in read] == [r["curve"] for r in rows]
+    assert [r["objective"] for r in read] == [r["objective"] for r in rows]
+    monkeypatch.setattr(probe, "CANDIDATE_SETS", {"selection": probe.CANDIDATE_SETS["selection"]})
+    assert probe.main(["--from-csv", str(tmp_path / "runs.csv")]) == 0
+    table = capsys.readouterr().out
+    assert "| uniform | 1 |" in table and "| selection @ 0.1 | 1 |" in table
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--heldout", "everything", "0.1"])
+    assert exit_info.value.code == 2
+    assert "no candidate set 'everything'" in capsys.readouterr().err
