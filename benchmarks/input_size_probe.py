@@ -1,0 +1,340 @@
+"""Would training on smaller inputs (fewer tokens, lower resolution) reach uniform's loss on less compute?
+
+The held-out compute-bound jobs of issue 6 are all convolutional networks and
+transformers (BENCHMARKS.md section 5), and no allocation of the action space
+reaches uniform training's best validation loss within 0.7 of the budget on
+them, even chosen pair by pair in hindsight between selection and standard
+training (twenty-second round). The train split's own classification
+transformer shows the same. A lever made for these families cuts the cost of
+a step on the input: a transformer trains on a random subset of its tokens
+(token dropping, as FLIP, Li et al. 2023, does with image patches), a
+convolutional network on inputs average-pooled to half their length or side
+(progressive resizing, as fast.ai and FFCV train ResNets). Both nets evaluate
+on the whole input, unchanged. Before building such an axis into the job,
+the action space and the policy, this probe measures whether it can deliver,
+with hand-set schedules: the lever on from the start until ``until`` of the
+budget, standard training after it (the full input at the end, as FLIP's
+unmasked tuning and progressive resizing's last epochs).
+
+Everything else is the job's uniform training, as in
+``stochastic_depth_probe.py``: ``run_job`` and the job's own interval loop
+(sampling, loss memory, the learning rate decaying linearly with the compute
+spent, the budget check, a validation reading every ``--max-steps`` steps);
+only the cost of a step and the input its forward pass sees change. A step's
+FLOPs are counted with ``FlopCounterMode`` for the reduced and the full
+input, so a cheaper step buys more steps within the same budget.
+
+Jobs (train split only; nothing is run on held-out): the two probe
+transformers of ``stochastic_depth_probe.py``, the named ``mnist1d-cnn1d``
+(3 seeds each) and ``--cnn-jobs`` jobs of the train split's 1-D CNN family
+(2 seeds each). Only pairs whose uniform run measures compute-bound count:
+
+    python benchmarks/input_size_probe.py --out runs/input-size-probe.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+import multiprocessing
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from allocator.allocation import AllocationSpec
+from allocator.compute import count_flops
+from allocator.jobs.distribution import measured_regime, recipe
+from allocator.report import format_fraction
+from allocator.runner import RunResult, run_job
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
+from allocation_oracle import TARGET_SHARE  # noqa: E402
+from family_transfer import job_builders, transfer_recipes  # noqa: E402
+from stochastic_depth_probe import PROBE_JOBS  # noqa: E402
+
+_TOKEN_STREAM = 5_000_011  # the token subsets' own random stream, apart from the job's
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Train on ``keep`` of the input (tokens, or 0.5: half the length or side) until ``until`` of the budget."""
+
+    keep: float
+    until: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return f"input {self.keep:g} until {self.until:g}"
+
+
+TOKEN_VARIANTS = [Variant(keep, until) for keep in (0.5, 0.75) for until in (1.0, 0.8, 0.5)]
+# pooling by 2 is the one resolution a 1-D CNN's strided convolutions take without changing the net
+RESOLUTION_VARIANTS = [Variant(0.5, until) for until in (1.0, 0.8, 0.5)]
+
+
+class InputReduction:
+    """Hooks on a model that make its training forward pass see a smaller input while ``active``.
+
+    A transformer (a model with a ``TokenEmbedding`` as ``embed``) keeps a random ``keep`` share
+    of its token positions, the same for the whole batch, drawn anew for each step by
+    :meth:`draw`; it mean-pools the tokens it kept. A convolutional network sees its input
+    average-pooled by 2 along each spatial axis. Inactive, the hooks change nothing, so
+    validation sees the whole input.
+    """
+
+    def __init__(self, model: nn.Module, keep: float, seed: int) -> None:
+        self.active = False
+        self.keep = keep
+        self.generator = torch.Generator().manual_seed(seed + _TOKEN_STREAM)
+        embed = getattr(model, "embed", None)
+        self.tokens = getattr(embed, "tokens", None)
+        if self.tokens is not None:
+            self.kind = "tokens"
+            self.kept_tokens = max(1, round(keep * self.tokens))
+            self.index = torch.arange(self.kept_tokens)
+        elif keep == 0.5:
+            self.kind = "resolution"
+        else:
+            raise ValueError(f"a model without tokens can only halve its input (keep 0.5), got keep {keep:g}")
+        self.attach(model)
+
+    def attach(self, model: nn.Module) -> None:
+        """Hook ``model`` (or a replica of it) to this reduction's state."""
+        if self.kind == "tokens":
+            model.embed.register_forward_hook(self._keep_tokens)
+        else:
+            model.register_forward_pre_hook(self._pool_input)
+
+    def draw(self) -> None:
+        if self.kind == "tokens":
+            self.index = (
+                torch.randperm(self.tokens, generator=self.generator)[: self.kept_tokens].sort().values
+            )
+
+    def _keep_tokens(self, module, inputs, output):
+        return output[:, self.index.to(output.device)] if self.active else None
+
+    def _pool_input(self, module, inputs):
+        if not self.active:
+            return None
+        (x,) = inputs
+        if x.ndim == 4:
+            return (F.avg_pool2d(x, 2),)
+        return (F.avg_pool1d(x.unsqueeze(1) if x.ndim == 2 else x, 2).reshape(*x.shape[:-1], -1),)
+
+
+def run(build, seed: int, variant: Variant | None, max_steps: int = 20) -> tuple[RunResult, float]:
+    """Run one job under uniform allocation with ``variant``'s input (``None``: the job's uniform run).
+
+    Returns the run's result and its mean step FLOPs relative to a standard step.
+    """
+    job = build(seed)
+    job.use_spec(AllocationSpec(max_steps=max_steps))
+    if variant is None:
+        return run_job(job, "uniform"), 1.0
+    job._ensure_started()  # noqa: SLF001 - the probe patches the job's step and step cost
+    replica = copy.deepcopy(job.model)  # counts FLOPs without touching the trained model's gradients
+    reduction = InputReduction(job.model, variant.keep, seed)
+    reduction.attach(replica)
+    x0 = job._train_x[: job.batch_size]  # noqa: SLF001
+    y0 = job._train_y[: job.batch_size]  # noqa: SLF001
+    counted = {}
+    for active in (False, True):
+        reduction.active = active
+        counted[active] = count_flops(lambda: job._loss_fn(replica(x0), y0).mean().backward())  # noqa: SLF001
+        replica.zero_grad(set_to_none=True)
+    # in the job's own unit: a standard step costs what the job charges for it (its cost model counts
+    # on a meta replica, which can differ from this count by a few per cent), a reduced one its share
+    costs = {
+        False: job.uniform_step_flops,
+        True: round(job.uniform_step_flops * counted[True] / counted[False]),
+    }
+    reduction.active = False
+    pending: list[bool] = []
+
+    # advance() asks for a step's cost, checks the budget, then takes the step:
+    # whether the step is reduced is decided with its cost and applied by the step that follows
+    def step_flops(batch_size: int, kept: int, trained: tuple[bool, ...]) -> int:
+        active = job.compute_fraction < variant.until
+        pending[:] = [active]
+        return costs[active]
+
+    original_step = job._step  # noqa: SLF001
+
+    def step(kept: int, trained: tuple[bool, ...]) -> None:
+        reduction.active = pending.pop()
+        if reduction.active:
+            reduction.draw()
+        try:
+            original_step(kept, trained)
+        finally:
+            reduction.active = False  # validation and statistics see the whole input
+
+    job._costs.step_flops = step_flops  # noqa: SLF001
+    job._step = step  # noqa: SLF001
+    # the job charges each step what step_flops returned, so compute_used is the steps' FLOPs
+    result = run_job(job, "uniform")
+    return result, result.compute_used / max(result.steps, 1) / costs[False]
+
+
+def job_set(seeds: int, cnn_jobs: int) -> list[tuple[str, int, object, list[Variant]]]:
+    """``[(job name, seed, build(seed), variants), ...]``: the train-split pairs the probe runs."""
+    transformers = {name: r for name, r in PROBE_JOBS.items() if r.model == "transformer"}
+    cnns = {"mnist1d-cnn1d": recipe("mnist1d-cnn1d")}
+    pairs = [
+        (name, seed, build, TOKEN_VARIANTS)
+        for name, build in job_builders(transformers).items()
+        for seed in range(seeds)
+    ]
+    pairs += [
+        (name, seed, build, RESOLUTION_VARIANTS)
+        for name, build in job_builders(cnns).items()
+        for seed in range(seeds)
+    ]
+    if cnn_jobs:
+        family = job_builders(transfer_recipes("train", ["cnn1d"], cnn_jobs))
+        pairs += [
+            (name, seed, build, RESOLUTION_VARIANTS) for name, build in family.items() for seed in (0, 1)
+        ]
+    return pairs
+
+
+_PAIRS: list = []  # forked workers inherit them (job builders cannot be pickled)
+_MAX_STEPS = [20]
+
+
+def run_pair(index: int) -> list[dict]:
+    """Uniform and every variant on ``_PAIRS[index]``; one row each, the target being uniform's best."""
+    name, seed, build, variants = _PAIRS[index]
+    uniform, _ = run(build, seed, None, _MAX_STEPS[0])
+    rows = []
+    for variant in [None, *variants]:
+        result, step_cost = (uniform, 1.0) if variant is None else run(build, seed, variant, _MAX_STEPS[0])
+        rows.append(
+            {
+                "job": name,
+                "seed": seed,
+                "regime": measured_regime(uniform.curve),
+                "variant": "uniform" if variant is None else variant.label,
+                "step_cost": step_cost,
+                "steps": result.steps,
+                "target": uniform.best_val_loss,
+                "compute_to_target": result.compute_to_reach(uniform.best_val_loss),
+                "final_val_loss": result.final_val_loss,
+                "objective": result.objective,
+                "uniform_objective": uniform.objective,
+            }
+        )
+    return rows
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def measure(pairs, workers: int, max_steps: int = 20, show=print) -> list[dict]:
+    _PAIRS[:] = pairs
+    _MAX_STEPS[0] = max_steps
+    rows: list[dict] = []
+    if workers == 1:
+        results = map(run_pair, range(len(pairs)))
+    else:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
+        results = pool.imap(run_pair, range(len(pairs)))
+    for done, pair_rows in enumerate(results, start=1):
+        rows += pair_rows
+        best = min(pair_rows[1:], key=lambda r: r["compute_to_target"])
+        show(
+            f"[{done}/{len(pairs)}] {best['job']} seed {best['seed']} ({best['regime']}): "
+            f"fastest {best['variant']} at {format_fraction(best['compute_to_target'])}"
+        )
+    if workers != 1:
+        pool.close()
+        pool.join()
+    return rows
+
+
+def family_of(job: str) -> str:
+    return "transformer" if "transformer" in job else "cnn1d"
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Per model family and variant, over the compute-bound pairs: within the target share, the
+    median compute to target, the step cost, mean J against uniform's, wins over uniform."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["regime"] == "compute-bound":
+            groups.setdefault((family_of(r["job"]), r["variant"]), []).append(r)
+    lines = [
+        f"| family | variant | compute-bound pairs | reached within {TARGET_SHARE:g} | reached at all | "
+        "median compute to target | step FLOPs / standard | mean J (uniform's) | lower J than uniform |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (family, variant), runs in groups.items():
+        reached = [r["compute_to_target"] for r in runs]
+        lines.append(
+            f"| {family} | {variant} | {len(runs)} | {sum(c <= TARGET_SHARE for c in reached)} | "
+            f"{sum(math.isfinite(c) for c in reached)} | {format_fraction(statistics.median(reached))} | "
+            f"{statistics.mean(r['step_cost'] for r in runs):.3f} | "
+            f"{statistics.mean(r['objective'] for r in runs):.4f} ({statistics.mean(r['uniform_objective'] for r in runs):.4f}) | "
+            f"{sum(r['objective'] < r['uniform_objective'] - 1e-9 for r in runs)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds of each probe transformer and of mnist1d-cnn1d (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cnn-jobs",
+        type=int,
+        default=4,
+        help="jobs of the train split's 1-D CNN family, two seeds each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes running pairs, one torch thread each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=20,
+        help="steps per interval, where the validation loss is read (default: %(default)s)",
+    )
+    parser.add_argument("--out", default=None, help="also write every run's row to this CSV file")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.workers < 1 or args.max_steps < 1 or args.cnn_jobs < 0:
+        parser.error("--seeds, --workers and --max-steps must be at least 1, --cnn-jobs at least 0")
+    if args.out and not Path(args.out).parent.is_dir():
+        parser.error(f"--out: the folder {Path(args.out).parent} does not exist")
+    torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool
+    pairs = job_set(args.seeds, args.cnn_jobs)
+    print(f"{len(pairs)} pairs")
+    rows = measure(pairs, args.workers, args.max_steps)
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"\nwrote {args.out}")
+    print()
+    print(summary_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
