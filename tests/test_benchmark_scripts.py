@@ -2,10 +2,12 @@
 
 import csv
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from allocator.allocation import AllocationSpec
 from allocator.objective import Objective
@@ -19,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -688,3 +691,49 @@ def test_selection_probe_reads_back_its_runs_and_refuses_a_set_it_does_not_know(
         probe.main(["--heldout", "everything", "0.1"])
     assert exit_info.value.code == 2
     assert "no candidate set 'everything'" in capsys.readouterr().err
+
+
+def _small_job(family: str):
+    from allocator.jobs.models import build_model
+
+    return lambda seed: make_job(budget_steps=40, seed=seed, model=build_model(family, (16,), 4, 16, 3, seed=seed))
+
+
+@pytest.mark.parametrize("family", ["transformer", "cnn1d"])
+def test_input_size_probe_with_the_lever_never_on_is_the_jobs_uniform_run(family):
+    """The patched step and its cost change nothing while the lever is off: the probe's runs are the job's."""
+    probe = load_script("input_size_probe")
+    uniform, _ = probe.run(_small_job(family), 0, None, max_steps=5)
+    never, step_cost = probe.run(_small_job(family), 0, probe.Variant(0.5, until=0.0), max_steps=5)
+    assert never.curve == uniform.curve and never.steps == uniform.steps == 40
+    assert step_cost == 1.0
+    reduced, reduced_cost = probe.run(_small_job(family), 0, probe.Variant(0.5, until=1.0), max_steps=5)
+    assert reduced_cost < 0.75  # half the input costs about half a step
+    assert reduced.steps > 1.3 * uniform.steps  # the same budget buys more, cheaper steps
+    assert reduced.compute_used <= reduced.budget == uniform.budget
+
+
+def test_input_size_probe_trains_on_part_of_the_input_and_validates_on_all_of_it():
+    from allocator.jobs.models import build_model
+
+    probe = load_script("input_size_probe")
+    x = torch.randn(3, 16)
+    transformer = build_model("transformer", (16,), 4, 16, 1)
+    tokens = probe.InputReduction(transformer, 0.5, seed=0)
+    seen = []
+    transformer.blocks[0].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[1]))
+    transformer(x)
+    tokens.active = True
+    tokens.draw()
+    transformer(x)
+    assert seen == [transformer.embed.tokens, transformer.embed.tokens // 2]
+    cnn = build_model("cnn1d", (16,), 4, 8, 3)
+    resolution = probe.InputReduction(cnn, 0.5, seed=0)
+    lengths = []
+    cnn.convs[0].register_forward_pre_hook(lambda module, inputs: lengths.append(inputs[0].shape[-1]))
+    cnn(x)
+    resolution.active = True
+    cnn(x)
+    assert lengths == [16, 8]
+    with pytest.raises(ValueError, match="only halve"):
+        probe.InputReduction(cnn, 0.75, seed=0)
