@@ -50,7 +50,7 @@ from torch import nn
 
 from allocator.allocation import AllocationSpec
 from allocator.compute import count_flops
-from allocator.jobs.distribution import measured_regime, recipe
+from allocator.jobs.distribution import measured_regime, names, recipe
 from allocator.report import format_fraction
 from allocator.runner import RunResult, run_job
 
@@ -199,7 +199,9 @@ def job_set(seeds: int, cnn_jobs: int) -> list[tuple[str, int, object, list[Vari
         for seed in range(seeds)
     ]
     if cnn_jobs:
-        family = job_builders(transfer_recipes("train", ["cnn1d"], cnn_jobs))
+        # the family's draws can include the named job itself, already in the set with its own seeds
+        drawn = transfer_recipes("train", ["cnn1d"], cnn_jobs + 1)
+        family = job_builders(dict([(name, r) for name, r in drawn.items() if name not in cnns][:cnn_jobs]))
         pairs += [
             (name, seed, build, RESOLUTION_VARIANTS) for name, build in family.items() for seed in (0, 1)
         ]
@@ -222,6 +224,8 @@ def run_pair(index: int) -> list[dict]:
                 "job": name,
                 "seed": seed,
                 "regime": measured_regime(uniform.curve),
+                # the jobs that are not named (probe transformers, 1-D CNN family jobs) count by measurement
+                "job_regime": recipe(name).regime if name in names() else measured_regime(uniform.curve),
                 "variant": "uniform" if variant is None else variant.label,
                 "step_cost": step_cost,
                 "steps": result.steps,
@@ -250,7 +254,7 @@ def measure(pairs, workers: int, max_steps: int = 20, show=print) -> list[dict]:
         results = pool.imap(run_pair, range(len(pairs)))
     for done, pair_rows in enumerate(results, start=1):
         rows += pair_rows
-        best = min(pair_rows[1:], key=lambda r: r["compute_to_target"])
+        best = min(pair_rows[1:] or pair_rows, key=lambda r: r["compute_to_target"])
         show(
             f"[{done}/{len(pairs)}] {best['job']} seed {best['seed']} ({best['regime']}): "
             f"fastest {best['variant']} at {format_fraction(best['compute_to_target'])}"
@@ -289,6 +293,58 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+FAMILIES = {"transformer": ("transformer",), "cnn": ("cnn1d", "cnn2d")}
+
+
+def variant_by_label(label: str) -> Variant:
+    for variant in TOKEN_VARIANTS + RESOLUTION_VARIANTS:
+        if variant.label == label:
+            return variant
+    labels = ", ".join(dict.fromkeys(v.label for v in TOKEN_VARIANTS + RESOLUTION_VARIANTS))
+    raise ValueError(f"no variant is called {label!r}; the variants are {labels}")
+
+
+def heldout_job_set(
+    seeds: int, variant: Variant, family: str
+) -> list[tuple[str, int, object, list[Variant]]]:
+    """Every held-out named job: ``variant`` on the jobs of ``family``, standard training alone on the rest."""
+    recipes = {name: recipe(name) for name in names("heldout")}
+    return [
+        (name, seed, build, [variant] if recipes[name].model in FAMILIES[family] else [])
+        for name, build in job_builders(recipes).items()
+        for seed in range(seeds)
+    ]
+
+
+def heldout_table(rows: list[dict]) -> str:
+    """The hand-set rule (the variant where it ran, standard training elsewhere) beside uniform, over every
+    pair, by the jobs' own regimes: the issue's median compute to target and J."""
+    pairs: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        pairs.setdefault((r["job"], r["seed"]), []).append(r)
+    uniform = [runs[0] for runs in pairs.values()]
+    rule = [runs[-1] for runs in pairs.values()]
+    lines = [
+        f"| rule | pairs | within {TARGET_SHARE:g} | within {TARGET_SHARE:g}: compute-bound | "
+        f"within {TARGET_SHARE:g}: data-bound | median compute to target | mean J | lower J than uniform |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, runs in (("uniform", uniform), ("the variant where it applies", rule)):
+
+        def within(regime, runs=runs):
+            chosen = [r for r in runs if r["job_regime"] == regime]
+            return f"{sum(r['compute_to_target'] <= TARGET_SHARE for r in chosen)}/{len(chosen)}"
+
+        lines.append(
+            f"| {name} | {len(runs)} | {sum(r['compute_to_target'] <= TARGET_SHARE for r in runs)} | "
+            f"{within('compute-bound')} | {within('data-bound')} | "
+            f"{format_fraction(statistics.median(r['compute_to_target'] for r in runs))} | "
+            f"{statistics.mean(r['objective'] for r in runs):.4f} | "
+            f"{sum(r['objective'] < r['uniform_objective'] - 1e-9 for r in runs)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -316,13 +372,32 @@ def main(argv: list[str] | None = None) -> int:
         help="steps per interval, where the validation loss is read (default: %(default)s)",
     )
     parser.add_argument("--out", default=None, help="also write every run's row to this CSV file")
+    parser.add_argument(
+        "--heldout",
+        metavar="LABEL",
+        default=None,
+        help="instead of the train split, run this one variant (chosen on the train split) on the held-out "
+        "jobs of --family and standard training on the others: the once-only held-out check",
+    )
+    parser.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        default="transformer",
+        help="with --heldout, the model family the variant applies to (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.workers < 1 or args.max_steps < 1 or args.cnn_jobs < 0:
         parser.error("--seeds, --workers and --max-steps must be at least 1, --cnn-jobs at least 0")
     if args.out and not Path(args.out).parent.is_dir():
         parser.error(f"--out: the folder {Path(args.out).parent} does not exist")
+    try:
+        variant = variant_by_label(args.heldout) if args.heldout else None
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool
-    pairs = job_set(args.seeds, args.cnn_jobs)
+    pairs = (
+        heldout_job_set(args.seeds, variant, args.family) if variant else job_set(args.seeds, args.cnn_jobs)
+    )
     print(f"{len(pairs)} pairs")
     rows = measure(pairs, args.workers, args.max_steps)
     if args.out:
@@ -332,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerows(rows)
         print(f"\nwrote {args.out}")
     print()
-    print(summary_table(rows))
+    print(heldout_table(rows) if variant else summary_table(rows))
     return 0
 
 
