@@ -64,17 +64,25 @@ _TOKEN_STREAM = 5_000_011  # the token subsets' own random stream, apart from th
 
 @dataclass(frozen=True)
 class Variant:
-    """Train on ``keep`` of the input (tokens, or 0.5: half the length or side) until ``until`` of the budget."""
+    """Train on ``keep`` of the input (tokens, or 0.5: half the length or side) until ``until`` of the budget.
+
+    ``charged_in_full``: a reduced step is charged as a standard one, so the run takes uniform's
+    steps and the lever acts on what the steps learn, not on how many there are (the mechanism check).
+    """
 
     keep: float
     until: float = 1.0
+    charged_in_full: bool = False
 
     @property
     def label(self) -> str:
-        return f"input {self.keep:g} until {self.until:g}"
+        return f"input {self.keep:g} until {self.until:g}" + (
+            ", charged in full" if self.charged_in_full else ""
+        )
 
 
 TOKEN_VARIANTS = [Variant(keep, until) for keep in (0.5, 0.75) for until in (1.0, 0.8, 0.5)]
+MECHANISM_VARIANTS = [Variant(0.5, until, charged_in_full=True) for until in (1.0, 0.5)]
 # pooling by 2 is the one resolution a 1-D CNN's strided convolutions take without changing the net
 RESOLUTION_VARIANTS = [Variant(0.5, until) for until in (1.0, 0.8, 0.5)]
 
@@ -154,7 +162,9 @@ def run(build, seed: int, variant: Variant | None, max_steps: int = 20) -> tuple
     # on a meta replica, which can differ from this count by a few per cent), a reduced one its share
     costs = {
         False: job.uniform_step_flops,
-        True: round(job.uniform_step_flops * counted[True] / counted[False]),
+        True: job.uniform_step_flops
+        if variant.charged_in_full
+        else round(job.uniform_step_flops * counted[True] / counted[False]),
     }
     reduction.active = False
     pending: list[bool] = []
@@ -184,9 +194,15 @@ def run(build, seed: int, variant: Variant | None, max_steps: int = 20) -> tuple
     return result, result.compute_used / max(result.steps, 1) / costs[False]
 
 
-def job_set(seeds: int, cnn_jobs: int) -> list[tuple[str, int, object, list[Variant]]]:
-    """``[(job name, seed, build(seed), variants), ...]``: the train-split pairs the probe runs."""
+def job_set(
+    seeds: int, cnn_jobs: int, mechanism: bool = False
+) -> list[tuple[str, int, object, list[Variant]]]:
+    """``[(job name, seed, build(seed), variants), ...]``: the train-split pairs the probe runs
+    (``mechanism``: the transformers alone, with :data:`MECHANISM_VARIANTS`)."""
     transformers = {name: r for name, r in PROBE_JOBS.items() if r.model == "transformer"}
+    if mechanism:
+        builders = job_builders(transformers).items()
+        return [(name, seed, build, MECHANISM_VARIANTS) for name, build in builders for seed in range(seeds)]
     cnns = {"mnist1d-cnn1d": recipe("mnist1d-cnn1d")}
     pairs = [
         (name, seed, build, TOKEN_VARIANTS)
@@ -297,7 +313,7 @@ FAMILIES = {"transformer": ("transformer",), "cnn": ("cnn1d", "cnn2d")}
 
 
 def variant_by_label(label: str) -> Variant:
-    for variant in TOKEN_VARIANTS + RESOLUTION_VARIANTS:
+    for variant in TOKEN_VARIANTS + RESOLUTION_VARIANTS + MECHANISM_VARIANTS:
         if variant.label == label:
             return variant
     labels = ", ".join(dict.fromkeys(v.label for v in TOKEN_VARIANTS + RESOLUTION_VARIANTS))
@@ -385,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         default="transformer",
         help="with --heldout, the model family the variant applies to (default: %(default)s)",
     )
+    parser.add_argument(
+        "--mechanism",
+        action="store_true",
+        help="run the token variants charged as standard steps on the train transformers: does the lever "
+        "pay through more, cheaper steps or through what each step sees?",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.workers < 1 or args.max_steps < 1 or args.cnn_jobs < 0:
         parser.error("--seeds, --workers and --max-steps must be at least 1, --cnn-jobs at least 0")
@@ -396,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool
     pairs = (
-        heldout_job_set(args.seeds, variant, args.family) if variant else job_set(args.seeds, args.cnn_jobs)
+        heldout_job_set(args.seeds, variant, args.family)
+        if variant
+        else job_set(args.seeds, args.cnn_jobs, args.mechanism)
     )
     print(f"{len(pairs)} pairs")
     rows = measure(pairs, args.workers, args.max_steps)
