@@ -51,6 +51,7 @@ from torch import nn
 from allocator.allocation import AllocationSpec
 from allocator.compute import count_flops
 from allocator.jobs.distribution import measured_regime, names, recipe
+from allocator.policy import AllocatorPolicy
 from allocator.report import format_fraction
 from allocator.runner import RunResult, run_job
 
@@ -82,6 +83,8 @@ class Variant:
 
 
 TOKEN_VARIANTS = [Variant(keep, until) for keep in (0.5, 0.75) for until in (1.0, 0.8, 0.5)]
+# the variant the twenty-third round chose on the train split, which policies are run with
+POLICY_VARIANT = Variant(0.5, 0.5)
 MECHANISM_VARIANTS = [Variant(0.5, until, charged_in_full=True) for until in (1.0, 0.5)]
 # pooling by 2 is the one resolution a 1-D CNN's strided convolutions take without changing the net
 RESOLUTION_VARIANTS = [Variant(0.5, until) for until in (1.0, 0.8, 0.5)]
@@ -138,15 +141,25 @@ class InputReduction:
         return (F.avg_pool1d(x.unsqueeze(1) if x.ndim == 2 else x, 2).reshape(*x.shape[:-1], -1),)
 
 
-def run(build, seed: int, variant: Variant | None, max_steps: int = 20) -> tuple[RunResult, float]:
-    """Run one job under uniform allocation with ``variant``'s input (``None``: the job's uniform run).
+def run(
+    build, seed: int, variant: Variant | None, max_steps: int = 20, controller="uniform"
+) -> tuple[RunResult, float]:
+    """Run one job under ``controller`` with ``variant``'s input (``None``: the whole input).
+
+    ``controller`` is ``"uniform"`` (the job's standard training, in intervals of ``max_steps``)
+    or an :class:`~allocator.AllocatorPolicy` (its own spec and rules). A reduced step costs
+    what the job charges for the same step on the whole input times the reduced share of a
+    standard step's count; for a step that selects samples or freezes layers that share is an
+    approximation (attention's cost is quadratic in the tokens, the rest linear).
 
     Returns the run's result and its mean step FLOPs relative to a standard step.
     """
     job = build(seed)
-    job.use_spec(AllocationSpec(max_steps=max_steps))
+    job.use_spec(
+        controller.spec if isinstance(controller, AllocatorPolicy) else AllocationSpec(max_steps=max_steps)
+    )
     if variant is None:
-        return run_job(job, "uniform"), 1.0
+        return run_job(job, controller), 1.0
     job._ensure_started()  # noqa: SLF001 - the probe patches the job's step and step cost
     replica = copy.deepcopy(job.model)  # counts FLOPs without touching the trained model's gradients
     reduction = InputReduction(job.model, variant.keep, seed)
@@ -158,15 +171,11 @@ def run(build, seed: int, variant: Variant | None, max_steps: int = 20) -> tuple
         reduction.active = active
         counted[active] = count_flops(lambda: job._loss_fn(replica(x0), y0).mean().backward())  # noqa: SLF001
         replica.zero_grad(set_to_none=True)
-    # in the job's own unit: a standard step costs what the job charges for it (its cost model counts
-    # on a meta replica, which can differ from this count by a few per cent), a reduced one its share
-    costs = {
-        False: job.uniform_step_flops,
-        True: job.uniform_step_flops
-        if variant.charged_in_full
-        else round(job.uniform_step_flops * counted[True] / counted[False]),
-    }
     reduction.active = False
+    # in the job's own unit (its cost model counts on a meta replica, which can differ from this
+    # count by a few per cent): the reduced share of what the job charges for the same step
+    share = 1.0 if variant.charged_in_full else counted[True] / counted[False]
+    job_step_flops = job._costs.step_flops  # noqa: SLF001
     pending: list[bool] = []
 
     # advance() asks for a step's cost, checks the budget, then takes the step:
@@ -174,7 +183,8 @@ def run(build, seed: int, variant: Variant | None, max_steps: int = 20) -> tuple
     def step_flops(batch_size: int, kept: int, trained: tuple[bool, ...]) -> int:
         active = job.compute_fraction < variant.until
         pending[:] = [active]
-        return costs[active]
+        cost = job_step_flops(batch_size, kept, trained)
+        return round(cost * share) if active else cost
 
     original_step = job._step  # noqa: SLF001
 
@@ -190,27 +200,30 @@ def run(build, seed: int, variant: Variant | None, max_steps: int = 20) -> tuple
     job._costs.step_flops = step_flops  # noqa: SLF001
     job._step = step  # noqa: SLF001
     # the job charges each step what step_flops returned, so compute_used is the steps' FLOPs
-    result = run_job(job, "uniform")
-    return result, result.compute_used / max(result.steps, 1) / costs[False]
+    result = run_job(job, controller)
+    return result, result.compute_used / max(result.steps, 1) / job.uniform_step_flops
 
 
-def job_set(
-    seeds: int, cnn_jobs: int, mechanism: bool = False
-) -> list[tuple[str, int, object, list[Variant]]]:
-    """``[(job name, seed, build(seed), variants), ...]``: the train-split pairs the probe runs
-    (``mechanism``: the transformers alone, with :data:`MECHANISM_VARIANTS`)."""
-    transformers = {name: r for name, r in PROBE_JOBS.items() if r.model == "transformer"}
-    if mechanism:
-        builders = job_builders(transformers).items()
-        return [(name, seed, build, MECHANISM_VARIANTS) for name, build in builders for seed in range(seeds)]
+UNIFORM_RUN = ("uniform", "uniform", None)  # (label, controller, variant): every pair's first run
+
+
+def job_set(seeds: int, cnn_jobs: int, mechanism: bool = False, policies=()) -> list[tuple]:
+    """``[(job name, seed, build(seed), runs), ...]`` with ``runs`` a list of ``(label, controller,
+    variant)``: the train-split pairs the probe runs. ``mechanism``: the transformers alone, with
+    :data:`MECHANISM_VARIANTS`; ``policies``: the transformers alone, each policy with and without
+    :data:`POLICY_VARIANT`."""
+    transformers = job_builders({name: r for name, r in PROBE_JOBS.items() if r.model == "transformer"})
+    if mechanism or policies:
+        runs = [UNIFORM_RUN]
+        runs += [(v.label, "uniform", v) for v in (MECHANISM_VARIANTS if mechanism else [])]
+        runs += [run for label, policy in policies for run in policy_runs(label, policy, POLICY_VARIANT)]
+        return [(name, seed, build, runs) for name, build in transformers.items() for seed in range(seeds)]
     cnns = {"mnist1d-cnn1d": recipe("mnist1d-cnn1d")}
-    pairs = [
-        (name, seed, build, TOKEN_VARIANTS)
-        for name, build in job_builders(transformers).items()
-        for seed in range(seeds)
-    ]
+    token_runs = [UNIFORM_RUN, *((v.label, "uniform", v) for v in TOKEN_VARIANTS)]
+    resolution_runs = [UNIFORM_RUN, *((v.label, "uniform", v) for v in RESOLUTION_VARIANTS)]
+    pairs = [(name, seed, build, token_runs) for name, build in transformers.items() for seed in range(seeds)]
     pairs += [
-        (name, seed, build, RESOLUTION_VARIANTS)
+        (name, seed, build, resolution_runs)
         for name, build in job_builders(cnns).items()
         for seed in range(seeds)
     ]
@@ -218,10 +231,13 @@ def job_set(
         # the family's draws can include the named job itself, already in the set with its own seeds
         drawn = transfer_recipes("train", ["cnn1d"], cnn_jobs + 1)
         family = job_builders(dict([(name, r) for name, r in drawn.items() if name not in cnns][:cnn_jobs]))
-        pairs += [
-            (name, seed, build, RESOLUTION_VARIANTS) for name, build in family.items() for seed in (0, 1)
-        ]
+        pairs += [(name, seed, build, resolution_runs) for name, build in family.items() for seed in (0, 1)]
     return pairs
+
+
+def policy_runs(label: str, policy, variant: Variant | None) -> list[tuple]:
+    """A policy alone and with ``variant`` (``None``: where the variant does not apply, the policy alone)."""
+    return [(label, policy, None), (f"{label} + {POLICY_VARIANT.label}", policy, variant)]
 
 
 _PAIRS: list = []  # forked workers inherit them (job builders cannot be pickled)
@@ -229,12 +245,16 @@ _MAX_STEPS = [20]
 
 
 def run_pair(index: int) -> list[dict]:
-    """Uniform and every variant on ``_PAIRS[index]``; one row each, the target being uniform's best."""
-    name, seed, build, variants = _PAIRS[index]
-    uniform, _ = run(build, seed, None, _MAX_STEPS[0])
+    """Every run of ``_PAIRS[index]``, uniform first; one row each, the target being uniform's best."""
+    name, seed, build, runs = _PAIRS[index]
+    done = {("uniform", None): run(build, seed, None, _MAX_STEPS[0])}
+    uniform = done["uniform", None][0]
     rows = []
-    for variant in [None, *variants]:
-        result, step_cost = (uniform, 1.0) if variant is None else run(build, seed, variant, _MAX_STEPS[0])
+    for label, controller, variant in runs:
+        key = (controller if isinstance(controller, str) else id(controller), variant)
+        if key not in done:  # a variant that does not apply to this job is the controller's own run
+            done[key] = run(build, seed, variant, _MAX_STEPS[0], controller)
+        result, step_cost = done[key]
         rows.append(
             {
                 "job": name,
@@ -242,11 +262,12 @@ def run_pair(index: int) -> list[dict]:
                 "regime": measured_regime(uniform.curve),
                 # the jobs that are not named (probe transformers, 1-D CNN family jobs) count by measurement
                 "job_regime": recipe(name).regime if name in names() else measured_regime(uniform.curve),
-                "variant": "uniform" if variant is None else variant.label,
+                "variant": label,
                 "step_cost": step_cost,
                 "steps": result.steps,
                 "target": uniform.best_val_loss,
                 "compute_to_target": result.compute_to_reach(uniform.best_val_loss),
+                "compute_fraction": result.compute_fraction,
                 "final_val_loss": result.final_val_loss,
                 "objective": result.objective,
                 "uniform_objective": uniform.objective,
@@ -320,32 +341,39 @@ def variant_by_label(label: str) -> Variant:
     raise ValueError(f"no variant is called {label!r}; the variants are {labels}")
 
 
-def heldout_job_set(
-    seeds: int, variant: Variant, family: str
-) -> list[tuple[str, int, object, list[Variant]]]:
-    """Every held-out named job: ``variant`` on the jobs of ``family``, standard training alone on the rest."""
+def heldout_job_set(seeds: int, variant: Variant, family: str, policies=()) -> list[tuple]:
+    """Every held-out named job with uniform and ``variant`` on the jobs of ``family`` (standard training
+    alone on the rest) or, with ``policies``, each policy alone and with ``variant`` on ``family``'s jobs."""
     recipes = {name: recipe(name) for name in names("heldout")}
-    return [
-        (name, seed, build, [variant] if recipes[name].model in FAMILIES[family] else [])
-        for name, build in job_builders(recipes).items()
-        for seed in range(seeds)
-    ]
+    pairs = []
+    for name, build in job_builders(recipes).items():
+        applies = variant if recipes[name].model in FAMILIES[family] else None
+        if policies:
+            runs = [
+                UNIFORM_RUN,
+                *(run for label, policy in policies for run in policy_runs(label, policy, applies)),
+            ]
+        else:
+            runs = [UNIFORM_RUN, (RULE_LABEL, "uniform", applies)]
+        pairs += [(name, seed, build, runs) for seed in range(seeds)]
+    return pairs
+
+
+RULE_LABEL = "the variant where it applies, standard training elsewhere"
 
 
 def heldout_table(rows: list[dict]) -> str:
-    """The hand-set rule (the variant where it ran, standard training elsewhere) beside uniform, over every
-    pair, by the jobs' own regimes: the issue's median compute to target and J."""
-    pairs: dict[tuple[str, int], list[dict]] = {}
+    """Each run label over every pair, by the jobs' own regimes: the issue's median compute to
+    target and J against uniform."""
+    by_label: dict[str, list[dict]] = {}
     for r in rows:
-        pairs.setdefault((r["job"], r["seed"]), []).append(r)
-    uniform = [runs[0] for runs in pairs.values()]
-    rule = [runs[-1] for runs in pairs.values()]
+        by_label.setdefault(r["variant"], []).append(r)
     lines = [
         f"| rule | pairs | within {TARGET_SHARE:g} | within {TARGET_SHARE:g}: compute-bound | "
         f"within {TARGET_SHARE:g}: data-bound | median compute to target | mean J | lower J than uniform |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, runs in (("uniform", uniform), ("the variant where it applies", rule)):
+    for name, runs in by_label.items():
 
         def within(regime, runs=runs):
             chosen = [r for r in runs if r["job_regime"] == regime]
@@ -358,6 +386,35 @@ def heldout_table(rows: list[dict]) -> str:
             f"{statistics.mean(r['objective'] for r in runs):.4f} | "
             f"{sum(r['objective'] < r['uniform_objective'] - 1e-9 for r in runs)} |"
         )
+    return "\n".join(lines)
+
+
+def against_table(rows: list[dict], results_csv: str | Path) -> str:
+    """Pairs each run label wins on J against each controller of an ``evaluate`` results.csv of the
+    same jobs and seeds (its ``policy`` rows left out). Its uniform must be this probe's uniform:
+    a pair whose uniform J differs raises ``ValueError`` (another spec, machine or version)."""
+    with open(results_csv, newline="", encoding="utf-8") as handle:
+        reference = {
+            (r["job"], int(r["seed"]), r["controller"]): float(r["objective"]) for r in csv.DictReader(handle)
+        }
+    controllers = sorted({c for _, _, c in reference if c != "policy"})
+    for r in rows:
+        theirs = reference.get((r["job"], r["seed"], "uniform"))
+        if theirs is None or abs(theirs - r["uniform_objective"]) > 1e-9:
+            raise ValueError(
+                f"{results_csv}: uniform's J on {r['job']} seed {r['seed']} is {theirs}, here {r['uniform_objective']}"
+            )
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(r["variant"], []).append(r)
+    lines = ["| rule | " + " | ".join(f"wins against {c}" for c in controllers) + " |"]
+    lines.append("| --- |" + " ---: |" * len(controllers))
+    for name, runs in by_label.items():
+        cells = []
+        for c in controllers:
+            won = sum(r["objective"] < reference[(r["job"], r["seed"], c)] - 1e-9 for r in runs)
+            cells.append(f"{won}/{len(runs)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -402,6 +459,21 @@ def main(argv: list[str] | None = None) -> int:
         help="with --heldout, the model family the variant applies to (default: %(default)s)",
     )
     parser.add_argument(
+        "--policy",
+        metavar="DIR",
+        action="append",
+        default=None,
+        help="run this trained policy (repeatable) alone and with the variant the twenty-third round chose "
+        f"({POLICY_VARIANT.label}) on the transformers: of the train split, or with --heldout of the held-out split",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="RESULTS_CSV",
+        default=None,
+        help="with --heldout, also count the pairs each run wins on J against each controller of this "
+        "evaluate results.csv (same jobs, seeds and spec)",
+    )
+    parser.add_argument(
         "--mechanism",
         action="store_true",
         help="run the token variants charged as standard steps on the train transformers: does the lever "
@@ -412,15 +484,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds, --workers and --max-steps must be at least 1, --cnn-jobs at least 0")
     if args.out and not Path(args.out).parent.is_dir():
         parser.error(f"--out: the folder {Path(args.out).parent} does not exist")
+    if args.against and not (args.heldout and Path(args.against).is_file()):
+        parser.error("--against needs --heldout and an existing results.csv")
     try:
         variant = variant_by_label(args.heldout) if args.heldout else None
-    except ValueError as error:
+        policies = [
+            (Path(d).name if Path(d).name != "policy" else Path(d).parent.name, AllocatorPolicy.load(d))
+            for d in args.policy or []
+        ]
+    except (ValueError, OSError) as error:
         parser.error(str(error))
     torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool
     pairs = (
-        heldout_job_set(args.seeds, variant, args.family)
+        heldout_job_set(args.seeds, variant, args.family, policies)
         if variant
-        else job_set(args.seeds, args.cnn_jobs, args.mechanism)
+        else job_set(args.seeds, args.cnn_jobs, args.mechanism, policies)
     )
     print(f"{len(pairs)} pairs")
     rows = measure(pairs, args.workers, args.max_steps)
@@ -432,6 +510,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {args.out}")
     print()
     print(heldout_table(rows) if variant else summary_table(rows))
+    if args.against:
+        print()
+        try:
+            print(against_table(rows, args.against))
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     return 0
 
 
