@@ -34,6 +34,7 @@ import yaml
 
 from allocator.allocation import SHARE_PRIORS, STOP_BELOW, check_selection_gate
 from allocator.stats import FEATURE_NAMES
+from allocator.token_dropping import TokenDropping
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_PRESET = "quick"
@@ -76,6 +77,12 @@ class EnvConfig:
     (``allocator.AllocationSpec.share_prior``), so the zero action samples as the
     ``loss-sampling`` baseline does; ``uniform``: the action's shares as they are. Part of the
     spec, so the exported policy keeps it; standard training and the baselines run without it."""
+    token_dropping: list | None = None
+    """``[keep, until]``: on jobs whose model has tokens (transformers), steps see ``keep`` of each
+    input's tokens until ``until`` of the budget (``allocator.AllocationSpec.token_dropping``);
+    null: off. Part of the spec, so the exported policy keeps it; standard training and the
+    baselines run without it. The built-in train split has no transformer, so there it changes
+    nothing in training; ``evaluate --token-dropping`` adds it to a trained policy."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
@@ -142,6 +149,10 @@ class EnvConfig:
             check_selection_gate(self.selection_gate, "env.selection_gate")
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
+        try:
+            TokenDropping.from_value(self.token_dropping)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: env.token_dropping: {error}") from None
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         _in_range(where, "env.many_epoch_share", self.many_epoch_share, 0.0, 1.0)
         _check_families(where, "env.families", self.families, self.split)

@@ -96,6 +96,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "selection_gate": env.selection_gate,
         "stop_before_budget": env.stop_before_budget,
         "share_prior": env.share_prior,
+        "token_dropping": env.token_dropping,
         "s": env.s,
         "w": env.w,
         "reference": None if env.reference == "none" else env.reference,
@@ -147,6 +148,7 @@ def allocation_spec(config: TrainConfig):
         min_layer_gate=env.min_layer_gate,
         stop_before_budget=env.stop_before_budget,
         share_prior=env.share_prior,
+        token_dropping=env.token_dropping,
     )
 
 

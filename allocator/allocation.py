@@ -28,6 +28,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from allocator.token_dropping import TokenDropping
+
 # Softmax temperature of the sample-share entries: an action of +-1 gives a
 # ratio of e**6 (about 400) between two groups, enough to all but drop one.
 SHARE_SCALE = 3.0
@@ -133,6 +135,19 @@ class AllocationSpec:
             any loss is seen, draws the action's shares. ``uniform`` (the
             default, and what a policy.json without the field means) is the
             action's shares as they are.
+        token_dropping: a :class:`~allocator.token_dropping.TokenDropping` (or
+            ``{"keep": k, "until": u}``) or ``None``. The policy's jobs train on
+            ``keep`` of each input's tokens until ``until`` of the budget
+            (:attr:`~allocator.TrainingJob.token_dropping`); jobs whose model
+            has no tokens run as before. Why: on transformers the cheaper
+            early steps buy more steps, and half the tokens until half the
+            budget reaches standard training's best loss within 0.7 of the
+            budget on half the train split's transformer runs (BENCHMARKS.md
+            section 5, twenty-third round). Trap: like ``share_prior``, a rule
+            of the policy that ``reset(job)`` sets, not of the job; it needs no
+            retraining and can be added to a trained policy
+            (``--token-dropping`` of ``evaluate`` and ``apply``). ``None`` (the
+            default, and what a policy.json without the field means) is off.
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
@@ -146,6 +161,7 @@ class AllocationSpec:
     min_layer_gate: float = 0.0
     stop_before_budget: bool = False
     share_prior: str = "uniform"
+    token_dropping: TokenDropping | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -162,6 +178,8 @@ class AllocationSpec:
             raise ValueError(f"stop_before_budget must be true or false, got {self.stop_before_budget!r}")
         if self.share_prior not in SHARE_PRIORS:
             raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {self.share_prior!r}")
+        # frozen: from_dict and the config pass {keep, until}, stored as the hashable TokenDropping
+        object.__setattr__(self, "token_dropping", TokenDropping.from_value(self.token_dropping))
 
     @property
     def action_size(self) -> int:
@@ -182,6 +200,8 @@ class AllocationSpec:
             spec["stop_before_budget"] = True
         if self.share_prior != "uniform":  # likewise
             spec["share_prior"] = self.share_prior
+        if self.token_dropping is not None:  # likewise
+            spec["token_dropping"] = self.token_dropping.to_dict()
         return spec
 
     @classmethod

@@ -41,10 +41,12 @@ from pathlib import Path
 from allocator.evaluation import (
     POLICY,
     REFERENCE,
+    add_token_dropping_argument,
     build_job,
     contenders,
     parse_names,
     policy_spec,
+    policy_with_token_dropping,
     progress_bar,
     run_contender,
 )
@@ -99,12 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="device of a built-in job: auto (CUDA when available), cpu, cuda, ...",
     )
+    add_token_dropping_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     source = load_job_source(args.job, device=args.device)
     compare = parse_names(args.compare)
-    lineup = contenders(args.policy, compare)
+    lineup = contenders(policy_with_token_dropping(args.policy, args.token_dropping), compare)
     if args.policy is None and compare:
         # the model to save (and the controller to describe) is the first one asked for
         lineup.sort(key=lambda c: c.label != compare[0])

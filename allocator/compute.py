@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from allocator.token_dropping import TokenDropper
+
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -75,6 +77,14 @@ class StepCostModel:
             self._replica = copy.deepcopy(model).to("cpu")
             self._device = torch.device("cpu")
         self._replica.train(model.training)
+        self._token_dropper: TokenDropper | None = None
+
+    def drop_tokens(self, keep: float) -> None:
+        """Count reduced configurations (``reduced=True``) with ``keep`` of the tokens (the first ones)."""
+        if self._token_dropper is not None:
+            self._token_dropper.remove()
+        self._token_dropper = TokenDropper(self._replica, keep)
+        self._cache = {key: flops for key, flops in self._cache.items() if not key[-1]}
 
     def _batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._device.type == "meta":
@@ -90,39 +100,50 @@ class StepCostModel:
             group = self._group_of_parameter.get(name)
             parameter.requires_grad_(group is not None and trained[group])
 
-    def _forward(self, size: int, grad: bool) -> None:
+    def _forward(self, size: int, grad: bool, reduced: bool = False) -> None:
         x, y = self._batch(size)
-        with torch.set_grad_enabled(grad):
-            losses = self._loss_fn(self._replica(x), y)
-            if grad and losses.requires_grad:
-                losses.mean().backward()
+        if reduced and self._token_dropper is None:
+            raise ValueError("a reduced configuration needs drop_tokens(keep) first")
+        if self._token_dropper is not None:
+            self._token_dropper.active = reduced
+        try:
+            with torch.set_grad_enabled(grad):
+                losses = self._loss_fn(self._replica(x), y)
+                if grad and losses.requires_grad:
+                    losses.mean().backward()
+        finally:
+            if self._token_dropper is not None:
+                self._token_dropper.active = False
         for parameter in self._replica.parameters():
             parameter.grad = None
 
-    def forward_flops(self, batch_size: int) -> int:
-        """FLOPs of a no-grad forward pass over ``batch_size`` samples."""
-        key = ("forward", batch_size)
+    def forward_flops(self, batch_size: int, reduced: bool = False) -> int:
+        """FLOPs of a no-grad forward pass over ``batch_size`` samples (``reduced``: with tokens dropped)."""
+        key = ("forward", batch_size, reduced)
         if key not in self._cache:
-            self._cache[key] = count_flops(lambda: self._forward(batch_size, grad=False))
+            self._cache[key] = count_flops(lambda: self._forward(batch_size, grad=False, reduced=reduced))
         return self._cache[key]
 
-    def training_pass_flops(self, kept: int, trained: tuple[bool, ...]) -> int:
+    def training_pass_flops(self, kept: int, trained: tuple[bool, ...], reduced: bool = False) -> int:
         """FLOPs of a forward and backward pass over ``kept`` samples, ``trained`` groups."""
         if not any(trained):
-            return self.forward_flops(kept)
-        key = ("train", kept, trained)
+            return self.forward_flops(kept, reduced)
+        key = ("train", kept, trained, reduced)
         if key not in self._cache:
             self._set_trained(trained)
-            self._cache[key] = count_flops(lambda: self._forward(kept, grad=True))
+            self._cache[key] = count_flops(lambda: self._forward(kept, grad=True, reduced=reduced))
         return self._cache[key]
 
-    def step_flops(self, batch_size: int, kept: int, trained: tuple[bool, ...]) -> int:
-        """FLOPs of one optimizer step: scoring forward (when ``kept < batch_size``) + training pass."""
+    def step_flops(self, batch_size: int, kept: int, trained: tuple[bool, ...], reduced: bool = False) -> int:
+        """FLOPs of one optimizer step: scoring forward (when ``kept < batch_size``) + training pass.
+
+        ``reduced``: the step's forward passes see the share of the tokens set by :meth:`drop_tokens`.
+        """
         if not any(trained):
-            return self.forward_flops(batch_size)
+            return self.forward_flops(batch_size, reduced)
         if kept >= batch_size:
-            return self.training_pass_flops(batch_size, trained)
-        return self.forward_flops(batch_size) + self.training_pass_flops(kept, trained)
+            return self.training_pass_flops(batch_size, trained, reduced)
+        return self.forward_flops(batch_size, reduced) + self.training_pass_flops(kept, trained, reduced)
 
     @property
     def configurations_counted(self) -> int:

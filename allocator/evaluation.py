@@ -126,6 +126,37 @@ def contenders(policy, baselines: Iterable[str]) -> list[Contender]:
     return lineup
 
 
+def add_token_dropping_argument(parser: argparse.ArgumentParser) -> None:
+    """``--token-dropping KEEP,UNTIL`` of ``evaluate`` and ``apply``."""
+    from allocator.token_dropping import TokenDropping
+
+    def parse(text: str):
+        try:
+            return TokenDropping.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument(
+        "--token-dropping",
+        type=parse,
+        default=None,
+        metavar="KEEP,UNTIL",
+        help="run the policy with token dropping: on jobs whose model has tokens (transformers) its "
+        "steps see KEEP of each input's tokens until UNTIL of the budget, at their reduced cost "
+        "(e.g. 0.5,0.5; BENCHMARKS.md section 5). Overrides the policy's own setting; the baselines "
+        "run without it",
+    )
+
+
+def policy_with_token_dropping(policy, dropping):
+    """``policy`` (a directory or a loaded policy) with ``dropping`` set; as given when ``dropping`` is None."""
+    if dropping is None:
+        return policy
+    if policy is None:
+        raise ValueError("--token-dropping is a rule of a policy: give --policy too")
+    return load_policy(policy).with_token_dropping(dropping)
+
+
 def load_policy(policy):
     """An ``AllocatorPolicy`` from a directory (``ValueError`` when it is not one), or as given."""
     from allocator.policy import AllocatorPolicy
@@ -659,6 +690,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="device of the built-in jobs: auto (CUDA when available), cpu, cuda, ...",
     )
+    add_token_dropping_argument(parser)
     parser.add_argument(
         "--threads",
         type=int,
@@ -678,7 +710,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     report = evaluate(
-        policy=args.policy,
+        policy=policy_with_token_dropping(args.policy, args.token_dropping),
         split=args.split,
         seeds=args.seeds,
         baselines=parse_names(args.baselines),

@@ -38,6 +38,7 @@ from allocator.allocation import (
 from allocator.compute import StepCostModel
 from allocator.layers import LayerGroup, split_layer_groups
 from allocator.stats import SELECTION_PROBE_FRACTION, IntervalStatistics, ObservationBuilder
+from allocator.token_dropping import TokenDropper, TokenDropping
 
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -290,6 +291,14 @@ class TrainingJob:
         #: Trap: the first interval has seen no loss, so it draws the
         #: allocation's shares as they are.
         self.share_prior = "uniform"
+        #: Optional :class:`~allocator.token_dropping.TokenDropping` (``None``: off).
+        #: Steps see ``keep`` of each input's tokens until ``until`` of the budget
+        #: is spent, at their reduced cost; validation sees every token. Does
+        #: nothing on a model without a token-emitting module (see
+        #: :mod:`allocator.token_dropping`). A policy whose spec has
+        #: ``token_dropping`` sets it in ``reset(job)``. Trap: set it before the
+        #: first interval; the budget stays the uniform steps' FLOPs.
+        self.token_dropping = None
         self._group_log_loss: np.ndarray | None = None
         self._last_interval_compute = 0
         self._selection_alignment = float("nan")
@@ -329,6 +338,7 @@ class TrainingJob:
         group_of = {name: g.index for g in self._layer_groups for name in g.parameter_names}
         self._group_parameters = [[named[n] for n in g.parameter_names] for g in self._layer_groups]
         self._costs = StepCostModel(self.model, group_of, self._train_x, self._train_y, self._loss_fn)
+        self._count_reduced_steps()
         everything = (True,) * spec.layer_groups
         self._uniform_step_flops = self._costs.step_flops(self.batch_size, self.batch_size, everything)
         if self._uniform_step_flops <= 0:
@@ -392,6 +402,37 @@ class TrainingJob:
         if prior not in SHARE_PRIORS:
             raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {prior!r}")
         self._share_prior = prior
+
+    @property
+    def token_dropping(self) -> TokenDropping | None:
+        """Token dropping of this job's steps, or ``None`` (off); see ``__init__``."""
+        return self._token_dropping
+
+    @token_dropping.setter
+    def token_dropping(self, dropping) -> None:
+        dropping = TokenDropping.from_value(dropping)
+        if getattr(self, "_interval", 0) > 0:
+            raise RuntimeError("token_dropping must be set before the job's first interval")
+        old = getattr(self, "_token_dropper", None)
+        if old is not None:
+            old.remove()
+        self._token_dropping = dropping
+        self._token_dropper = None
+        if dropping is not None:
+            # its own stream: the job's minibatches are drawn as they would be without it
+            generator = torch.Generator(device=self.device).manual_seed(self.seed + 2_000_029)
+            self._token_dropper = TokenDropper(self.model, dropping.keep, generator)
+        if getattr(self, "_started", False):
+            self._count_reduced_steps()
+
+    @property
+    def drops_tokens(self) -> bool:
+        """Whether token dropping is set and the model has tokens to drop."""
+        return self._token_dropper is not None and self._token_dropper.applies
+
+    def _count_reduced_steps(self) -> None:
+        if self.drops_tokens:
+            self._costs.drop_tokens(self._token_dropping.keep)
 
     @property
     def selection_alignment(self) -> float:
@@ -532,7 +573,8 @@ class TrainingJob:
         budget_spent = False
         for _ in range(allocation.steps):
             trained = tuple(bool(t) for t in self._gate_rng.random(len(gates)) < gates)
-            cost = self._costs.step_flops(batch, kept, trained)
+            reduced = self.drops_tokens and self._compute_used < self._token_dropping.until * self.budget
+            cost = self._costs.step_flops(batch, kept, trained, reduced)
             if self._compute_used + cost > self.budget:
                 budget_spent = True
                 break
@@ -541,7 +583,7 @@ class TrainingJob:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
             self._probe_next = gated and steps == 0  # the interval's first batch, read by _step
-            self._step(kept, trained)
+            self._step(kept, trained, reduced)
             self._compute_used += cost
             compute += cost
             steps += 1
@@ -645,12 +687,23 @@ class TrainingJob:
         self._last_seen.index_fill_(0, indices, self._step_count)
         self._train_loss_sum += losses.sum()
 
-    def _step(self, kept: int, trained: tuple[bool, ...]) -> None:
+    def _step(self, kept: int, trained: tuple[bool, ...], reduced: bool = False) -> None:
         indices = self.draw_batch()
         x, y = self._train_x[indices], self._train_y[indices]
         if self._probe_next:
             self._probe_next = False
-            self._probe_selection(x, y)
+            self._probe_selection(x, y)  # on every token: it measures the model, not the step
+        if not reduced:
+            self._train_step(indices, x, y, kept, trained)
+            return
+        self._token_dropper.draw()
+        self._token_dropper.active = True  # the scoring and the training pass see the same tokens
+        try:
+            self._train_step(indices, x, y, kept, trained)
+        finally:
+            self._token_dropper.active = False
+
+    def _train_step(self, indices, x, y, kept: int, trained: tuple[bool, ...]) -> None:
         self._set_trained(trained)
         any_trained = any(trained)
         if kept < self.batch_size or not any_trained:

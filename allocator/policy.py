@@ -17,7 +17,8 @@ files that are all a user needs to apply a trained policy:
                "dead_zone": ... (absent in older files: 0),
                "min_layer_gate": ... (absent unless set: 0),
                "stop_before_budget": true (absent unless set: false),
-               "share_prior": "loss" (absent unless set: "uniform")},
+               "share_prior": "loss" (absent unless set: "uniform"),
+               "token_dropping": {"keep": k, "until": u} (absent unless set: off)},
       "selection_gate": T,                                   # optional: absent means off
       "observation": {"size": N, "global": n_g, "per_sample_group": n_s,
                       "per_layer_group": n_l, "features": {...names, optional...},
@@ -54,6 +55,8 @@ needs neither gymnasium nor stable-baselines3.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -69,6 +72,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from allocator.allocation import Allocation, AllocationSpec, check_selection_gate
+from allocator.token_dropping import TokenDropping
 
 FORMAT_NAME = "compute-allocator-policy"
 FORMAT_VERSION = 1
@@ -424,6 +428,18 @@ class AllocatorPolicy:
         #: the length of the observation a job of this version gives the policy
         self.job_observation_size = today.size if self._input_positions is not None else self.observation_size
 
+    def with_token_dropping(self, dropping) -> AllocatorPolicy:
+        """This policy with its jobs' token dropping set to ``dropping`` (``None``: off).
+
+        A new policy sharing this one's network and statistics; only its spec's
+        ``token_dropping`` differs (see :class:`~allocator.AllocationSpec`). The
+        rule needs no retraining: the policy acts on the job as before, and on a
+        job whose model has tokens the early steps see part of them.
+        """
+        policy = copy.copy(self)
+        policy.spec = dataclasses.replace(self.spec, token_dropping=TokenDropping.from_value(dropping))
+        return policy
+
     @property
     def normalizes_observation(self) -> bool:
         """True when observations are normalised with the shipped VecNormalize statistics."""
@@ -593,7 +609,8 @@ class AllocatorPolicy:
 
         Calls ``job.use_spec(self.spec)`` and sets ``job.selection_gate`` (``None``
         for a policy trained without the gate), ``job.stop_before_budget``
-        (``spec.stop_before_budget``) and ``job.share_prior`` (``spec.share_prior``)
+        (``spec.stop_before_budget``), ``job.share_prior`` (``spec.share_prior``) and
+        ``job.token_dropping`` (``spec.token_dropping``)
         when the job has that method;
         otherwise a job whose ``spec`` differs from the policy's raises ``ValueError``.
         """
@@ -606,6 +623,8 @@ class AllocatorPolicy:
                 job.stop_before_budget = self.spec.stop_before_budget
             if hasattr(job, "share_prior"):
                 job.share_prior = self.spec.share_prior
+            if hasattr(job, "token_dropping"):
+                job.token_dropping = self.spec.token_dropping
             self._check_observation_size(job)
             return
         job_spec = getattr(job, "spec", None)

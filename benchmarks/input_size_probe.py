@@ -180,7 +180,7 @@ def run(
 
     # advance() asks for a step's cost, checks the budget, then takes the step:
     # whether the step is reduced is decided with its cost and applied by the step that follows
-    def step_flops(batch_size: int, kept: int, trained: tuple[bool, ...]) -> int:
+    def step_flops(batch_size: int, kept: int, trained: tuple[bool, ...], reduced: bool = False) -> int:
         active = job.compute_fraction < variant.until
         pending[:] = [active]
         cost = job_step_flops(batch_size, kept, trained)
@@ -188,7 +188,7 @@ def run(
 
     original_step = job._step  # noqa: SLF001
 
-    def step(kept: int, trained: tuple[bool, ...]) -> None:
+    def step(kept: int, trained: tuple[bool, ...], reduced: bool = False) -> None:
         reduction.active = pending.pop()
         if reduction.active:
             reduction.draw()

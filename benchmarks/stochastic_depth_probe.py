@@ -124,14 +124,14 @@ def run(job_recipe: JobRecipe, seed: int, rate: float) -> tuple[RunResult, float
 
     # advance() asks for a step's cost, checks the budget, then takes the step:
     # the mask is drawn with the cost and applied by the step that follows
-    def step_flops(batch_size: int, kept: int, trained: tuple[bool, ...]) -> int:
+    def step_flops(batch_size: int, kept: int, trained: tuple[bool, ...], reduced: bool = False) -> int:
         mask = tuple(bool(u) for u in rng.random(depth) < rates)
         pending[:] = [mask]
         return cost_of(mask)
 
     original_step = job._step  # noqa: SLF001
 
-    def step(kept: int, trained: tuple[bool, ...]) -> None:
+    def step(kept: int, trained: tuple[bool, ...], reduced: bool = False) -> None:
         mask = pending.pop()
         for block, skipped in zip(blocks, mask):
             block.skipped = skipped
@@ -149,7 +149,9 @@ def run(job_recipe: JobRecipe, seed: int, rate: float) -> tuple[RunResult, float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2", help="job seeds, comma-separated (default 0,1,2)")
-    parser.add_argument("--rates", default="0,0.2,0.5", help="stochastic depth rates p_L; 0 is uniform and must come first")
+    parser.add_argument(
+        "--rates", default="0,0.2,0.5", help="stochastic depth rates p_L; 0 is uniform and must come first"
+    )
     parser.add_argument("--jobs", default=",".join(PROBE_JOBS), help="probe jobs, comma-separated")
     args = parser.parse_args(argv)
     try:
@@ -163,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --rates must start with 0 (uniform) and lie in [0, 1)", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    print("| job | seed | p_L | step FLOPs / uniform | steps | final val | best val | best at | reaches uniform's best at |")
+    print(
+        "| job | seed | p_L | step FLOPs / uniform | steps | final val | best val | best at | reaches uniform's best at |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for job_recipe in jobs:
         for seed in seeds:

@@ -86,6 +86,10 @@ class ComputeAllocationEnv(gym.Env):
       draw the action's sample shares times loss-proportional ones
       (``TrainingJob.share_prior``; part of the spec). The uniform reference
       runs without it.
+    * ``token_dropping``: ``[keep, until]`` or ``None``: on jobs whose model has
+      tokens, steps see ``keep`` of them until ``until`` of the budget
+      (``TrainingJob.token_dropping``; part of the spec). The uniform reference
+      runs without it.
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
@@ -147,6 +151,7 @@ class ComputeAllocationEnv(gym.Env):
         selection_gate: float | None = None,
         stop_before_budget: bool = False,
         share_prior: str = "uniform",
+        token_dropping=None,
         s: float = 0.2,
         w: float = 1.0,
         divergence_loss: float = 3.0,
@@ -186,6 +191,7 @@ class ComputeAllocationEnv(gym.Env):
             dead_zone=dead_zone,
             stop_before_budget=stop_before_budget,
             share_prior=share_prior,
+            token_dropping=token_dropping,
         )
         self.selection_gate = check_selection_gate(selection_gate)
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
@@ -239,6 +245,7 @@ class ComputeAllocationEnv(gym.Env):
         job.selection_gate = self.selection_gate
         job.stop_before_budget = self.allocation_spec.stop_before_budget
         job.share_prior = self.allocation_spec.share_prior
+        job.token_dropping = self.allocation_spec.token_dropping
         self.job = job
         observation = self._visible(job.observation())
         self._meter = ObjectiveMeter(self.objective, job.initial_val_loss)

@@ -169,6 +169,10 @@ class TokenEmbedding(nn.Module):
     ``(C, H, W)`` image becomes ``H`` tokens, one per row (``C * W`` values).
     """
 
+    #: Its output is ``(batch, tokens, width)``, positions included: token dropping
+    #: (:mod:`allocator.token_dropping`) may keep part of the tokens after it.
+    emits_tokens = True
+
     def __init__(self, input_shape: Sequence[int], width: int, patch: int | None = None) -> None:
         super().__init__()
         shape = tuple(input_shape)
