@@ -66,6 +66,7 @@ class IntervalReport:
     observation: np.ndarray = field(repr=False)
     eval_compute: int = 0  # FLOPs of the validation pass, not charged to the budget
     wall_time: float = 0.0
+    token_share: float = 1.0  # mean share of each input's tokens its steps saw (token dropping; 1: all)
 
     @property
     def compute_fraction(self) -> float:
@@ -570,6 +571,7 @@ class TrainingJob:
         steps = 0
         compute = 0
         drawn = 0
+        reduced_steps = 0
         budget_spent = False
         for _ in range(allocation.steps):
             trained = tuple(bool(t) for t in self._gate_rng.random(len(gates)) < gates)
@@ -584,6 +586,7 @@ class TrainingJob:
                     group["lr"] = lr
             self._probe_next = gated and steps == 0  # the interval's first batch, read by _step
             self._step(kept, trained, reduced)
+            reduced_steps += reduced
             self._compute_used += cost
             compute += cost
             steps += 1
@@ -606,9 +609,12 @@ class TrainingJob:
             stopped=False,
             budget_spent=budget_spent,
             wall_time=time.perf_counter() - started,
+            token_share=1.0 - (1.0 - self._token_dropping.keep) * reduced_steps / steps if reduced_steps else 1.0,
         )
 
-    def _report(self, allocation, *, steps, compute, train_loss, stopped, budget_spent, wall_time) -> IntervalReport:
+    def _report(
+        self, allocation, *, steps, compute, train_loss, stopped, budget_spent, wall_time, token_share=1.0
+    ) -> IntervalReport:
         report = IntervalReport(
             index=self._interval,
             allocation=allocation,
@@ -626,6 +632,7 @@ class TrainingJob:
             observation=self._observation.copy(),
             eval_compute=0 if stopped else self.eval_flops,
             wall_time=wall_time,
+            token_share=token_share,
         )
         self._last_report = report
         return report

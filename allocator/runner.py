@@ -102,7 +102,8 @@ def controller_name(controller) -> str:
 class TensorBoardRunLogger:
     """Writes one run's intervals as TensorBoard scalars (one directory per run).
 
-    Tags: ``allocation/*`` (shares, keep fraction, gates, steps), ``compute/*``,
+    Tags: ``allocation/*`` (shares, keep fraction, gates, steps; ``token_share`` from the
+    first interval with token dropping on), ``compute/*``,
     ``loss/*``, ``objective/J``, and ``curve/val_loss_vs_compute`` whose step
     is the per-mille of the budget spent, so curves of runs overlay.
     """
@@ -113,6 +114,7 @@ class TensorBoardRunLogger:
         except ImportError as error:  # pragma: no cover - tensorboard is a dependency
             raise ValueError("TensorBoard logging needs the 'tensorboard' package: pip install tensorboard") from error
         self.writer = SummaryWriter(log_dir=str(log_dir))
+        self._token_dropping_seen = False
 
     def log_start(self, job: TrainingJob, controller_label: str) -> None:
         self.writer.add_text("run/job", f"{job!r} under controller `{controller_label}`", 0)
@@ -134,6 +136,10 @@ class TensorBoardRunLogger:
             scalars[f"allocation/sample_share_{k}"] = share
         for g, gate in enumerate(allocation.layer_gates):
             scalars[f"allocation/layer_gate_{g}"] = gate
+        # token dropping: from its first interval on, so the chart shows where the steps see every token again
+        self._token_dropping_seen = self._token_dropping_seen or report.token_share < 1.0
+        if self._token_dropping_seen:
+            scalars["allocation/token_share"] = report.token_share
         if math.isfinite(report.train_loss):
             scalars["loss/train"] = report.train_loss
         if report.val_accuracy is not None:
@@ -216,6 +222,7 @@ def run_job(
                     "train_loss": report.train_loss,
                     "val_loss": report.val_loss,
                     "val_accuracy": report.val_accuracy,
+                    "token_share": report.token_share,
                 }
             )
             if logger:

@@ -124,3 +124,22 @@ def test_the_command_line_refuses_a_bad_setting_or_one_without_a_policy_in_one_l
     assert main(["evaluate", "--token-dropping", "0.5,0.5", "--out", str(tmp_path / "b")]) != 0
     error = capsys.readouterr().err.strip()
     assert "give --policy too" in error and "Traceback" not in error and len(error.splitlines()) == 1
+
+
+def test_each_interval_reports_the_share_of_tokens_its_steps_saw_and_tensorboard_charts_it(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_job(
+        transformer_job(dropping=TokenDropping(0.5, 0.5)), "uniform", tensorboard_dir=tmp_path / "tb"
+    )
+    shares = [interval["token_share"] for interval in result.intervals]
+    assert shares[0] == 0.5 and shares[-1] == 1.0  # half the tokens early, all of them late
+    assert all(0.5 <= share <= 1.0 for share in shares) and shares == sorted(shares)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("allocation/token_share")] == pytest.approx(shares)
+    plain = run_job(transformer_job(), "uniform", tensorboard_dir=tmp_path / "plain")
+    assert {interval["token_share"] for interval in plain.intervals} == {1.0}
+    events = EventAccumulator(str(tmp_path / "plain"))
+    events.Reload()
+    assert "allocation/token_share" not in events.Tags()["scalars"]  # no chart where nothing was dropped
