@@ -263,6 +263,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def each_pair(run_pair, count: int, workers: int):
+    """``run_pair(i)`` for i in ``range(count)``, in order, over ``workers`` forked processes with one
+    torch thread each (1: in this process). Forked: the pairs' job builders cannot be pickled, so
+    the workers read them from the module's globals."""
+    if workers == 1:
+        yield from map(run_pair, range(count))
+        return
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+        yield from pool.imap(run_pair, range(count))
+
+
 def measure(pairs, workers: int, contenders=None, max_steps: int = 20, show=print) -> list[dict]:
     """Rows of :func:`run_pair` for every pair; ``contenders`` (default: the grid) beside uniform,
     every job in intervals of ``max_steps`` standard steps."""
@@ -270,12 +281,7 @@ def measure(pairs, workers: int, contenders=None, max_steps: int = 20, show=prin
     _PAIRS[:] = pairs
     _CONTENDERS[:] = contenders or []
     _SPEC[0] = AllocationSpec(max_steps=max_steps)
-    if workers == 1:
-        results = map(run_pair, range(len(pairs)))
-    else:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
-        results = pool.imap(run_pair, range(len(pairs)))
-    for done, pair_rows in enumerate(results, start=1):
+    for done, pair_rows in enumerate(each_pair(run_pair, len(pairs), workers), start=1):
         rows += pair_rows
         first = pair_rows[0]
         best = min(pair_rows[1:], key=lambda r: r["compute_to_target"])
@@ -283,10 +289,36 @@ def measure(pairs, workers: int, contenders=None, max_steps: int = 20, show=prin
             f"[{done}/{len(pairs)}] {first['job']} seed {first['seed']} ({first['regime']}): "
             f"fastest {best['contender']} at {format_fraction(best['compute_to_target'])}"
         )
-    if workers != 1:
-        pool.close()
-        pool.join()
     return rows
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, seeds_help: str, max_steps_help: str, slow_learner_jobs: bool = False
+) -> None:
+    """``--seeds``, ``--workers``, ``--max-steps``, ``--out`` (and ``--slow-learner-jobs``), as the
+    probes of section 5 share them."""
+    parser.add_argument("--seeds", type=int, default=3, help=f"{seeds_help} (default: %(default)s)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes running pairs, one torch thread each (default: %(default)s)",
+    )
+    parser.add_argument("--max-steps", type=int, default=20, help=f"{max_steps_help} (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="also write every run's row to this CSV file")
+    if slow_learner_jobs:
+        parser.add_argument(
+            "--slow-learner-jobs",
+            type=int,
+            default=8,
+            help="many-epoch compute-bound jobs, two seeds each (default: %(default)s)",
+        )
+
+
+def within(runs: list[dict], regime: str, regime_key: str = "job_regime") -> str:
+    """ "reached/all" over the runs of one regime: how many reach the target within the target share."""
+    chosen = [r for r in runs if r[regime_key] == regime]
+    return f"{sum(r['compute_to_target'] <= TARGET_SHARE for r in chosen)}/{len(chosen)}"
 
 
 def _median(values: list[float]) -> float:
@@ -382,13 +414,9 @@ def heldout_table(rows: list[dict]) -> str:
     for name, runs in by_contender.items():
         reached = [r["compute_to_target"] for r in runs]
 
-        def within(regime, runs=runs):
-            chosen = [r for r in runs if r["job_regime"] == regime]
-            return f"{sum(r['compute_to_target'] <= TARGET_SHARE for r in chosen)}/{len(chosen)}"
-
         lines.append(
-            f"| {name} | {len(runs)} | {format_fraction(_median(reached))} | {within('compute-bound')} | "
-            f"{within('data-bound')} | {sum(not math.isfinite(c) for c in reached)} | "
+            f"| {name} | {len(runs)} | {format_fraction(_median(reached))} | {within(runs, 'compute-bound')} | "
+            f"{within(runs, 'data-bound')} | {sum(not math.isfinite(c) for c in reached)} | "
             f"{statistics.mean(r['objective'] for r in runs):.4f} | {sum(r['objective'] < r['uniform_objective'] for r in runs)} |"
         )
     return "\n".join(lines)
@@ -411,31 +439,15 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--seeds", type=int, default=3, help="job seeds of each named and probe job (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--slow-learner-jobs",
-        type=int,
-        default=8,
-        help="many-epoch compute-bound jobs, two seeds each (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="processes running pairs, one torch thread each (default: %(default)s)",
+    add_run_arguments(
+        parser,
+        "job seeds of each named and probe job",
+        "steps per interval, where each run's validation loss is read (the presets' spec)",
+        slow_learner_jobs=True,
     )
     parser.add_argument(
         "--top", type=int, default=None, help="print only this many contenders, fastest first"
     )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=20,
-        help="steps per interval, where each run's validation loss is read (default: %(default)s, the presets' spec)",
-    )
-    parser.add_argument("--out", default=None, help="also write every run's row to this CSV file")
     parser.add_argument(
         "--heldout",
         metavar="LABEL",

@@ -38,7 +38,6 @@ import argparse
 import copy
 import csv
 import math
-import multiprocessing
 import statistics
 import sys
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from allocator.report import format_fraction
 from allocator.runner import RunResult, run_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
-from allocation_oracle import TARGET_SHARE  # noqa: E402
+from allocation_oracle import TARGET_SHARE, add_run_arguments, each_pair, within  # noqa: E402
 from family_transfer import job_builders, transfer_recipes  # noqa: E402
 from stochastic_depth_probe import PROBE_JOBS  # noqa: E402
 
@@ -276,29 +275,17 @@ def run_pair(index: int) -> list[dict]:
     return rows
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
 def measure(pairs, workers: int, max_steps: int = 20, show=print) -> list[dict]:
     _PAIRS[:] = pairs
     _MAX_STEPS[0] = max_steps
     rows: list[dict] = []
-    if workers == 1:
-        results = map(run_pair, range(len(pairs)))
-    else:
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
-        results = pool.imap(run_pair, range(len(pairs)))
-    for done, pair_rows in enumerate(results, start=1):
+    for done, pair_rows in enumerate(each_pair(run_pair, len(pairs), workers), start=1):
         rows += pair_rows
         best = min(pair_rows[1:] or pair_rows, key=lambda r: r["compute_to_target"])
         show(
             f"[{done}/{len(pairs)}] {best['job']} seed {best['seed']} ({best['regime']}): "
             f"fastest {best['variant']} at {format_fraction(best['compute_to_target'])}"
         )
-    if workers != 1:
-        pool.close()
-        pool.join()
     return rows
 
 
@@ -374,14 +361,9 @@ def heldout_table(rows: list[dict]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, runs in by_label.items():
-
-        def within(regime, runs=runs):
-            chosen = [r for r in runs if r["job_regime"] == regime]
-            return f"{sum(r['compute_to_target'] <= TARGET_SHARE for r in chosen)}/{len(chosen)}"
-
         lines.append(
             f"| {name} | {len(runs)} | {sum(r['compute_to_target'] <= TARGET_SHARE for r in runs)} | "
-            f"{within('compute-bound')} | {within('data-bound')} | "
+            f"{within(runs, 'compute-bound')} | {within(runs, 'data-bound')} | "
             f"{format_fraction(statistics.median(r['compute_to_target'] for r in runs))} | "
             f"{statistics.mean(r['objective'] for r in runs):.4f} | "
             f"{sum(r['objective'] < r['uniform_objective'] - 1e-9 for r in runs)} |"
@@ -420,11 +402,10 @@ def against_table(rows: list[dict], results_csv: str | Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        default=3,
-        help="seeds of each probe transformer and of mnist1d-cnn1d (default: %(default)s)",
+    add_run_arguments(
+        parser,
+        "seeds of each probe transformer and of mnist1d-cnn1d",
+        "steps per interval, where the validation loss is read",
     )
     parser.add_argument(
         "--cnn-jobs",
@@ -432,19 +413,6 @@ def main(argv: list[str] | None = None) -> int:
         default=4,
         help="jobs of the train split's 1-D CNN family, two seeds each (default: %(default)s)",
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="processes running pairs, one torch thread each (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=20,
-        help="steps per interval, where the validation loss is read (default: %(default)s)",
-    )
-    parser.add_argument("--out", default=None, help="also write every run's row to this CSV file")
     parser.add_argument(
         "--heldout",
         metavar="LABEL",

@@ -57,7 +57,15 @@ from allocator.objective import Objective
 from allocator.report import format_fraction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
-from allocation_oracle import TARGET_SHARE, contender_by_label, heldout_job_set, measure, write_csv  # noqa: E402
+from allocation_oracle import (  # noqa: E402
+    TARGET_SHARE,
+    add_run_arguments,
+    contender_by_label,
+    heldout_job_set,
+    measure,
+    within,
+    write_csv,
+)
 from family_transfer import job_builders  # noqa: E402
 from stochastic_depth_probe import PROBE_JOBS  # noqa: E402
 from train_check import slow_learner_recipes  # noqa: E402
@@ -228,14 +236,9 @@ def rule_table(rows: list[dict], regime_key: str = "regime") -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, runs in by_rule.items():
-
-        def within(regime, runs=runs):
-            chosen = [r for r in runs if r[regime_key] == regime]
-            return f"{sum(r['compute_to_target'] <= TARGET_SHARE for r in chosen)}/{len(chosen)}"
-
         lines.append(
             f"| {name} | {len(runs)} | {sum(r['compute_to_target'] <= TARGET_SHARE for r in runs)} | "
-            f"{within('compute-bound')} | {within('data-bound')} | "
+            f"{within(runs, 'compute-bound', regime_key)} | {within(runs, 'data-bound', regime_key)} | "
             f"{format_fraction(_median([r['compute_to_target'] for r in runs]))} | "
             f"{statistics.mean(r['objective'] for r in runs):.4f} "
             f"({statistics.mean(r['uniform_objective'] for r in runs):.4f}) | "
@@ -274,23 +277,8 @@ def read_csv(path: str | Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--seeds", type=int, default=3, help="seeds of each named and probe job (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--slow-learner-jobs",
-        type=int,
-        default=8,
-        help="many-epoch compute-bound jobs, two seeds each (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=2, help="processes running pairs (default: %(default)s)"
-    )
-    parser.add_argument("--max-steps", type=int, default=20, help="steps per interval (default: %(default)s)")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="write every run's row, with its curve, to this CSV file (--from-csv reads it)",
+    add_run_arguments(
+        parser, "seeds of each named and probe job", "steps per interval", slow_learner_jobs=True
     )
     parser.add_argument(
         "--from-csv", default=None, help="print the tables of a CSV written by --out; run nothing"
