@@ -84,6 +84,8 @@ class Variant:
 TOKEN_VARIANTS = [Variant(keep, until) for keep in (0.5, 0.75) for until in (1.0, 0.8, 0.5)]
 # the variant the twenty-third round chose on the train split, which policies are run with
 POLICY_VARIANT = Variant(0.5, 0.5)
+# the twenty-fifth round's search around it, on the train transformers only
+TOKEN_GRID = [Variant(keep, until) for keep in (0.25, 0.375, 0.5) for until in (0.4, 0.5, 0.6, 0.7)]
 MECHANISM_VARIANTS = [Variant(0.5, until, charged_in_full=True) for until in (1.0, 0.5)]
 # pooling by 2 is the one resolution a 1-D CNN's strided convolutions take without changing the net
 RESOLUTION_VARIANTS = [Variant(0.5, until) for until in (1.0, 0.8, 0.5)]
@@ -206,16 +208,24 @@ def run(
 UNIFORM_RUN = ("uniform", "uniform", None)  # (label, controller, variant): every pair's first run
 
 
-def job_set(seeds: int, cnn_jobs: int, mechanism: bool = False, policies=()) -> list[tuple]:
+def job_set(
+    seeds: int,
+    cnn_jobs: int,
+    mechanism: bool = False,
+    policies=(),
+    grid: bool = False,
+    policy_variant: Variant = POLICY_VARIANT,
+) -> list[tuple]:
     """``[(job name, seed, build(seed), runs), ...]`` with ``runs`` a list of ``(label, controller,
-    variant)``: the train-split pairs the probe runs. ``mechanism``: the transformers alone, with
-    :data:`MECHANISM_VARIANTS`; ``policies``: the transformers alone, each policy with and without
-    :data:`POLICY_VARIANT`."""
+    variant)``: the train-split pairs the probe runs. On the transformers alone: ``mechanism``
+    runs :data:`MECHANISM_VARIANTS`, ``grid`` :data:`TOKEN_GRID`, and ``policies`` each policy with
+    and without ``policy_variant``."""
     transformers = job_builders({name: r for name, r in PROBE_JOBS.items() if r.model == "transformer"})
-    if mechanism or policies:
+    if mechanism or policies or grid:
         runs = [UNIFORM_RUN]
         runs += [(v.label, "uniform", v) for v in (MECHANISM_VARIANTS if mechanism else [])]
-        runs += [run for label, policy in policies for run in policy_runs(label, policy, POLICY_VARIANT)]
+        runs += [(v.label, "uniform", v) for v in (TOKEN_GRID if grid else [])]
+        runs += [run for label, policy in policies for run in policy_runs(label, policy, policy_variant)]
         return [(name, seed, build, runs) for name, build in transformers.items() for seed in range(seeds)]
     cnns = {"mnist1d-cnn1d": recipe("mnist1d-cnn1d")}
     token_runs = [UNIFORM_RUN, *((v.label, "uniform", v) for v in TOKEN_VARIANTS)]
@@ -234,9 +244,10 @@ def job_set(seeds: int, cnn_jobs: int, mechanism: bool = False, policies=()) -> 
     return pairs
 
 
-def policy_runs(label: str, policy, variant: Variant | None) -> list[tuple]:
-    """A policy alone and with ``variant`` (``None``: where the variant does not apply, the policy alone)."""
-    return [(label, policy, None), (f"{label} + {POLICY_VARIANT.label}", policy, variant)]
+def policy_runs(label: str, policy, variant: Variant | None, name: Variant | None = None) -> list[tuple]:
+    """A policy alone and with ``variant`` (``None``: where the variant does not apply, the policy
+    alone, the row still named after ``name``, the variant of the other jobs)."""
+    return [(label, policy, None), (f"{label} + {(name or variant).label}", policy, variant)]
 
 
 _PAIRS: list = []  # forked workers inherit them (job builders cannot be pickled)
@@ -321,10 +332,10 @@ FAMILIES = {"transformer": ("transformer",), "cnn": ("cnn1d", "cnn2d")}
 
 
 def variant_by_label(label: str) -> Variant:
-    for variant in TOKEN_VARIANTS + RESOLUTION_VARIANTS + MECHANISM_VARIANTS:
+    for variant in TOKEN_VARIANTS + RESOLUTION_VARIANTS + MECHANISM_VARIANTS + TOKEN_GRID:
         if variant.label == label:
             return variant
-    labels = ", ".join(dict.fromkeys(v.label for v in TOKEN_VARIANTS + RESOLUTION_VARIANTS))
+    labels = ", ".join(dict.fromkeys(v.label for v in TOKEN_VARIANTS + RESOLUTION_VARIANTS + TOKEN_GRID))
     raise ValueError(f"no variant is called {label!r}; the variants are {labels}")
 
 
@@ -431,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         action="append",
         default=None,
-        help="run this trained policy (repeatable) alone and with the variant the twenty-third round chose "
-        f"({POLICY_VARIANT.label}) on the transformers: of the train split, or with --heldout of the held-out split",
+        help="run this trained policy (repeatable) alone and with a token variant on the transformers: "
+        "of the train split with --variant, or of the held-out split with --heldout's variant",
     )
     parser.add_argument(
         "--against",
@@ -440,6 +451,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="with --heldout, also count the pairs each run wins on J against each controller of this "
         "evaluate results.csv (same jobs, seeds and spec)",
+    )
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="run the twenty-fifth round's token variants (keep 0.25 to 0.5, until 0.4 to 0.7) on the train transformers",
+    )
+    parser.add_argument(
+        "--variant",
+        metavar="LABEL",
+        default=POLICY_VARIANT.label,
+        help="with --policy on the train split, the token variant the policies run with (default: %(default)s)",
     )
     parser.add_argument(
         "--mechanism",
@@ -456,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--against needs --heldout and an existing results.csv")
     try:
         variant = variant_by_label(args.heldout) if args.heldout else None
+        policy_variant = variant_by_label(args.variant)
         policies = [
             (Path(d).name if Path(d).name != "policy" else Path(d).parent.name, AllocatorPolicy.load(d))
             for d in args.policy or []
@@ -466,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = (
         heldout_job_set(args.seeds, variant, args.family, policies)
         if variant
-        else job_set(args.seeds, args.cnn_jobs, args.mechanism, policies)
+        else job_set(args.seeds, args.cnn_jobs, args.mechanism, policies, args.grid, policy_variant)
     )
     print(f"{len(pairs)} pairs")
     rows = measure(pairs, args.workers, args.max_steps)
