@@ -349,7 +349,7 @@ def heldout_job_set(seeds: int, variant: Variant, family: str, policies=()) -> l
         if policies:
             runs = [
                 UNIFORM_RUN,
-                *(run for label, policy in policies for run in policy_runs(label, policy, applies)),
+                *(run for label, policy in policies for run in policy_runs(label, policy, applies, variant)),
             ]
         else:
             runs = [UNIFORM_RUN, (RULE_LABEL, "uniform", applies)]

@@ -737,3 +737,13 @@ def test_input_size_probe_trains_on_part_of_the_input_and_validates_on_all_of_it
     assert lengths == [16, 8]
     with pytest.raises(ValueError, match="only halve"):
         probe.InputReduction(cnn, 0.75, seed=0)
+
+
+def test_input_size_probe_heldout_runs_name_the_variant_on_every_job_and_apply_it_on_the_familys():
+    probe = load_script("input_size_probe")
+    variant = probe.Variant(0.25, 0.5)
+    pairs = probe.heldout_job_set(1, variant, "transformer", [("quick", "uniform")])
+    runs = {name: runs for name, _, _, runs in pairs}
+    assert [label for label, _, _ in runs["digits-cnn"]] == ["uniform", "quick", "quick + input 0.25 until 0.5"]
+    assert runs["digits-cnn"][-1][2] is None  # the policy alone where the model has no tokens
+    assert runs["digits-transformer"][-1][2] == variant
