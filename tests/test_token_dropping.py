@@ -143,3 +143,21 @@ def test_each_interval_reports_the_share_of_tokens_its_steps_saw_and_tensorboard
     events = EventAccumulator(str(tmp_path / "plain"))
     events.Reload()
     assert "allocation/token_share" not in events.Tags()["scalars"]  # no chart where nothing was dropped
+
+
+def test_a_training_configuration_records_it_in_the_spec_and_the_env_sets_it_on_every_job():
+    import yaml
+
+    from agents.config import TrainConfig
+    from agents.training import allocation_spec, env_kwargs
+    from envs.compute_allocation import ComputeAllocationEnv
+
+    config = TrainConfig().updated({"env": {"token_dropping": [0.5, 0.5]}}, "test").validate("test")
+    assert allocation_spec(config).token_dropping == TokenDropping(0.5, 0.5)
+    assert TrainConfig().updated(yaml.safe_load(config.to_yaml()), "x") == config  # config.yaml round trip
+    with pytest.raises(ValueError, match="env.token_dropping"):
+        TrainConfig().updated({"env": {"token_dropping": [2, 0.5]}}, "test").validate("test")
+    env = ComputeAllocationEnv(**{**env_kwargs(config), "job_pool": 2})
+    env.reset(seed=0, options={"job": transformer_job()})
+    assert env.job.token_dropping == TokenDropping(0.5, 0.5) and env.job.drops_tokens
+    env.close()
