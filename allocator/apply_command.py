@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     reference = results[REFERENCE]
     first = next(iter(results.values()))
     where = f" under policy {args.policy}" if args.policy else ""
+    if args.token_dropping is not None:
+        where += f", token dropping {args.token_dropping}"
     print(
         f"job {first.job_name} ({source.name}), seed {args.seed}, budget {format_flops(first.budget)}"
         f"{where}"
