@@ -572,10 +572,12 @@ class TrainingJob:
         compute = 0
         drawn = 0
         reduced_steps = 0
+        # steps see part of the tokens while the compute used is below this (0: token dropping off)
+        dropping_until = self._token_dropping.until * self.budget if self.drops_tokens else 0
         budget_spent = False
         for _ in range(allocation.steps):
             trained = tuple(bool(t) for t in self._gate_rng.random(len(gates)) < gates)
-            reduced = self.drops_tokens and self._compute_used < self._token_dropping.until * self.budget
+            reduced = self._compute_used < dropping_until
             cost = self._costs.step_flops(batch, kept, trained, reduced)
             if self._compute_used + cost > self.budget:
                 budget_spent = True

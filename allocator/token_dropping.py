@@ -116,7 +116,7 @@ class TokenDropper:
         self.generator = generator
         self.modules = [m for m in model.modules() if getattr(m, "emits_tokens", False)]
         self._keep = keep
-        self._index: torch.Tensor | None = None
+        self._index: dict[int, torch.Tensor] = {}  # kept positions by token count, for this step
         self._handles = [m.register_forward_hook(self._keep_tokens) for m in self.modules]
 
     @property
@@ -125,18 +125,22 @@ class TokenDropper:
         return bool(self.modules)
 
     def draw(self) -> None:
-        """Draw the positions the next reduced forward passes keep (kept in their order)."""
-        self._index = None  # drawn on the first reduced pass, once its token count is known
+        """Start a new step: its first reduced pass draws the positions that this step's passes keep.
+
+        Drawn lazily, once the token count is known; kept by count, so modules emitting
+        different numbers of tokens each keep their own share.
+        """
+        self._index = {}
 
     def _kept(self, tokens: int, device: torch.device) -> torch.Tensor:
         count = max(1, round(self._keep * tokens))
         if self.generator is None:
             return torch.arange(count, device=device)
-        if self._index is None or self._index.device != device:
-            self._index = (
-                torch.randperm(tokens, generator=self.generator, device=device)[:count].sort().values
-            )
-        return self._index
+        if tokens not in self._index:
+            # kept in their order: the tokens keep their relative positions
+            positions = torch.randperm(tokens, generator=self.generator, device=device)[:count]
+            self._index[tokens] = positions.sort().values
+        return self._index[tokens]
 
     def _keep_tokens(self, module, inputs, output):
         if not self.active:

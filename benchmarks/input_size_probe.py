@@ -53,6 +53,7 @@ from allocator.jobs.distribution import measured_regime, names, recipe
 from allocator.policy import AllocatorPolicy
 from allocator.report import format_fraction
 from allocator.runner import RunResult, run_job
+from allocator.token_dropping import TokenDropper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
 from allocation_oracle import TARGET_SHARE, add_run_arguments, each_pair, within  # noqa: E402
@@ -94,47 +95,47 @@ RESOLUTION_VARIANTS = [Variant(0.5, until) for until in (1.0, 0.8, 0.5)]
 class InputReduction:
     """Hooks on a model that make its training forward pass see a smaller input while ``active``.
 
-    A transformer (a model with a ``TokenEmbedding`` as ``embed``) keeps a random ``keep`` share
-    of its token positions, the same for the whole batch, drawn anew for each step by
-    :meth:`draw`; it mean-pools the tokens it kept. A convolutional network sees its input
-    average-pooled by 2 along each spatial axis. Inactive, the hooks change nothing, so
-    validation sees the whole input.
+    A transformer (a model with a token-emitting module, :mod:`allocator.token_dropping`) keeps a
+    random ``keep`` share of its token positions, the same for the whole batch, drawn anew for
+    each step by :meth:`draw` (the product's :class:`~allocator.token_dropping.TokenDropper`); it
+    mean-pools the tokens it kept. A convolutional network sees its input average-pooled by 2
+    along each spatial axis. Inactive, the hooks change nothing, so validation sees the whole input.
     """
 
     def __init__(self, model: nn.Module, keep: float, seed: int) -> None:
-        self.active = False
+        self._active = False
         self.keep = keep
-        self.generator = torch.Generator().manual_seed(seed + _TOKEN_STREAM)
-        embed = getattr(model, "embed", None)
-        self.tokens = getattr(embed, "tokens", None)
-        if self.tokens is not None:
+        self._droppers = [TokenDropper(model, keep, torch.Generator().manual_seed(seed + _TOKEN_STREAM))]
+        if self._droppers[0].applies:
             self.kind = "tokens"
-            self.kept_tokens = max(1, round(keep * self.tokens))
-            self.index = torch.arange(self.kept_tokens)
         elif keep == 0.5:
             self.kind = "resolution"
+            model.register_forward_pre_hook(self._pool_input)
         else:
             raise ValueError(f"a model without tokens can only halve its input (keep 0.5), got keep {keep:g}")
-        self.attach(model)
 
-    def attach(self, model: nn.Module) -> None:
-        """Hook ``model`` (or a replica of it) to this reduction's state."""
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @active.setter
+    def active(self, active: bool) -> None:
+        self._active = active
+        for dropper in self._droppers:
+            dropper.active = active
+
+    def attach(self, replica: nn.Module) -> None:
+        """Hook a replica of the model (for counting FLOPs) to this reduction's state."""
         if self.kind == "tokens":
-            model.embed.register_forward_hook(self._keep_tokens)
+            self._droppers.append(TokenDropper(replica, self.keep))  # the first tokens: a count needs no more
         else:
-            model.register_forward_pre_hook(self._pool_input)
+            replica.register_forward_pre_hook(self._pool_input)
 
     def draw(self) -> None:
-        if self.kind == "tokens":
-            self.index = (
-                torch.randperm(self.tokens, generator=self.generator)[: self.kept_tokens].sort().values
-            )
-
-    def _keep_tokens(self, module, inputs, output):
-        return output[:, self.index.to(output.device)] if self.active else None
+        self._droppers[0].draw()
 
     def _pool_input(self, module, inputs):
-        if not self.active:
+        if not self._active:
             return None
         (x,) = inputs
         if x.ndim == 4:
