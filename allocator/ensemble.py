@@ -134,6 +134,16 @@ class PolicyEnsemble(AllocatorPolicy):
             "statistics (use ensemble.members[i].normalize)"
         )
 
+    def with_token_dropping(self, dropping) -> PolicyEnsemble:
+        """This ensemble with its jobs' token dropping set to ``dropping`` (``None``: off).
+
+        Sets it on every member too: a saved ensemble's spec must equal its members'.
+        """
+        ensemble = super().with_token_dropping(dropping)
+        ensemble.members = [member.with_token_dropping(dropping) for member in self.members]
+        ensemble.metadata = {**ensemble.metadata, "members": [member.metadata for member in ensemble.members]}
+        return ensemble
+
     @torch.no_grad()
     def action(self, observation) -> np.ndarray:
         """The members' deterministic actions for a raw observation (``(N,)`` or ``(B, N)``), combined."""

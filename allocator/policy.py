@@ -434,10 +434,13 @@ class AllocatorPolicy:
         A new policy sharing this one's network and statistics; only its spec's
         ``token_dropping`` differs (see :class:`~allocator.AllocationSpec`). The
         rule needs no retraining: the policy acts on the job as before, and on a
-        job whose model has tokens the early steps see part of them.
+        job whose model has tokens the early steps see part of them. Its
+        ``metadata`` carries the new spec, so :meth:`save` writes a policy
+        directory that loads with the setting.
         """
         policy = copy.copy(self)
         policy.spec = dataclasses.replace(self.spec, token_dropping=TokenDropping.from_value(dropping))
+        policy.metadata = {**self.metadata, "spec": policy.spec.to_dict()}
         return policy
 
     @property

@@ -1,12 +1,15 @@
 """Token dropping: transformer steps see part of the tokens early in the budget, at their reduced cost."""
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from allocator import AllocationSpec, run_job
 from allocator.cli import main
+from allocator.ensemble import PolicyEnsemble
 from allocator.evaluation import evaluate, policy_with_token_dropping
 from allocator.jobs.models import build_model
 from allocator.policy import AllocatorPolicy
@@ -112,6 +115,22 @@ def test_a_trained_policy_takes_it_without_retraining_and_sets_it_on_the_jobs_it
     # the baselines run without it: uniform takes its 60 standard steps, the policy's steps are cheaper
     assert runs["uniform"].steps == 60
     assert runs["policy"].compute_used / max(runs["policy"].steps, 1) < 0.8 * runs["uniform"].budget / 60
+
+
+def test_a_policy_or_ensemble_saved_with_it_loads_with_it_and_acts_as_before(tmp_path):
+    """with_token_dropping(...).save(dir) is how benchmarks/heldout-default/policy was written."""
+    single = AllocatorPolicy.load(QUICK)
+    ensemble = PolicyEnsemble([single, AllocatorPolicy.load(QUICK)])
+    observation = np.random.default_rng(0).normal(size=single.job_observation_size).astype(np.float32)
+    for name, policy in (("single", single), ("ensemble", ensemble)):
+        saved = policy.with_token_dropping(TokenDropping(0.5, 0.5)).save(tmp_path / name)
+        loaded = AllocatorPolicy.load(saved)
+        assert loaded.spec.token_dropping == TokenDropping(0.5, 0.5), name
+        assert loaded.spec == dataclasses.replace(policy.spec, token_dropping=TokenDropping(0.5, 0.5))
+        np.testing.assert_array_equal(loaded.action(observation), policy.action(observation))
+    assert [member.spec.token_dropping for member in AllocatorPolicy.load(tmp_path / "ensemble").members] == [
+        TokenDropping(0.5, 0.5)
+    ] * 2
 
 
 def test_the_command_line_refuses_a_bad_setting_or_one_without_a_policy_in_one_line(capsys, tmp_path):
