@@ -269,6 +269,11 @@ class TrainingConfig:
     """Parallel envs: SubprocVecEnv (one process each, 1 torch thread) when > 1."""
     seed: int = 0
     """Seeds PPO, the envs' job sampling and the network initialisation."""
+    seeds: list = field(default_factory=list)
+    """Train an ensemble: one run per seed (``seed`` is then each run's), one after the
+    other, and their mean action as the policy (``compute-allocator train --seeds``; the
+    ``default`` preset's recipe). Empty: one run. The command line's ``--seeds`` replaces
+    it and ``--seed N`` trains the single run N instead. Costs one training per seed."""
     checkpoint_every: int = 2_000
     """Save a checkpoint (and export the policy, or validate it: ``validation_jobs``) every
     this many timesteps."""
@@ -297,6 +302,15 @@ class TrainingConfig:
         _at_least(where, "training.timesteps", self.timesteps, 1)
         _at_least(where, "training.n_envs", self.n_envs, 1)
         _at_least(where, "training.seed", self.seed, 0)
+        if self.seeds and (
+            len(self.seeds) < 2
+            or len(set(self.seeds)) != len(self.seeds)
+            or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in self.seeds)
+        ):
+            raise ValueError(
+                f"{where}: training.seeds must be empty (one run) or at least 2 different "
+                f"integer seeds >= 0, got {self.seeds!r}"
+            )
         _at_least(where, "training.checkpoint_every", self.checkpoint_every, 1)
         _at_least(where, "training.eval_every", self.eval_every, 0)
         _at_least(where, "training.eval_jobs", self.eval_jobs, 0)

@@ -17,9 +17,11 @@ saved ``config.yaml`` (``--timesteps``, ``--seed`` and ``--n-envs`` may change).
 ``--seeds 0,1,2,3`` trains the configuration once per seed, one after the
 other, into ``--out``/seed-N/ (each a complete policy directory), then writes
 the ensemble of those policies (``compute-allocator ensemble``: the mean of
-their actions) as the policy of ``--out`` itself: the recipe that met the
-``quick`` target on held-out jobs (BENCHMARKS.md section 5). It costs one
-training per seed. An interrupted seed resumes on its own (``--out
+their actions) as the policy of ``--out`` itself. It costs one training per
+seed. A configuration's ``training.seeds`` does the same without the flag:
+the ``default`` preset is the ``quick`` recipe over seeds 0 to 3
+(BENCHMARKS.md section 5, twenty-sixth round); ``--seed N`` trains the
+single run N of it instead. An interrupted seed resumes on its own (``--out
 DIR/seed-N --resume``); ``compute-allocator ensemble`` then combines them.
 """
 
@@ -39,8 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         metavar="NAME",
         help="configuration preset from agents/presets: quick (10 to 15 minutes on 2 cores; "
-        "the published policy's recipe), default (an older recipe, 100k timesteps, about an hour), "
-        "quick-v1 (quick before it gained five env choices; reruns BENCHMARKS.md section 5), "
+        "the published quick policy's recipe), default (quick over seeds 0 to 3, ensembled, with "
+        "token dropping on transformers: four trainings, about an hour), default-v1 (the default "
+        "until the twenty-sixth round of BENCHMARKS.md section 5: one 100k-timestep run), quick-v1 "
+        "(quick before it gained five env choices; reruns BENCHMARKS.md section 5), "
         "tiny (seconds; for tests) [default: quick]",
     )
     parser.add_argument(
@@ -71,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         metavar="LIST",
         help="train once per seed (comma-separated, e.g. 0,1,2,3) into DIR/seed-N and write their "
-        "ensemble (the mean of their actions) as DIR's policy; one training per seed",
+        "ensemble (the mean of their actions) as DIR's policy; one training per seed [default: "
+        "the configuration's training.seeds; none (one run) except in the default preset]",
     )
     parser.add_argument(
         "--n-envs",
@@ -166,6 +171,11 @@ def _parse_seeds(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     _check_flags(_fill_defaults(args))
+    if args.seeds is None and args.seed is None and not args.resume:
+        from agents.config import resolve_config
+
+        # a preset or --config may ask for an ensemble (training.seeds: the default preset does)
+        args.seeds = resolve_config(args.preset, args.config).training.seeds or None
     if args.seeds is not None:
         return _run_seeds(args)
     return _run_one(args)
@@ -203,7 +213,8 @@ def _run_one(args: argparse.Namespace) -> int:
     from agents.training import resume_config, train
 
     out_dir = Path(args.out)
-    overrides = {"timesteps": args.timesteps, "seed": args.seed, "n_envs": args.n_envs}
+    # one run: its config.yaml must not ask for an ensemble (training.seeds), whatever the preset said
+    overrides = {"timesteps": args.timesteps, "seed": args.seed, "n_envs": args.n_envs, "seeds": []}
     if args.resume:
         config = resume_config(out_dir, overrides)
         preset = None

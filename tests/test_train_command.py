@@ -104,7 +104,7 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
     assert result.stderr.strip().splitlines() == [
         (
             "compute-allocator train: error: bad.yaml: unknown key 'training.n_env'; the keys of "
-            "training are timesteps, n_envs, seed, checkpoint_every, eval_every, eval_jobs, eval_seed, "
+            "training are timesteps, n_envs, seed, seeds, checkpoint_every, eval_every, eval_jobs, eval_seed, "
             "validation_jobs, validation_seed, validation_families, keep_snapshots"
         )
     ]
@@ -157,6 +157,39 @@ def test_seeds_trains_each_seed_and_writes_their_ensemble(capsys, tmp_path):
     actions = [policy.action(observation) for policy in seeds]
     assert not np.array_equal(*actions)  # two seeds, two policies
     np.testing.assert_allclose(ensemble.action(observation), (actions[0] + actions[1]) / 2, rtol=0, atol=1e-7)
+
+
+def test_a_configuration_with_training_seeds_trains_an_ensemble_and_seed_trains_one_run_of_it(capsys, tmp_path):
+    """The default preset's shape: training.seeds in the file does what --seeds does; --seed N picks one."""
+    from allocator import AllocatorPolicy
+    from allocator.ensemble import PolicyEnsemble
+    from allocator.token_dropping import TokenDropping
+
+    config = tmp_path / "ensemble.yaml"
+    config.write_text("env:\n  token_dropping: [0.5, 0.5]\ntraining:\n  seeds: [0, 2]\n  timesteps: 64\n")
+    out = tmp_path / "ensemble"
+    assert main(["train", "--preset", "tiny", "--config", str(config), "--out", str(out), "--no-progress-bar"]) == 0
+    assert "ensemble of 2 seeds (0, 2) written to" in capsys.readouterr().out
+    ensemble = AllocatorPolicy.load(out)
+    assert isinstance(ensemble, PolicyEnsemble) and len(ensemble.members) == 2
+    assert ensemble.spec.token_dropping == TokenDropping(0.5, 0.5)  # the env's rule travels in the spec
+    # each member's config.yaml is one run, so `--out DIR/seed-N --resume` resumes just that seed
+    assert "seeds: []" in (out / "seed-2" / "config.yaml").read_text()
+
+    single = tmp_path / "single"
+    argv = ["train", "--preset", "tiny", "--config", str(config), "--seed", "2", "--out", str(single)]
+    assert main([*argv, "--no-progress-bar"]) == 0
+    policy = AllocatorPolicy.load(single)
+    assert not isinstance(policy, PolicyEnsemble) and policy.metadata["extra"]["seed"] == 2
+    assert not (single / "seed-0").exists()
+
+
+def test_bad_training_seeds_in_a_configuration_file_is_one_line(capsys, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("training:\n  seeds: [1, 1]\n")
+    code, err = run_main(capsys, "--preset", "tiny", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, "training.seeds", "at least 2 different")
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_interrupt_before_the_first_checkpoint_says_there_is_nothing_to_resume(capsys, tmp_path, monkeypatch):
