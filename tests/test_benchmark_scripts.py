@@ -64,7 +64,7 @@ def test_ablation_holds_the_chosen_features_at_their_training_mean():
     assert np.array_equal(ablated[kept], full[kept])
 
 
-@pytest.mark.parametrize("preset", ["quick-v1", "default"])
+@pytest.mark.parametrize("preset", ["quick-v1", "default-v1"])
 def test_published_policies_load_and_fit_todays_observation(preset):
     """The policies behind BENCHMARKS.md section 4 still load and act on a job's observation."""
     from allocator import AllocatorPolicy
@@ -348,7 +348,7 @@ def test_train_check_gives_each_policy_the_numbers_evaluate_gives_it_with_unifor
     from allocator.evaluation import evaluate
 
     check = load_script("train_check")
-    paths = [BENCHMARKS / "heldout-quick-v1" / "policy", BENCHMARKS / "heldout-default" / "policy"]
+    paths = [BENCHMARKS / "heldout-quick-v1" / "policy", BENCHMARKS / "heldout-default-v1" / "policy"]
     check.POLICIES.update({path: AllocatorPolicy.load(path) for path in paths})
     check.POLICIES["stop-before-budget"] = check.make_baseline("stop-before-budget")  # what --baseline adds
     check.SETS.update({"named": ([0, 1], {"tiny": lambda seed: make_job(budget_steps=60, seed=seed)})})

@@ -20,7 +20,7 @@ from tests.conftest import make_job
 ROOT = Path(__file__).resolve().parents[1]
 # Two genuinely trained policies of the same spec, shipped with the repository.
 QUICK = ROOT / "benchmarks" / "heldout-quick-v1" / "policy"
-DEFAULT = ROOT / "benchmarks" / "heldout-default" / "policy"
+DEFAULT = ROOT / "benchmarks" / "heldout-default-v1" / "policy"
 
 
 def observations(policy: AllocatorPolicy, count: int = 4) -> list[np.ndarray]:
@@ -186,3 +186,21 @@ def test_the_published_quick_ensemble_loads_as_four_attention_members_and_trains
     assert [member.metadata["extra"]["seed"] for member in ensemble.members] == [0, 1, 2, 3]
     result = run_job(make_job(budget_steps=40), ensemble)
     assert np.isfinite(result.objective)
+
+
+def test_the_published_default_is_four_quick_seeds_with_token_dropping_and_sets_it_on_its_jobs():
+    """benchmarks/heldout-default/policy: what `train --preset default` makes (section 5, twenty-sixth round)."""
+    from allocator.token_dropping import TokenDropping
+
+    ensemble = AllocatorPolicy.load(ROOT / "benchmarks" / "heldout-default" / "policy")
+    assert isinstance(ensemble, PolicyEnsemble)
+    assert [member.metadata["extra"]["seed"] for member in ensemble.members] == [0, 1, 2, 3]
+    assert ensemble.spec.token_dropping == TokenDropping(0.5, 0.5)
+    # its last member is the published quick policy, acting exactly as it does
+    quick = AllocatorPolicy.load(ROOT / "benchmarks" / "heldout-quick" / "policy")
+    job = make_job(budget_steps=40)
+    ensemble.reset(job)
+    assert job.token_dropping == TokenDropping(0.5, 0.5)
+    observation = job.observation()
+    np.testing.assert_array_equal(ensemble.members[3].action(observation), quick.action(observation))
+    assert np.isfinite(run_job(make_job(budget_steps=40), ensemble).objective)

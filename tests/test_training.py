@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -74,7 +75,12 @@ def test_presets_load_and_validate():
         assert config.ppo.gamma >= 0.99, "the return must be (close to) -J"
         assert config.ppo.log_std_init < 0
     quick, default = load_preset("quick"), load_preset("default")
-    assert default.training.timesteps > quick.training.timesteps
+    # default is quick over four seeds, ensembled, with token dropping on transformers
+    assert default.training.seeds == [0, 1, 2, 3] and quick.training.seeds == []
+    assert default.ppo == quick.ppo
+    assert default.env.token_dropping == [0.5, 0.5] and quick.env.token_dropping is None
+    assert dataclasses.replace(default.env, token_dropping=None) == quick.env
+    assert dataclasses.replace(default.training, seeds=[]) == quick.training
 
 
 def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
