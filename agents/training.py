@@ -343,6 +343,13 @@ def resume_config(out_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     if not out_dir.is_dir():
         raise ValueError(f"--resume: {str(out_dir)!r} does not exist; nothing to resume")
     if find_checkpoint(out_dir) is None:
+        seeds = sorted(path.name for path in out_dir.glob("seed-*") if find_checkpoint(path) is not None)
+        if seeds:  # an ensemble's directory (--seeds, training.seeds): its runs are resumed one by one
+            raise ValueError(
+                f"--resume: {str(out_dir)!r} holds an ensemble of runs ({', '.join(seeds)}); resume one with "
+                f"--out {str(out_dir / seeds[0])!r} --resume, then combine them with compute-allocator "
+                f"ensemble --out NEW_DIR {str(out_dir)}/seed-*"
+            )
         raise ValueError(
             f"--resume: no checkpoint in {str(out_dir)!r} (expected {CHECKPOINT_DIR}/{MODEL_FILE}, "
             f"{VECNORMALIZE_FILE} and {STATE_FILE})"

@@ -175,6 +175,8 @@ def test_a_configuration_with_training_seeds_trains_an_ensemble_and_seed_trains_
     assert ensemble.spec.token_dropping == TokenDropping(0.5, 0.5)  # the env's rule travels in the spec
     # each member's config.yaml is one run, so `--out DIR/seed-N --resume` resumes just that seed
     assert "seeds: []" in (out / "seed-2" / "config.yaml").read_text()
+    code, err = run_main(capsys, "--out", str(out), "--resume")  # the ensemble's directory has no checkpoint
+    assert_one_line_error(code, err, "holds an ensemble of runs (seed-0, seed-2)", "seed-0' --resume")
 
     single = tmp_path / "single"
     argv = ["train", "--preset", "tiny", "--config", str(config), "--seed", "2", "--out", str(single)]
