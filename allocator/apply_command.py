@@ -41,6 +41,7 @@ from pathlib import Path
 from allocator.evaluation import (
     POLICY,
     REFERENCE,
+    add_threads_argument,
     add_token_dropping_argument,
     build_job,
     contenders,
@@ -49,6 +50,7 @@ from allocator.evaluation import (
     policy_with_token_dropping,
     progress_bar,
     run_contender,
+    use_threads,
 )
 from allocator.job_loading import load_job_source
 from allocator.report import (
@@ -102,9 +104,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="device of a built-in job: auto (CUDA when available), cpu, cuda, ...",
     )
     add_token_dropping_argument(parser)
+    add_threads_argument(
+        parser,
+        default=0,
+        why="The count changes the last bits of a CPU job's sums, which training grows: 1 gives "
+        "the numbers `evaluate` (1 thread by default) gives for the same job and seed, to the last digit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    use_threads(args.threads)
     source = load_job_source(args.job, device=args.device)
     compare = parse_names(args.compare)
     lineup = contenders(policy_with_token_dropping(args.policy, args.token_dropping), compare)
@@ -132,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
     reference = results[REFERENCE]
     first = next(iter(results.values()))
     where = f" under policy {args.policy}" if args.policy else ""
-    if args.token_dropping is not None:
-        where += f", token dropping {args.token_dropping}"
+    dropping = getattr(spec, "token_dropping", None)  # the flag's, or the policy's own (the default preset's)
+    if args.policy is not None and dropping is not None:
+        where += f", token dropping {dropping}"
     print(
         f"job {first.job_name} ({source.name}), seed {args.seed}, budget {format_flops(first.budget)}"
         f"{where}"

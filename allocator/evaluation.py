@@ -691,24 +691,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="device of the built-in jobs: auto (CUDA when available), cpu, cuda, ...",
     )
     add_token_dropping_argument(parser)
-    parser.add_argument(
-        "--threads",
-        type=int,
+    add_threads_argument(
+        parser,
         default=1,
-        metavar="N",
-        help="torch CPU threads; 0 leaves torch's choice (one per core). The built-in jobs are "
-        "small: more threads gain little alone, and when a training shares the machine they "
-        "oversubscribe the cores and slow evaluation many times over (26x measured, BENCHMARKS.md)",
+        why="The built-in jobs are small: more threads gain little alone, and when a training shares the "
+        "machine they oversubscribe the cores and slow evaluation many times over (26x measured, "
+        "BENCHMARKS.md)",
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
+def add_threads_argument(parser: argparse.ArgumentParser, default: int, why: str) -> None:
+    """``--threads N`` of ``evaluate`` and ``apply``; :func:`use_threads` applies it."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"torch CPU threads; 0 leaves torch's choice (one per core). {why}",
+    )
+
+
+def use_threads(threads: int) -> None:
+    """Set torch's CPU threads (0: leave torch's choice); ``ValueError`` for a negative count."""
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    use_threads(args.threads)
     report = evaluate(
         policy=policy_with_token_dropping(args.policy, args.token_dropping),
         split=args.split,

@@ -225,6 +225,8 @@ def bad_job_arguments(case: str, tmp_path: Path, policy_dir: Path) -> tuple[list
         ], "job file .*missing.py' does not exist"
     if case == "unknown baseline":
         return ["--job", EXAMPLE_JOB, "--compare", "uniform,bogus"], "unknown baseline.*'bogus'"
+    if case == "negative threads":
+        return ["--job", EXAMPLE_JOB, "--threads", "-1"], "--threads must be >= 0"
     text, message = JOB_FILES[case]
     path = tmp_path / "user_job.py"
     path.write_text(text)
@@ -238,6 +240,7 @@ def bad_job_arguments(case: str, tmp_path: Path, policy_dir: Path) -> tuple[list
         "unknown job name",
         "missing job file",
         "unknown baseline",
+        "negative threads",
         *JOB_FILES,
     ],
 )

@@ -133,6 +133,25 @@ def test_a_policy_or_ensemble_saved_with_it_loads_with_it_and_acts_as_before(tmp
     ] * 2
 
 
+def test_apply_says_so_when_the_policy_itself_drops_tokens(tmp_path, capsys):
+    """The default preset's policy carries the setting in its spec; apply's header names it without the flag."""
+    policy_dir = AllocatorPolicy.load(QUICK).with_token_dropping(TokenDropping(0.5, 0.5)).save(tmp_path / "policy")
+    job_file = tmp_path / "job.py"
+    job_file.write_text(
+        "from tests.test_token_dropping import transformer_job\n\n\n"
+        "def make_job(seed=0):\n    return transformer_job(seed, budget_steps=40)\n"
+    )
+    threads = torch.get_num_threads()
+    try:
+        argv = ["apply", "--policy", str(policy_dir), "--job", f"{job_file}:make_job", "--compare", "uniform"]
+        assert main([*argv, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1  # --threads 1: the numbers evaluate gives for this job and seed
+    finally:
+        torch.set_num_threads(threads)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("token dropping 0.5 of the tokens until 0.5 of the budget"), header
+
+
 def test_the_command_line_refuses_a_bad_setting_or_one_without_a_policy_in_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(
