@@ -302,11 +302,7 @@ class TrainingConfig:
         _at_least(where, "training.timesteps", self.timesteps, 1)
         _at_least(where, "training.n_envs", self.n_envs, 1)
         _at_least(where, "training.seed", self.seed, 0)
-        if self.seeds and (
-            len(self.seeds) < 2
-            or len(set(self.seeds)) != len(self.seeds)
-            or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in self.seeds)
-        ):
+        if self.seeds and not are_ensemble_seeds(self.seeds):
             raise ValueError(
                 f"{where}: training.seeds must be empty (one run) or at least 2 different "
                 f"integer seeds >= 0, got {self.seeds!r}"
@@ -519,6 +515,15 @@ def _coerce(where: str, key: str, value: Any, spec: dataclasses.Field, section: 
 def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def are_ensemble_seeds(seeds: list) -> bool:
+    """At least 2 different integer seeds >= 0: what ``training.seeds`` and ``--seeds`` accept."""
+    return (
+        len(seeds) >= 2
+        and len(set(seeds)) == len(seeds)
+        and all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds)
+    )
 
 
 def _at_least(where: str, key: str, value: Any, low: float) -> None:

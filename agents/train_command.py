@@ -160,11 +160,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _parse_seeds(text: str) -> list[int]:
+    from agents.config import are_ensemble_seeds
+
     try:
         seeds = [int(word) for word in text.split(",") if word.strip()]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated seeds such as 0,1,2, got {text!r}") from None
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    if not are_ensemble_seeds(seeds):
         raise ValueError(f"--seeds needs at least 2 different seeds >= 0, got {text!r}")
     return seeds
 

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     first = next(iter(results.values()))
     where = f" under policy {args.policy}" if args.policy else ""
     dropping = getattr(spec, "token_dropping", None)  # the flag's, or the policy's own (the default preset's)
-    if args.policy is not None and dropping is not None:
+    if dropping is not None:
         where += f", token dropping {dropping}"
     print(
         f"job {first.job_name} ({source.name}), seed {args.seed}, budget {format_flops(first.budget)}"
