@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="configuration preset from agents/presets: quick (10 to 15 minutes on 2 cores; "
         "the published quick policy's recipe), default (quick over seeds 0 to 3, ensembled, with "
-        "token dropping on transformers: four trainings, about an hour), default-v1 (the default "
+        "token dropping on transformers: four trainings, about 45 minutes), default-v1 (the default "
         "until the twenty-sixth round of BENCHMARKS.md section 5: one 100k-timestep run), quick-v1 "
         "(quick before it gained five env choices; reruns BENCHMARKS.md section 5), "
         "tiny (seconds; for tests) [default: quick]",
