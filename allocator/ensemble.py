@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from allocator.allocation import STOP_BELOW
 from allocator.policy import (
     CONFIG_FILE,
     ENSEMBLE_KIND,
@@ -51,11 +52,36 @@ from allocator.policy import (
 )
 
 MEMBER_PREFIX = "members"
+
+
+def _mean_with_unanimous_stop(actions: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The mean action, except that a job stops only when every member's steps entry stops it.
+
+    Where the mean's steps entry (the last) falls in the stop region while some
+    member's does not, the steps entry becomes the mean over the members that
+    go on: the job runs the interval those members would run.
+    """
+    actions = np.asarray(actions, dtype=np.float64)
+    combined = actions.mean(axis=axis)
+    steps = np.moveaxis(actions, axis, 0)[..., -1]  # (members, ...) steps entries
+    going_on = steps >= STOP_BELOW
+    some_go_on = going_on.any(axis=0)
+    mean_of_those = np.where(going_on, steps, 0.0).sum(axis=0) / np.maximum(going_on.sum(axis=0), 1)
+    outvoted_stop = some_go_on & (combined[..., -1] < STOP_BELOW)
+    combined[..., -1] = np.where(outvoted_stop, mean_of_those, combined[..., -1])
+    return combined
+
+
 #: How the members' actions are combined (policy.json's ``combine``): entry by entry, their
 #: mean (the default) or their median (with 3 members, the middle one: one member far from
-#: the other two moves nothing).
+#: the other two moves nothing); or their mean with a stop only when every member stops
+#: (``"unanimous-stop"``: one member that would go on keeps the job training).
 COMBINE = "mean-action"
-COMBINES = {"mean-action": np.mean, "median-action": np.median}
+COMBINES = {
+    "mean-action": np.mean,
+    "median-action": np.median,
+    "unanimous-stop": _mean_with_unanimous_stop,
+}
 
 
 class PolicyEnsemble(AllocatorPolicy):

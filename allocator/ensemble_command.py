@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 
+#: ``--combine`` choices and the ``combine`` rule each writes to policy.json.
+COMBINE_CHOICES = {"mean": "mean-action", "median": "median-action", "unanimous-stop": "unanimous-stop"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -30,10 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--combine",
-        choices=("mean", "median"),
+        choices=tuple(COMBINE_CHOICES),
         default="mean",
         help="act with the mean of the members' actions, or their median, entry by entry (with 3 "
-        "members, the middle one) [default: mean]",
+        "members, the middle one), or their mean but stop a job only when every member would "
+        "(unanimous-stop) [default: mean]",
     )
 
 
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.policies) < 2:
         raise ValueError(f"an ensemble needs at least 2 policy directories, got {len(args.policies)}")
-    ensemble = PolicyEnsemble.from_directories(args.policies, combine=f"{args.combine}-action")
+    ensemble = PolicyEnsemble.from_directories(args.policies, combine=COMBINE_CHOICES[args.combine])
     directory = ensemble.save(args.out)
     print(
         f"wrote {directory} ({len(ensemble.members)} members, {ensemble.combine}, spec {ensemble.spec.to_dict()})"

@@ -125,6 +125,36 @@ def test_a_median_ensemble_ignores_one_member_far_from_the_others(tmp_path, caps
         AllocatorPolicy.load(out)
 
 
+def test_a_unanimous_stop_ensemble_stops_a_job_only_when_every_member_would(tmp_path, capsys):
+    quick, default = AllocatorPolicy.load(QUICK), AllocatorPolicy.load(DEFAULT)
+    stopper = always_stopping(quick)
+    first = observations(quick, count=1)[0]
+    # two of three stop: the mean ensemble stops, the unanimous one runs the interval quick would
+    majority = PolicyEnsemble([stopper, stopper, quick])
+    patient = PolicyEnsemble([stopper, stopper, quick], combine="unanimous-stop")
+    assert majority.act(first).steps == 0
+    np.testing.assert_allclose(patient.action(first)[:-1], majority.action(first)[:-1], atol=1e-7)
+    np.testing.assert_allclose(patient.action(first)[-1], quick.action(first)[-1], atol=1e-7)
+    assert patient.act(first).steps == quick.act(first).steps > 0
+    assert run_job(make_job(budget_steps=120), majority).compute_fraction == 0.0
+    assert run_job(make_job(budget_steps=120), patient).compute_fraction > 0.5
+    # every member stopping stops it; where the mean goes on, the rule is the plain mean
+    assert PolicyEnsemble([stopper, stopper], combine="unanimous-stop").act(first).steps == 0
+    for observation in observations(quick):
+        np.testing.assert_allclose(
+            PolicyEnsemble([quick, default], combine="unanimous-stop").action(observation),
+            PolicyEnsemble([quick, default]).action(observation),
+            atol=1e-7,
+        )
+    batch = np.stack([first, first])  # batched observations are combined row by row
+    np.testing.assert_allclose(patient.action(batch), np.stack([patient.action(first)] * 2), atol=1e-7)
+
+    out = tmp_path / "unanimous"
+    assert main(["ensemble", "--combine", "unanimous-stop", "--out", str(out), str(QUICK), str(DEFAULT)]) == 0
+    assert "unanimous-stop" in capsys.readouterr().out
+    assert AllocatorPolicy.load(out).combine == "unanimous-stop"
+
+
 def test_members_must_share_the_spec_and_an_ensemble_needs_two_single_policies():
     quick = AllocatorPolicy.load(QUICK)
     other_spec = dict(quick.metadata, spec=AllocationSpec(4, 4, 10).to_dict())
