@@ -57,6 +57,7 @@ from allocator.token_dropping import TokenDropper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
 from allocation_oracle import TARGET_SHARE, add_run_arguments, each_pair, within  # noqa: E402
+from family_transfer import report_names  # noqa: E402
 from family_transfer import job_builders, transfer_recipes  # noqa: E402
 from stochastic_depth_probe import PROBE_JOBS  # noqa: E402
 
@@ -480,10 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         variant = variant_by_label(args.heldout) if args.heldout else None
         policy_variant = variant_by_label(args.variant)
-        policies = [
-            (Path(d).name if Path(d).name != "policy" else Path(d).parent.name, AllocatorPolicy.load(d))
-            for d in args.policy or []
-        ]
+        labels = report_names(args.policy or [])  # runs/r26/ensemble, runs/r27/ensemble: r26-ensemble, ...
+        policies = [(labels[d], AllocatorPolicy.load(d)) for d in args.policy or []]
     except (ValueError, OSError) as error:
         parser.error(str(error))
     torch.set_num_threads(1)  # before anything runs: forked workers must not inherit a thread pool

@@ -13,7 +13,12 @@ when it stops: the learning rate decays with compute spent). Reports
 * standard training stopped ``k`` intervals before the budget, for ``k`` = 1 ..
   ``--early`` (a hand rule with no feedback at all: where it wins, a pair is won
   by the last intervals' tiny loss change, below what J pays for their compute),
-  with its wins on compute-bound and data-bound jobs apart.
+  with its wins on compute-bound and data-bound jobs apart;
+* whether the oracle's stop reaches uniform's best validation loss (the
+  target of compute to target): one more interval pays under J only while
+  the relative loss falls by more than ``c * s * l' / ((1 - F) * (1 - s) + w)``
+  per interval of budget share ``c`` (``F`` the share spent), so where the
+  curve flattens towards its minimum the best stop under J comes before it.
 
     python benchmarks/stopping_oracle.py --split train --max-steps 20
 """
@@ -51,6 +56,17 @@ def stopped_objectives(curve: list[tuple[float, float]], objective: Objective) -
     return values
 
 
+def oracle_to_target(curve: list[tuple[float, float]], stop: int) -> float:
+    """Compute to target of the run stopped after interval ``stop``: where it first reaches its best loss.
+
+    The target is the full run's best validation loss (uniform's best, as in
+    ``evaluate``); ``inf`` when the stop comes before the interval that reaches it.
+    """
+    losses = [loss for _, loss in curve[1:]]
+    first_best = 1 + losses.index(min(losses))
+    return curve[first_best][0] if stop >= first_best else math.inf
+
+
 def rule_stop(curve: list[tuple[float, float]], theta: float, decay: float = TREND_DECAY) -> int:
     """The interval after which the causal slope rule stops (the last one if never)."""
     trend = None
@@ -82,6 +98,7 @@ def main(argv=None) -> int:
     uniform, oracle, rule = [], [], []
     early: dict[int, list[float]] = {k: [] for k in range(1, args.early + 1)}
     regimes = []
+    oracle_target: list[float] = []  # compute to target of the oracle's stop (inf: stopped before it)
     for source in resolve_jobs(None, args.split, device="cpu"):
         for seed in range(args.seeds):
             result = run_job(build_job(source, seed, spec), "uniform")
@@ -93,10 +110,13 @@ def main(argv=None) -> int:
             for k in early:  # a run shorter than k + 1 intervals stops at once
                 early[k].append(values[max(len(values) - 1 - k, 0)])
             regimes.append(regime(source.name))
+            best_at = oracle_to_target(result.curve, values.index(min(values)))
+            oracle_target.append(best_at)
             print(
                 f"{source.name:26s} seed {seed}: uniform {values[-1]:.4f}  oracle {min(values):.4f} "
-                f"(after {values.index(min(values))}/{len(values) - 1})  rule {values[stop]:.4f} "
-                f"(after {stop})",
+                f"(after {values.index(min(values))}/{len(values) - 1}, uniform's best "
+                f"{'at ' + format(best_at, '.3f') if math.isfinite(best_at) else 'not reached'})  "
+                f"rule {values[stop]:.4f} (after {stop})",
                 flush=True,
             )
     print(
@@ -117,6 +137,13 @@ def main(argv=None) -> int:
         print(
             f"{label}: wins on compute-bound {wins(values, 'compute-bound')}, data-bound {wins(values, 'data-bound')}"
         )
+    for kind in ("compute-bound", "data-bound"):
+        reached = [c for c, r in zip(oracle_target, regimes) if r == kind]
+        print(
+            f"oracle stop on {kind} pairs: reaches uniform's best on {sum(math.isfinite(c) for c in reached)}/"
+            f"{len(reached)}, within 0.7 of the budget on {sum(c <= 0.7 for c in reached)}"
+        )
+    print(f"oracle stop: median compute to target {statistics.median(oracle_target):.3f} (inf: never)")
     return 0
 
 

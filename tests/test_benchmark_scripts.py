@@ -37,6 +37,18 @@ def test_stopping_oracle_reproduces_the_runs_own_objective():
     assert min(values) <= result.objective
 
 
+def test_the_oracle_stop_reaches_uniforms_best_only_when_it_stops_after_it():
+    oracle = load_script("stopping_oracle")
+    result = run_job(make_job(budget_steps=40), "uniform")
+    last = len(result.curve) - 1
+    # run to the end: compute to target as evaluate measures it for uniform itself
+    assert oracle.oracle_to_target(result.curve, last) == result.compute_to_reach(result.best_val_loss)
+    losses = [loss for _, loss in result.curve[1:]]
+    first_best = 1 + losses.index(min(losses))
+    assert oracle.oracle_to_target(result.curve, first_best) == result.curve[first_best][0]
+    assert oracle.oracle_to_target(result.curve, first_best - 1) == float("inf")  # stopped before it
+
+
 def test_stopping_before_the_budget_is_what_a_run_that_stops_there_scores():
     """The oracle's "k intervals before the budget" row is a real run's J, not an extrapolation."""
     oracle = load_script("stopping_oracle")
