@@ -57,8 +57,7 @@ from allocator.token_dropping import TokenDropper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
 from allocation_oracle import TARGET_SHARE, add_run_arguments, each_pair, within  # noqa: E402
-from family_transfer import report_names  # noqa: E402
-from family_transfer import job_builders, transfer_recipes  # noqa: E402
+from family_transfer import job_builders, report_names, transfer_recipes  # noqa: E402
 from stochastic_depth_probe import PROBE_JOBS  # noqa: E402
 
 _TOKEN_STREAM = 5_000_011  # the token subsets' own random stream, apart from the job's
