@@ -33,6 +33,7 @@ ensemble unchanged. Make one from trained policy directories with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,10 @@ COMBINES = {
 }
 
 
+def _shown(value) -> str:
+    return "off" if value is None else str(value)
+
+
 class PolicyEnsemble(AllocatorPolicy):
     """Several trained :class:`AllocatorPolicy` members acting as one controller.
 
@@ -125,9 +130,21 @@ class PolicyEnsemble(AllocatorPolicy):
         first = members[0]
         for member in members[1:]:
             if member.spec != first.spec:
+                differences = ", ".join(
+                    f"{field.name} {_shown(getattr(member.spec, field.name))} against "
+                    f"{_shown(getattr(first.spec, field.name))}"
+                    for field in dataclasses.fields(first.spec)
+                    if getattr(member.spec, field.name) != getattr(first.spec, field.name)
+                )
+                hint = (
+                    " (give every member the same setting, or none and pass --token-dropping to "
+                    "evaluate or apply)"
+                    if member.spec.token_dropping != first.spec.token_dropping
+                    else ""
+                )
                 raise ValueError(
-                    f"{member.name} has spec {member.spec}, but {first.name} has {first.spec}: an ensemble's "
-                    "members must share K, G, max steps, the keep floor and the dead zone"
+                    f"{member.name} differs from {first.name} in its allocation spec: {differences}; an "
+                    f"ensemble's members must share it{hint}"
                 )
             if member.selection_gate != first.selection_gate:
                 raise ValueError(

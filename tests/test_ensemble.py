@@ -161,8 +161,12 @@ def test_members_must_share_the_spec_and_an_ensemble_needs_two_single_policies()
     shorter = AllocatorPolicy.from_parts(
         other_spec, quick.tensors(), where="test", weights="test", name="short"
     )
-    with pytest.raises(ValueError, match="must share K, G, max steps"):
+    with pytest.raises(ValueError, match=r"short differs from .* in its allocation spec: max_steps 10 against 20;"):
         PolicyEnsemble([quick, shorter])
+    # a member with token dropping set: the message names it and says where the setting belongs
+    dropping = quick.with_token_dropping((0.5, 0.5))
+    with pytest.raises(ValueError, match=r"token_dropping 0.5 of the tokens until 0.5 of the budget against off; .*--token-dropping"):
+        PolicyEnsemble([quick, dropping])
     with pytest.raises(ValueError, match="at least 2 policies"):
         PolicyEnsemble([quick])
     with pytest.raises(ValueError, match="already an ensemble"):
