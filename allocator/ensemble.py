@@ -26,7 +26,7 @@ ensemble unchanged. Make one from trained policy directories with
     ensemble.save("runs/quick-ensemble")
 
 .. warning:: Every member must have the same :class:`AllocationSpec` (K, G,
-   max steps, keep floor, dead zone) and read the same observation: the
+   max steps, keep floor, dead zone, token dropping, ...) and read the same observation: the
    members' action entries are averaged position by position, which only
    means something when each position means the same thing to every member.
 """

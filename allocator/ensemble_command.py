@@ -10,7 +10,9 @@ is, and it is as safe to load (safetensors + JSON, no pickle).
 Seeds of one recipe learn different policies and fail on new jobs in
 different places; the ensemble acts only where they agree (BENCHMARKS.md
 section 5, seventh round, measures it). Every policy must share the
-allocation spec (K, G, interval length, keep floor, dead zone).
+allocation spec (K, G, interval length, keep floor, dead zone, token
+dropping); a mismatch is refused with the fields that differ. With
+``--combine unanimous-stop`` a job stops only when every member would.
 """
 
 from __future__ import annotations
