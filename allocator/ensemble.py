@@ -93,7 +93,8 @@ class PolicyEnsemble(AllocatorPolicy):
     """Several trained :class:`AllocatorPolicy` members acting as one controller.
 
     ``action(observation)`` is the mean (or, with ``combine="median-action"``,
-    the median) of the members' deterministic actions, entry by entry (each
+    the median; with ``"unanimous-stop"``, the mean with a stop only when every
+    member stops) of the members' deterministic actions, entry by entry (each
     the mean of its Gaussian clipped to ``[-1, 1]``), mapped to an
     :class:`Allocation` by the shared spec. Each member normalises the raw
     observation with its own VecNormalize statistics and hides its own
@@ -101,7 +102,10 @@ class PolicyEnsemble(AllocatorPolicy):
 
     Attributes:
         members: the member policies, in order.
-        combine: ``"mean-action"`` or ``"median-action"`` (:data:`COMBINES`).
+        combine: ``"mean-action"``, ``"median-action"`` or ``"unanimous-stop"``
+            (:data:`COMBINES`). Trap: ``"unanimous-stop"`` runs a job on while any
+            member would, so one member that never stops a data-bound job keeps
+            it training to the budget (BENCHMARKS.md section 5, twenty-seventh round).
         spec, observation_size, metadata, name: as for :class:`AllocatorPolicy`;
             ``kind`` is ``"ensemble"``.
     """
