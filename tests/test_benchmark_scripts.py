@@ -49,6 +49,35 @@ def test_the_oracle_stop_reaches_uniforms_best_only_when_it_stops_after_it():
     assert oracle.oracle_to_target(result.curve, first_best - 1) == float("inf")  # stopped before it
 
 
+def test_standard_training_on_uniforms_own_grid_is_uniform_and_other_grids_train_the_same_steps():
+    from allocator.allocation import AllocationSpec
+    from allocator.evaluation import build_job
+
+    noise = load_script("target_noise")
+
+    class Tiny:
+        name = "tiny"
+
+        def build(self, seed):
+            return make_job(budget_steps=40, seed=seed)
+
+    spec = AllocationSpec(max_steps=20)
+    uniform = run_job(build_job(Tiny(), 0, spec), "uniform")
+    same = run_job(build_job(Tiny(), 0, spec), noise.StandardTrainingOnGrid("same", 20, 20))
+    assert same.curve == uniform.curve and same.objective == uniform.objective
+    half, shifted = (run_job(build_job(Tiny(), 0, spec), grid) for grid in noise.grids(20))
+    assert len(half.curve) - 1 == 2 * (len(uniform.curve) - 1)  # twice the intervals ...
+    assert half.steps == shifted.steps == uniform.steps  # ... over the same standard steps
+    assert half.curve[2][0] == uniform.curve[1][0]  # half intervals read uniform's grid points too
+    rows = noise.measure([Tiny()], [0], spec, show=lambda line: None)
+    assert [r["grid"] for r in rows] == ["half intervals", "shifted grid"]
+    assert rows[0]["uniform_best"] == uniform.best_val_loss and rows[0]["best"] == half.best_val_loss
+    assert rows[0]["compute_to_target"] == half.compute_to_reach(uniform.best_val_loss)
+    assert "| half intervals | all | 1 |" in noise.summary_table(rows)
+    with pytest.raises(ValueError, match="at least 1 step"):
+        noise.StandardTrainingOnGrid("none", 0, 20)
+
+
 def test_stopping_before_the_budget_is_what_a_run_that_stops_there_scores():
     """The oracle's "k intervals before the budget" row is a real run's J, not an extrapolation."""
     oracle = load_script("stopping_oracle")
