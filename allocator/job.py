@@ -183,6 +183,14 @@ class TrainingJob:
        ``RuntimeError``; build a new job (e.g. from a factory function) to
        train again. The model is not re-initialised by the job: the same seed
        gives the same run only from the same initial weights.
+
+    .. warning:: The interval lengths are part of the run, not only where it
+       is read. Even at equal shares each minibatch is stratified over the
+       loss-quantile sample groups, and the groups are recomputed at each
+       interval's end, so the same standard training split into other
+       intervals draws other batches and follows another trajectory (as good
+       on average, different pair by pair: BENCHMARKS.md section 5,
+       twenty-seventh round, ``benchmarks/target_noise.py``).
     """
 
     def __init__(
