@@ -188,9 +188,10 @@ class TrainingJob:
        is read. Even at equal shares each minibatch is stratified over the
        loss-quantile sample groups, and the groups are recomputed at each
        interval's end, so the same standard training split into other
-       intervals draws other batches and follows another trajectory (as good
-       on average, different pair by pair: BENCHMARKS.md section 5,
-       twenty-seventh round, ``benchmarks/target_noise.py``).
+       intervals draws other batches and follows another trajectory (its
+       best loss within about 2 % of the 20-step grid's in the median, above
+       or below it pair by pair: BENCHMARKS.md section 5, twenty-seventh
+       round, ``benchmarks/target_noise.py``).
     """
 
     def __init__(
