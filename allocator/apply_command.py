@@ -45,6 +45,7 @@ from allocator.evaluation import (
     add_token_dropping_argument,
     build_job,
     contenders,
+    load_policy,
     parse_names,
     policy_spec,
     policy_with_token_dropping,
@@ -113,10 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from allocator.ensemble import PolicyEnsemble
+
     use_threads(args.threads)
     source = load_job_source(args.job, device=args.device)
     compare = parse_names(args.compare)
-    lineup = contenders(policy_with_token_dropping(args.policy, args.token_dropping), compare)
+    policy = load_policy(policy_with_token_dropping(args.policy, args.token_dropping)) if args.policy else None
+    lineup = contenders(policy, compare)
     if args.policy is None and compare:
         # the model to save (and the controller to describe) is the first one asked for
         lineup.sort(key=lambda c: c.label != compare[0])
@@ -141,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     reference = results[REFERENCE]
     first = next(iter(results.values()))
     where = f" under policy {args.policy}" if args.policy else ""
+    if isinstance(policy, PolicyEnsemble):  # which rule acts changes what the policy does
+        where += f" (an ensemble of {len(policy.members)}, {policy.combine})"
     dropping = getattr(spec, "token_dropping", None)  # the flag's, or the policy's own (the default preset's)
     if dropping is not None:
         where += f", token dropping {dropping}"

@@ -155,6 +155,23 @@ def test_a_unanimous_stop_ensemble_stops_a_job_only_when_every_member_would(tmp_
     assert AllocatorPolicy.load(out).combine == "unanimous-stop"
 
 
+def test_apply_names_the_ensemble_and_its_rule_in_its_header(tmp_path, capsys):
+    out = tmp_path / "unanimous"
+    assert main(["ensemble", "--combine", "unanimous-stop", "--out", str(out), str(QUICK), str(DEFAULT)]) == 0
+    job_file = tmp_path / "job.py"
+    job_file.write_text(
+        "from tests.conftest import make_job as tiny\n\n\ndef make_job(seed=0):\n"
+        "    return tiny(budget_steps=40, seed=seed)\n"
+    )
+    capsys.readouterr()
+    assert main(["apply", "--policy", str(out), "--job", f"{job_file}:make_job", "--compare", "uniform"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith(f"under policy {out} (an ensemble of 2, unanimous-stop)"), header
+    # a single policy's header says nothing of the kind
+    assert main(["apply", "--policy", str(QUICK), "--job", f"{job_file}:make_job"]) == 0
+    assert "(an ensemble" not in capsys.readouterr().out.splitlines()[0]
+
+
 def test_members_must_share_the_spec_and_an_ensemble_needs_two_single_policies():
     quick = AllocatorPolicy.load(QUICK)
     other_spec = dict(quick.metadata, spec=AllocationSpec(4, 4, 10).to_dict())
