@@ -78,6 +78,42 @@ def test_standard_training_on_uniforms_own_grid_is_uniform_and_other_grids_train
         noise.StandardTrainingOnGrid("none", 0, 20)
 
 
+def test_the_cnn_freeze_rule_freezes_the_first_group_on_convolutional_jobs_only():
+    from torch import nn
+
+    from allocator import AllocatorPolicy
+
+    probe = load_script("cnn_freeze_probe")
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-default" / "policy")
+    rule = probe.FirstGroupFrozenOnConvolutions(policy)
+
+    def cnn(seed=0):
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Unflatten(1, (1, 16)), nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Conv1d(4, 4, 3), nn.ReLU(),
+            nn.Flatten(), nn.Linear(4 * 12, 16), nn.ReLU(), nn.Linear(16, 4),
+        )
+
+    for model, frozen in ((cnn(), True), (None, False)):
+        job = make_job(budget_steps=60, model=model)
+        rule.reset(job)
+        assert rule.applies is frozen
+        observation = job.observation()
+        plain = policy.act(observation)
+        chosen = rule.act(observation)
+        assert chosen.layer_gates == ((0.0, *plain.layer_gates[1:]) if frozen else plain.layer_gates)
+        assert (chosen.sample_shares, chosen.keep_fraction, chosen.steps) == (
+            plain.sample_shares, plain.keep_fraction, plain.steps
+        )
+    # on a real run the first group never trains: its weights stay as they were built
+    job = make_job(budget_steps=60, model=cnn())
+    first = [p.detach().clone() for p in job.model[1].parameters()]
+    second = [p.detach().clone() for p in job.model[3].parameters()]
+    assert run_job(job, rule).steps > 0
+    assert all(torch.equal(a, b) for a, b in zip(first, job.model[1].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(second, job.model[3].parameters()))  # the rest trains
+
+
 def test_stopping_before_the_budget_is_what_a_run_that_stops_there_scores():
     """The oracle's "k intervals before the budget" row is a real run's J, not an extrapolation."""
     oracle = load_script("stopping_oracle")
