@@ -148,6 +148,21 @@ class AllocationSpec:
             retraining and can be added to a trained policy
             (``--token-dropping`` of ``evaluate`` and ``apply``). ``None`` (the
             default, and what a policy.json without the field means) is off.
+        freeze_cnn_first_group: the policy's jobs whose model has a
+            convolution keep their first layer group frozen at every interval
+            (gate 0: no weight gradients and no backward pass into it), whatever
+            the action's first gate (:attr:`~allocator.TrainingJob.freeze_cnn_first_group`);
+            other jobs run as before. Why: a frozen stem makes each step cheaper,
+            so the budget buys more of them, and on the train split's 1-D CNNs
+            that reaches standard training's best loss within 0.7 of the budget
+            where no action of the published policies does (BENCHMARKS.md
+            section 5, twenty-eighth round). Trap: like ``token_dropping``, a
+            rule of the policy that ``reset(job)`` sets, not of the job, added to
+            a trained policy (``--freeze-cnn-first-group`` of ``evaluate`` and
+            ``apply``, ``env.freeze_cnn_first_group`` of a training
+            configuration); the training envs do not apply it, so a policy
+            never learns around it; on the held-out 2-D CNN it costs J. False
+            (the default, and what a policy.json without the field means) is off.
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
@@ -162,6 +177,7 @@ class AllocationSpec:
     stop_before_budget: bool = False
     share_prior: str = "uniform"
     token_dropping: TokenDropping | None = None
+    freeze_cnn_first_group: bool = False
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -178,6 +194,8 @@ class AllocationSpec:
             raise ValueError(f"stop_before_budget must be true or false, got {self.stop_before_budget!r}")
         if self.share_prior not in SHARE_PRIORS:
             raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {self.share_prior!r}")
+        if not isinstance(self.freeze_cnn_first_group, (bool, np.bool_)):
+            raise ValueError(f"freeze_cnn_first_group must be true or false, got {self.freeze_cnn_first_group!r}")
         # frozen: from_dict and the config pass {keep, until}, stored as the hashable TokenDropping
         object.__setattr__(self, "token_dropping", TokenDropping.from_value(self.token_dropping))
 
@@ -202,6 +220,8 @@ class AllocationSpec:
             spec["share_prior"] = self.share_prior
         if self.token_dropping is not None:  # likewise
             spec["token_dropping"] = self.token_dropping.to_dict()
+        if self.freeze_cnn_first_group:  # likewise
+            spec["freeze_cnn_first_group"] = True
         return spec
 
     @classmethod

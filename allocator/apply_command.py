@@ -41,14 +41,14 @@ from pathlib import Path
 from allocator.evaluation import (
     POLICY,
     REFERENCE,
+    add_policy_rule_arguments,
     add_threads_argument,
-    add_token_dropping_argument,
     build_job,
     contenders,
     load_policy,
     parse_names,
     policy_spec,
-    policy_with_token_dropping,
+    policy_with_rules,
     progress_bar,
     run_contender,
     use_threads,
@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="device of a built-in job: auto (CUDA when available), cpu, cuda, ...",
     )
-    add_token_dropping_argument(parser)
+    add_policy_rule_arguments(parser)
     add_threads_argument(
         parser,
         default=0,
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     source = load_job_source(args.job, device=args.device)
     compare = parse_names(args.compare)
-    policy = load_policy(policy_with_token_dropping(args.policy, args.token_dropping)) if args.policy else None
+    policy = load_policy(policy_with_rules(args)) if args.policy else None
     lineup = contenders(policy, compare)
     if args.policy is None and compare:
         # the model to save (and the controller to describe) is the first one asked for
@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     dropping = getattr(spec, "token_dropping", None)  # the flag's, or the policy's own (the default preset's)
     if dropping is not None:
         where += f", token dropping {dropping}"
+    if getattr(spec, "freeze_cnn_first_group", False):  # likewise
+        where += ", first layer group frozen on CNNs"
     print(
         f"job {first.job_name} ({source.name}), seed {args.seed}, budget {format_flops(first.budget)}"
         f"{where}"

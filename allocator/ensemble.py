@@ -181,13 +181,12 @@ class PolicyEnsemble(AllocatorPolicy):
             "statistics (use ensemble.members[i].normalize)"
         )
 
-    def with_token_dropping(self, dropping) -> PolicyEnsemble:
-        """This ensemble with its jobs' token dropping set to ``dropping`` (``None``: off).
-
-        Sets it on every member too: a saved ensemble's spec must equal its members'.
-        """
-        ensemble = super().with_token_dropping(dropping)
-        ensemble.members = [member.with_token_dropping(dropping) for member in self.members]
+    def _with_spec(self, **changes) -> PolicyEnsemble:
+        """The ensemble with the spec's rules ``changes`` replaced (``with_token_dropping``,
+        ``with_cnn_first_group_frozen``): on every member too, since a saved ensemble's spec
+        must equal its members'."""
+        ensemble = super()._with_spec(**changes)
+        ensemble.members = [member._with_spec(**changes) for member in self.members]
         ensemble.metadata = {**ensemble.metadata, "members": [member.metadata for member in ensemble.members]}
         return ensemble
 

@@ -126,8 +126,8 @@ def contenders(policy, baselines: Iterable[str]) -> list[Contender]:
     return lineup
 
 
-def add_token_dropping_argument(parser: argparse.ArgumentParser) -> None:
-    """``--token-dropping KEEP,UNTIL`` of ``evaluate`` and ``apply``."""
+def add_policy_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--token-dropping KEEP,UNTIL`` and ``--freeze-cnn-first-group`` of ``evaluate`` and ``apply``."""
     from allocator.token_dropping import TokenDropping
 
     def parse(text: str):
@@ -146,6 +146,13 @@ def add_token_dropping_argument(parser: argparse.ArgumentParser) -> None:
         "(e.g. 0.5,0.5; BENCHMARKS.md section 5). Overrides the policy's own setting; the baselines "
         "run without it",
     )
+    parser.add_argument(
+        "--freeze-cnn-first-group",
+        action="store_true",
+        help="run the policy with the first layer group frozen on jobs whose model has a convolution: "
+        "cheaper steps, more of them in the budget (BENCHMARKS.md section 5, twenty-eighth round). "
+        "The policy's own setting applies without the flag; the baselines run without it",
+    )
 
 
 def policy_with_token_dropping(policy, dropping):
@@ -155,6 +162,16 @@ def policy_with_token_dropping(policy, dropping):
     if policy is None:
         raise ValueError("--token-dropping is a rule of a policy: give --policy too")
     return load_policy(policy).with_token_dropping(dropping)
+
+
+def policy_with_rules(args: argparse.Namespace):
+    """``args.policy`` with the rules of :func:`add_policy_rule_arguments` that the command line sets."""
+    policy = policy_with_token_dropping(args.policy, args.token_dropping)
+    if not args.freeze_cnn_first_group:
+        return policy
+    if policy is None:
+        raise ValueError("--freeze-cnn-first-group is a rule of a policy: give --policy too")
+    return load_policy(policy).with_cnn_first_group_frozen(True)
 
 
 def load_policy(policy):
@@ -690,7 +707,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="device of the built-in jobs: auto (CUDA when available), cpu, cuda, ...",
     )
-    add_token_dropping_argument(parser)
+    add_policy_rule_arguments(parser)
     add_threads_argument(
         parser,
         default=1,
@@ -724,7 +741,7 @@ def use_threads(threads: int) -> None:
 def run(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     report = evaluate(
-        policy=policy_with_token_dropping(args.policy, args.token_dropping),
+        policy=policy_with_rules(args),
         split=args.split,
         seeds=args.seeds,
         baselines=parse_names(args.baselines),

@@ -44,6 +44,7 @@ LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("linear", "constant")
 _EVAL_CHUNK = 1024
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what freeze_cnn_first_group looks for
 
 
 @dataclass
@@ -309,6 +310,12 @@ class TrainingJob:
         #: ``token_dropping`` sets it in ``reset(job)``. Trap: set it before the
         #: first interval; the budget stays the uniform steps' FLOPs.
         self.token_dropping = None
+        #: Keep the first layer group frozen at every interval on a model with a
+        #: convolution (``AllocationSpec.freeze_cnn_first_group``): the allocation's
+        #: first gate becomes 0, and the interval reports and observes it so. Does
+        #: nothing on a model without a convolution or with one layer group. A
+        #: policy whose spec has it sets it in ``reset(job)``.
+        self.freeze_cnn_first_group = False
         self._group_log_loss: np.ndarray | None = None
         self._last_interval_compute = 0
         self._selection_alignment = float("nan")
@@ -434,6 +441,15 @@ class TrainingJob:
             self._token_dropper = TokenDropper(self.model, dropping.keep, generator)
         if getattr(self, "_started", False):
             self._count_reduced_steps()
+
+    @property
+    def freezes_cnn_first_group(self) -> bool:
+        """Whether :attr:`freeze_cnn_first_group` is set and applies: a convolution and more than one layer group."""
+        return (
+            bool(self.freeze_cnn_first_group)
+            and self.spec.layer_groups > 1
+            and any(isinstance(module, _CONVOLUTIONS) for module in self.model.modules())
+        )
 
     @property
     def drops_tokens(self) -> bool:
@@ -563,6 +579,8 @@ class TrainingJob:
             # the gate is closed: standard backward passes, charged, reported and observed as such
             kept = batch
             allocation = dataclasses.replace(allocation, keep_fraction=1.0)
+        if self.freezes_cnn_first_group and allocation.layer_gates[0] > 0.0:
+            allocation = dataclasses.replace(allocation, layer_gates=(0.0, *allocation.layer_gates[1:]))
         if self.share_prior == "loss" and self._group_log_loss is not None:
             # the same groups the next batches are drawn from: _read_statistics sorted both
             drawn_shares = loss_proportional_shares(self._group_log_loss) * np.asarray(allocation.sample_shares)

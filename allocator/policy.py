@@ -438,8 +438,25 @@ class AllocatorPolicy:
         ``metadata`` carries the new spec, so :meth:`save` writes a policy
         directory that loads with the setting.
         """
+        return self._with_spec(token_dropping=TokenDropping.from_value(dropping))
+
+    def with_cnn_first_group_frozen(self, frozen: bool = True) -> AllocatorPolicy:
+        """This policy with its convolutional jobs' first layer group frozen (``False``: not).
+
+        A new policy sharing this one's network and statistics; only its spec's
+        ``freeze_cnn_first_group`` differs (see :class:`~allocator.AllocationSpec`).
+        The rule needs no retraining: on a job whose model has a convolution the
+        first gate of every allocation becomes 0. Its ``metadata`` carries the
+        new spec, so :meth:`save` writes a policy directory that loads with it.
+        """
+        if not isinstance(frozen, (bool, np.bool_)):
+            raise ValueError(f"frozen must be true or false, got {frozen!r}")
+        return self._with_spec(freeze_cnn_first_group=bool(frozen))
+
+    def _with_spec(self, **changes) -> AllocatorPolicy:
+        """A copy sharing the network, with the spec's rules ``changes`` (``token_dropping``, ...) replaced."""
         policy = copy.copy(self)
-        policy.spec = dataclasses.replace(self.spec, token_dropping=TokenDropping.from_value(dropping))
+        policy.spec = dataclasses.replace(self.spec, **changes)
         policy.metadata = {**self.metadata, "spec": policy.spec.to_dict()}
         return policy
 
@@ -613,7 +630,8 @@ class AllocatorPolicy:
         Calls ``job.use_spec(self.spec)`` and sets ``job.selection_gate`` (``None``
         for a policy trained without the gate), ``job.stop_before_budget``
         (``spec.stop_before_budget``), ``job.share_prior`` (``spec.share_prior``) and
-        ``job.token_dropping`` (``spec.token_dropping``)
+        ``job.token_dropping`` (``spec.token_dropping``) and
+        ``job.freeze_cnn_first_group`` (``spec.freeze_cnn_first_group``)
         when the job has that method;
         otherwise a job whose ``spec`` differs from the policy's raises ``ValueError``.
         """
@@ -628,6 +646,8 @@ class AllocatorPolicy:
                 job.share_prior = self.spec.share_prior
             if hasattr(job, "token_dropping"):
                 job.token_dropping = self.spec.token_dropping
+            if hasattr(job, "freeze_cnn_first_group"):
+                job.freeze_cnn_first_group = self.spec.freeze_cnn_first_group
             self._check_observation_size(job)
             return
         job_spec = getattr(job, "spec", None)
