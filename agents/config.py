@@ -83,6 +83,12 @@ class EnvConfig:
     null: off. Part of the spec, so the exported policy keeps it; standard training and the
     baselines run without it. The built-in train split has no transformer, so there it changes
     nothing in training; ``evaluate --token-dropping`` adds it to a trained policy."""
+    freeze_cnn_first_group: bool = False
+    """On jobs whose model has a convolution, keep the first layer group frozen at every interval
+    (``allocator.AllocationSpec.freeze_cnn_first_group``). A rule of the exported policy only: it
+    is written into the policy's spec, and ``evaluate`` and ``apply`` run it, but the training
+    envs do not, so the policy learns as without it (the `default` preset's members are the
+    runs trained without it). ``evaluate --freeze-cnn-first-group`` adds it to a trained policy."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
@@ -153,6 +159,10 @@ class EnvConfig:
             TokenDropping.from_value(self.token_dropping)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{where}: env.token_dropping: {error}") from None
+        if not isinstance(self.freeze_cnn_first_group, bool):
+            raise ValueError(
+                f"{where}: env.freeze_cnn_first_group must be true or false, got {self.freeze_cnn_first_group!r}"
+            )
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         _in_range(where, "env.many_epoch_share", self.many_epoch_share, 0.0, 1.0)
         _check_families(where, "env.families", self.families, self.split)

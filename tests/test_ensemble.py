@@ -247,11 +247,12 @@ def test_the_published_default_is_four_quick_seeds_with_token_dropping_and_sets_
     assert isinstance(ensemble, PolicyEnsemble)
     assert [member.metadata["extra"]["seed"] for member in ensemble.members] == [0, 1, 2, 3]
     assert ensemble.spec.token_dropping == TokenDropping(0.5, 0.5)
+    assert ensemble.spec.freeze_cnn_first_group  # twenty-eighth round
     # its last member is the published quick policy, acting exactly as it does
     quick = AllocatorPolicy.load(ROOT / "benchmarks" / "heldout-quick" / "policy")
     job = make_job(budget_steps=40)
     ensemble.reset(job)
-    assert job.token_dropping == TokenDropping(0.5, 0.5)
+    assert job.token_dropping == TokenDropping(0.5, 0.5) and job.freeze_cnn_first_group
     observation = job.observation()
     np.testing.assert_array_equal(ensemble.members[3].action(observation), quick.action(observation))
     assert np.isfinite(run_job(make_job(budget_steps=40), ensemble).objective)

@@ -75,11 +75,13 @@ def test_presets_load_and_validate():
         assert config.ppo.gamma >= 0.99, "the return must be (close to) -J"
         assert config.ppo.log_std_init < 0
     quick, default = load_preset("quick"), load_preset("default")
-    # default is quick over four seeds, ensembled, with token dropping on transformers
+    # default is quick over four seeds, ensembled, with token dropping on transformers and the
+    # first layer group frozen on CNNs
     assert default.training.seeds == [0, 1, 2, 3] and quick.training.seeds == []
     assert default.ppo == quick.ppo
     assert default.env.token_dropping == [0.5, 0.5] and quick.env.token_dropping is None
-    assert dataclasses.replace(default.env, token_dropping=None) == quick.env
+    assert default.env.freeze_cnn_first_group and not quick.env.freeze_cnn_first_group
+    assert dataclasses.replace(default.env, token_dropping=None, freeze_cnn_first_group=False) == quick.env
     assert dataclasses.replace(default.training, seeds=[]) == quick.training
 
 
@@ -112,6 +114,7 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("training:\n  validation_families: [lstm]\n", "training.validation_families: families must be"),
         ("env:\n  device: gpu0\n", "env.device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got 'gpu0'"),
         ("training:\n  keep_snapshots: often\n", "training.keep_snapshots must be true or false, got 'often'"),
+        ("env:\n  freeze_cnn_first_group: 1\n", "env.freeze_cnn_first_group must be true or false, got 1"),
         ("training:\n  keep_snapshots: true\n  validation_jobs: 2\n", "keep_snapshots needs training.validation_jobs: 0"),
         # PyYAML would keep the second 'ppo' and drop the first without a word
         ("ppo:\n  learning_rate: 0.1\nppo:\n  n_epochs: 2\n", "duplicate key 'ppo'"),
