@@ -55,7 +55,10 @@ class FirstGroupFrozenOnConvolutions:
     Everything else (shares, keep fraction, the other gates, the steps and the
     stop) is the policy's. On a job without a convolution it is the policy.
     The last layer group (the output head) is never frozen here: with G = 1
-    there is nothing to freeze.
+    there is nothing to freeze. Since the twenty-eighth round the product has
+    the same rule (``policy.with_cnn_first_group_frozen()``, applied by the
+    job); on the six held-out CNN pairs the two give the same runs to the last
+    digit. This wrapper stays as the probe that chose it.
     """
 
     def __init__(self, policy: AllocatorPolicy, name: str = "policy, first group frozen on CNNs") -> None:
