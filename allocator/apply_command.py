@@ -45,6 +45,7 @@ from allocator.evaluation import (
     add_threads_argument,
     build_job,
     contenders,
+    describe_policy,
     load_policy,
     parse_names,
     policy_spec,
@@ -114,8 +115,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from allocator.ensemble import PolicyEnsemble
-
     use_threads(args.threads)
     source = load_job_source(args.job, device=args.device)
     compare = parse_names(args.compare)
@@ -145,13 +144,9 @@ def run(args: argparse.Namespace) -> int:
     reference = results[REFERENCE]
     first = next(iter(results.values()))
     where = f" under policy {args.policy}" if args.policy else ""
-    if isinstance(policy, PolicyEnsemble):  # which rule acts changes what the policy does
-        where += f" (an ensemble of {len(policy.members)}, {policy.combine})"
-    dropping = getattr(spec, "token_dropping", None)  # the flag's, or the policy's own (the default preset's)
-    if dropping is not None:
-        where += f", token dropping {dropping}"
-    if getattr(spec, "freeze_cnn_first_group", False):  # likewise
-        where += ", first layer group frozen on CNNs"
+    rules = describe_policy(policy) if policy is not None else []  # the flags' rules or the policy's own
+    if rules:
+        where += f" ({'; '.join(rules)})"
     print(
         f"job {first.job_name} ({source.name}), seed {args.seed}, budget {format_flops(first.budget)}"
         f"{where}"

@@ -187,6 +187,22 @@ def load_policy(policy):
     )
 
 
+def describe_policy(policy) -> list[str]:
+    """What changes how a loaded policy acts beyond its network, in words: an ensemble's size and
+    combine rule, and its spec's rules (token dropping, the first layer group frozen on CNNs).
+    Empty for a single policy without rules."""
+    parts = []
+    members = getattr(policy, "members", None)
+    if members is not None:
+        parts.append(f"an ensemble of {len(members)}, {policy.combine}")
+    spec = getattr(policy, "spec", None)
+    if getattr(spec, "token_dropping", None) is not None:
+        parts.append(f"token dropping {spec.token_dropping}")
+    if getattr(spec, "freeze_cnn_first_group", False):
+        parts.append("first layer group frozen on CNNs")
+    return parts
+
+
 def policy_spec(lineup: Sequence[Contender]):
     """The policy's AllocationSpec when the lineup has a policy: every job of the comparison uses it."""
     for contender in lineup:
@@ -313,6 +329,7 @@ class EvaluationReport:
         policy: the policy's path or name, or ``None``.
         split: the split the jobs came from (``None`` for an explicit job list).
         machine: what ran it (:func:`describe_machine`), or ``None``.
+        policy_rules: :func:`describe_policy` of the policy (its rules; empty: none).
     """
 
     runs: list[EvaluatedRun]
@@ -322,6 +339,7 @@ class EvaluationReport:
     policy: str | None = None
     split: str | None = None
     machine: str | None = None
+    policy_rules: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
     def select(
@@ -480,6 +498,10 @@ class EvaluationReport:
                 "policy's J is lower."
             ),
         ]
+        if self.policy_rules:
+            lines.append(
+                f"- **Policy**: {'; '.join(self.policy_rules)} (the baselines run without its rules)."
+            )
         if self.machine:
             lines += [
                 (
@@ -656,6 +678,7 @@ def evaluate(
         else getattr(policy, "name", None),
         split=split if jobs is None or _is_count(jobs) else None,
         machine=describe_machine(device),
+        policy_rules=next((describe_policy(c.make()) for c in lineup if c.label == POLICY), []),
     )
     if out_dir is not None:
         report.write(out_dir)

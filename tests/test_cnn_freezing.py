@@ -89,7 +89,14 @@ def test_evaluate_and_apply_take_the_flag_and_apply_names_it(tmp_path, capsys):
     )
     argv = ["apply", "--policy", str(QUICK), "--job", f"{job_file}:make_job", "--freeze-cnn-first-group"]
     assert main(argv) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith("first layer group frozen on CNNs")
+    assert capsys.readouterr().out.splitlines()[0].endswith("(first layer group frozen on CNNs)")
+    # evaluate's results.md says which rules the policy ran with
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--policy", str(QUICK), "--jobs", f"{job_file}:make_job", "--seeds", "1"]
+    assert main([*argv, "--baselines", "uniform", "--freeze-cnn-first-group", "--out", str(out)]) == 0
+    assert "- **Policy**: first layer group frozen on CNNs (the baselines run without its rules)." in (
+        (out / "results.md").read_text()
+    )
     # a rule of a policy: without one it is refused in one line
     assert main(["evaluate", "--freeze-cnn-first-group", "--out", str(tmp_path / "e")]) != 0
     error = capsys.readouterr().err.strip()

@@ -155,6 +155,10 @@ def test_a_unanimous_stop_ensemble_stops_a_job_only_when_every_member_would(tmp_
     assert AllocatorPolicy.load(out).combine == "unanimous-stop"
 
 
+def argv_rules(policy, job_file) -> list[str]:
+    return ["apply", "--policy", str(policy), "--job", f"{job_file}:make_job", "--compare", "uniform"]
+
+
 def test_apply_names_the_ensemble_and_its_rule_in_its_header(tmp_path, capsys):
     out = tmp_path / "unanimous"
     assert main(["ensemble", "--combine", "unanimous-stop", "--out", str(out), str(QUICK), str(DEFAULT)]) == 0
@@ -164,9 +168,15 @@ def test_apply_names_the_ensemble_and_its_rule_in_its_header(tmp_path, capsys):
         "    return tiny(budget_steps=40, seed=seed)\n"
     )
     capsys.readouterr()
-    assert main(["apply", "--policy", str(out), "--job", f"{job_file}:make_job", "--compare", "uniform"]) == 0
+    assert main(argv_rules(out, job_file)) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.endswith(f"under policy {out} (an ensemble of 2, unanimous-stop)"), header
+    # the rules a policy carries are named with it, after the ensemble
+    assert main([*argv_rules(out, job_file), "--token-dropping", "0.5,0.5", "--freeze-cnn-first-group"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        "(an ensemble of 2, unanimous-stop; token dropping 0.5 of the tokens until 0.5 of the budget; "
+        "first layer group frozen on CNNs)"
+    )
     # a single policy's header says nothing of the kind
     assert main(["apply", "--policy", str(QUICK), "--job", f"{job_file}:make_job"]) == 0
     assert "(an ensemble" not in capsys.readouterr().out.splitlines()[0]

@@ -149,7 +149,7 @@ def test_apply_says_so_when_the_policy_itself_drops_tokens(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     header = capsys.readouterr().out.splitlines()[0]
-    assert header.endswith("token dropping 0.5 of the tokens until 0.5 of the budget"), header
+    assert header.endswith("(token dropping 0.5 of the tokens until 0.5 of the budget)"), header
 
 
 def test_the_command_line_refuses_a_bad_setting_or_one_without_a_policy_in_one_line(capsys, tmp_path):
