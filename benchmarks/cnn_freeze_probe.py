@@ -4,10 +4,11 @@ BENCHMARKS.md section 5, twenty-first round: on the train split's 1-D CNN the
 one allocation that reaches uniform's best within 0.7 of the budget is
 standard training with the first layer group frozen (no weight gradients and
 no backward pass into it: cheaper steps, more of them in the budget). The
-published policies never freeze (``min_layer_gate: 1``). This runs, on every
+published policies' actions never freeze (``min_layer_gate: 1``). This runs, on every
 (job, seed) pair of a set of convolutional jobs, uniform, the policy, the
 policy with its first layer group frozen on jobs whose model has a
-convolution (:class:`FirstGroupFrozenOnConvolutions`), and that fixed
+convolution (``policy.with_cnn_first_group_frozen()``, the rule as the
+product runs it: the job sets the first gate to 0), and that fixed
 allocation alone, and reports per controller how many compute-bound pairs
 (by uniform's own curve) reach uniform's best within 0.7, mean J and wins
 over uniform:
@@ -30,9 +31,7 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from allocator.allocation import Allocation
 from allocator.evaluation import resolve_jobs
 from allocator.policy import AllocatorPolicy
 
@@ -40,42 +39,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a fol
 from allocation_oracle import TARGET_SHARE, FixedAllocation, measure  # noqa: E402
 from family_transfer import job_builders, transfer_recipes  # noqa: E402
 
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 HELDOUT_CNN_JOBS = ("digits-cnn", "mnist1d-hard-cnn1d")
 TRAIN_CNN_JOBS = ("mnist1d-cnn1d",)
 
 
-def has_convolution(model: nn.Module) -> bool:
-    return any(isinstance(module, CONVOLUTIONS) for module in model.modules())
+def with_and_without_the_rule(policy: AllocatorPolicy) -> tuple[AllocatorPolicy, AllocatorPolicy]:
+    """The policy without the rule and with it (``with_cnn_first_group_frozen``), named apart.
 
-
-class FirstGroupFrozenOnConvolutions:
-    """A policy whose allocations keep the first layer group frozen on jobs whose model has a convolution.
-
-    Everything else (shares, keep fraction, the other gates, the steps and the
-    stop) is the policy's. On a job without a convolution it is the policy.
-    The last layer group (the output head) is never frozen here: with G = 1
-    there is nothing to freeze. Since the twenty-eighth round the product has
-    the same rule (``policy.with_cnn_first_group_frozen()``, applied by the
-    job); on the six held-out CNN pairs the two give the same runs to the last
-    digit. This wrapper stays as the probe that chose it.
+    Whatever the policy's own spec says: the published ``default`` carries the rule
+    since the twenty-eighth round, and this probe compares the two.
     """
-
-    def __init__(self, policy: AllocatorPolicy, name: str = "policy, first group frozen on CNNs") -> None:
-        self.policy = policy
-        self.name = name
-        self.applies = False
-
-    def reset(self, job) -> None:
-        self.policy.reset(job)
-        self.applies = has_convolution(job.model) and job.spec.layer_groups > 1
-
-    def act(self, observation) -> Allocation:
-        allocation = self.policy.act(observation)
-        if not self.applies or allocation.steps == 0:
-            return allocation
-        gates = (0.0, *allocation.layer_gates[1:])
-        return Allocation(allocation.sample_shares, allocation.keep_fraction, gates, allocation.steps)
+    alone = policy.with_cnn_first_group_frozen(False)
+    frozen = policy.with_cnn_first_group_frozen(True)
+    alone.name, frozen.name = "policy", "policy, first group frozen on CNNs"
+    return alone, frozen
 
 
 def pairs_of(which: str, seeds: int) -> list[tuple[str, int, object]]:
@@ -122,8 +99,7 @@ def main(argv=None) -> int:
         parser.error(str(error))
     torch.set_num_threads(1)
     contenders = [
-        policy,
-        FirstGroupFrozenOnConvolutions(policy),
+        *with_and_without_the_rule(policy),
         FixedAllocation("keep 1, even shares, first frozen", frozen=(0,)),
     ]
     rows = measure(pairs_of(args.set, args.seeds), args.workers, contenders, policy.spec.max_steps)

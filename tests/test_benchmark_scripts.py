@@ -78,14 +78,15 @@ def test_standard_training_on_uniforms_own_grid_is_uniform_and_other_grids_train
         noise.StandardTrainingOnGrid("none", 0, 20)
 
 
-def test_the_cnn_freeze_rule_freezes_the_first_group_on_convolutional_jobs_only():
+def test_the_cnn_freeze_probe_compares_the_policy_with_and_without_the_rule_on_convolutional_jobs_only():
     from torch import nn
 
     from allocator import AllocatorPolicy
 
     probe = load_script("cnn_freeze_probe")
-    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-default" / "policy")
-    rule = probe.FirstGroupFrozenOnConvolutions(policy)
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-default" / "policy")  # it carries the rule itself
+    alone, rule = probe.with_and_without_the_rule(policy)
+    assert (alone.name, rule.name) == ("policy", "policy, first group frozen on CNNs")
 
     def cnn(seed=0):
         torch.manual_seed(seed)
@@ -95,12 +96,12 @@ def test_the_cnn_freeze_rule_freezes_the_first_group_on_convolutional_jobs_only(
         )
 
     for model, frozen in ((cnn(), True), (None, False)):
-        job = make_job(budget_steps=60, model=model)
+        plain_job, job = make_job(budget_steps=60, model=model), make_job(budget_steps=60, model=model)
+        alone.reset(plain_job)
         rule.reset(job)
-        assert rule.applies is frozen
-        observation = job.observation()
-        plain = policy.act(observation)
-        chosen = rule.act(observation)
+        assert job.freezes_cnn_first_group is frozen and not plain_job.freezes_cnn_first_group
+        plain = plain_job.advance(alone.act(plain_job.observation())).allocation
+        chosen = job.advance(rule.act(job.observation())).allocation
         assert chosen.layer_gates == ((0.0, *plain.layer_gates[1:]) if frozen else plain.layer_gates)
         assert (chosen.sample_shares, chosen.keep_fraction, chosen.steps) == (
             plain.sample_shares, plain.keep_fraction, plain.steps
