@@ -85,6 +85,10 @@ COMBINES = {
 }
 
 
+#: The spec's rules a trained policy can take on later, with the flag of evaluate and apply that sets each.
+_RULE_FLAGS = {"token_dropping": "--token-dropping", "freeze_cnn_first_group": "--freeze-cnn-first-group"}
+
+
 def _shown(value) -> str:
     return "off" if value is None else str(value)
 
@@ -140,10 +144,15 @@ class PolicyEnsemble(AllocatorPolicy):
                     for field in dataclasses.fields(first.spec)
                     if getattr(member.spec, field.name) != getattr(first.spec, field.name)
                 )
+                flags = [
+                    flag
+                    for name, flag in _RULE_FLAGS.items()
+                    if getattr(member.spec, name) != getattr(first.spec, name)
+                ]
                 hint = (
-                    " (give every member the same setting, or none and pass --token-dropping to "
+                    f" (give every member the same setting, or none and pass {' and '.join(flags)} to "
                     "evaluate or apply)"
-                    if member.spec.token_dropping != first.spec.token_dropping
+                    if flags
                     else ""
                 )
                 raise ValueError(

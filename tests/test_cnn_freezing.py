@@ -71,6 +71,9 @@ def test_a_policy_sets_the_rule_from_its_spec_and_keeps_it_when_saved(tmp_path):
     assert all(m.spec.freeze_cnn_first_group for m in AllocatorPolicy.load(tmp_path / "ensemble").members)
     with pytest.raises(ValueError, match="frozen must be true or false"):
         quick.with_cnn_first_group_frozen("yes")
+    # members must agree on it, and the refusal says where the setting belongs
+    with pytest.raises(ValueError, match=r"freeze_cnn_first_group True against False; .*--freeze-cnn-first-group"):
+        PolicyEnsemble([quick, frozen])
 
 
 def test_the_spec_writes_the_rule_only_when_set_and_refuses_a_non_boolean():
