@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     source = load_job_source(args.job, device=args.device)
     compare = parse_names(args.compare)
-    policy = load_policy(policy_with_rules(args)) if args.policy else None
+    policy = policy_with_rules(args)  # refuses a rule flag without --policy
+    policy = load_policy(policy) if policy is not None else None
     lineup = contenders(policy, compare)
     if args.policy is None and compare:
         # the model to save (and the controller to describe) is the first one asked for

@@ -101,9 +101,11 @@ def test_evaluate_and_apply_take_the_flag_and_apply_names_it(tmp_path, capsys):
         (out / "results.md").read_text()
     )
     # a rule of a policy: without one it is refused in one line
-    assert main(["evaluate", "--freeze-cnn-first-group", "--out", str(tmp_path / "e")]) != 0
-    error = capsys.readouterr().err.strip()
-    assert "give --policy too" in error and len(error.splitlines()) == 1
+    for command in (["evaluate", "--out", str(tmp_path / "e")], ["apply", "--job", f"{job_file}:make_job"]):
+        for flag in (["--freeze-cnn-first-group"], ["--token-dropping", "0.5,0.5"]):
+            assert main([*command, *flag]) != 0, (command, flag)
+            error = capsys.readouterr().err.strip()
+            assert "give --policy too" in error and len(error.splitlines()) == 1, (command, flag)
 
 
 def test_the_training_envs_do_not_run_the_rule_but_the_exported_spec_carries_it():
