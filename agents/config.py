@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from allocator.allocation import SHARE_PRIORS, STOP_BELOW, check_selection_gate
+from allocator.allocation import LAYER_LEVERS, SHARE_PRIORS, STOP_BELOW, check_selection_gate
 from allocator.stats import FEATURE_NAMES
 from allocator.token_dropping import TokenDropping
 
@@ -89,6 +89,13 @@ class EnvConfig:
     is written into the policy's spec, and ``evaluate`` and ``apply`` run it, but the training
     envs do not, so the policy learns as without it (the `default` preset's members are the
     runs trained without it). ``evaluate --freeze-cnn-first-group`` adds it to a trained policy."""
+    layer_lever: str = "all"
+    """``convolutional``: the action's layer gates act only on jobs whose model has a convolution
+    (``allocator.AllocationSpec.layer_lever``); on every other job each layer group trains at
+    every step. With ``min_layer_gate: 0`` the policy can learn to freeze layer groups of CNNs
+    while the lever stays closed on the families where it cost J. ``all``: the gates act on
+    every job. Part of the spec, and unlike the rules above the envs run it, so it changes what
+    the policy learns."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
@@ -163,6 +170,7 @@ class EnvConfig:
             raise ValueError(
                 f"{where}: env.freeze_cnn_first_group must be true or false, got {self.freeze_cnn_first_group!r}"
             )
+        _choice(where, "env.layer_lever", self.layer_lever, LAYER_LEVERS)
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         _in_range(where, "env.many_epoch_share", self.many_epoch_share, 0.0, 1.0)
         _check_families(where, "env.families", self.families, self.split)

@@ -97,6 +97,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "stop_before_budget": env.stop_before_budget,
         "share_prior": env.share_prior,
         "token_dropping": env.token_dropping,
+        "layer_lever": env.layer_lever,
         # not env.freeze_cnn_first_group: a rule of the exported policy, which the envs do not run
         "s": env.s,
         "w": env.w,
@@ -151,6 +152,7 @@ def allocation_spec(config: TrainConfig):
         share_prior=env.share_prior,
         token_dropping=env.token_dropping,
         freeze_cnn_first_group=env.freeze_cnn_first_group,
+        layer_lever=env.layer_lever,
     )
 
 

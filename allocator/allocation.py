@@ -51,6 +51,8 @@ KEEP_BREAK_EVEN = 2.0 / 3.0
 # What a spec's ``share_prior`` may be: ``uniform`` (the action's shares as they are) or
 # ``loss`` (the action's shares times loss-proportional ones, see loss_proportional_shares).
 SHARE_PRIORS = ("uniform", "loss")
+#: Values of ``AllocationSpec.layer_lever``: which jobs the action's layer gates act on.
+LAYER_LEVERS = ("all", "convolutional")
 # Every group keeps at least this share of its uniform share under loss-proportional shares.
 LOSS_SHARE_FLOOR = 0.25
 
@@ -164,6 +166,22 @@ class AllocationSpec:
             never learns around it; on the held-out 2-D CNN it costs J. False
             (the default, and what a policy.json without the field means) is off.
 
+        layer_lever: ``all`` or ``convolutional``. With ``convolutional`` the
+            action's layer gates act only on jobs whose model has a convolution;
+            on every other job each layer group trains at every step, whatever
+            the gates (:attr:`~allocator.TrainingJob.layer_lever`). Why: the
+            layer lever cost policies J on the MLP and regression families
+            (e25 and e27 close it everywhere, ``min_layer_gate: 1``), while on
+            the 1-D CNNs a frozen first group is the one allocation that reaches
+            standard training's best loss within 0.7 of the budget; opened there
+            only, PPO can learn the freeze instead of a hand-set rule
+            (BENCHMARKS.md section 5, twenty-ninth round). Trap: unlike the
+            rules above it changes what a policy learns, so it belongs to the
+            training configuration (``env.layer_lever``), not to ``evaluate`` or
+            ``apply``; the env's uniform reference and the baselines are
+            unaffected (their gates are 1). ``all`` (the default, and what a
+            policy.json without the field means) is the original lever.
+
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
     """
@@ -178,6 +196,7 @@ class AllocationSpec:
     share_prior: str = "uniform"
     token_dropping: TokenDropping | None = None
     freeze_cnn_first_group: bool = False
+    layer_lever: str = "all"
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -194,6 +213,8 @@ class AllocationSpec:
             raise ValueError(f"stop_before_budget must be true or false, got {self.stop_before_budget!r}")
         if self.share_prior not in SHARE_PRIORS:
             raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {self.share_prior!r}")
+        if self.layer_lever not in LAYER_LEVERS:
+            raise ValueError(f"layer_lever must be one of {', '.join(LAYER_LEVERS)}, got {self.layer_lever!r}")
         if not isinstance(self.freeze_cnn_first_group, (bool, np.bool_)):
             raise ValueError(f"freeze_cnn_first_group must be true or false, got {self.freeze_cnn_first_group!r}")
         # frozen: from_dict and the config pass {keep, until}, stored as the hashable TokenDropping
@@ -222,6 +243,8 @@ class AllocationSpec:
             spec["token_dropping"] = self.token_dropping.to_dict()
         if self.freeze_cnn_first_group:  # likewise
             spec["freeze_cnn_first_group"] = True
+        if self.layer_lever != "all":  # likewise
+            spec["layer_lever"] = self.layer_lever
         return spec
 
     @classmethod

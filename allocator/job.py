@@ -316,6 +316,12 @@ class TrainingJob:
         #: nothing on a model without a convolution or with one layer group. A
         #: policy whose spec has it sets it in ``reset(job)``.
         self.freeze_cnn_first_group = False
+        #: ``all`` or ``convolutional`` (``AllocationSpec.layer_lever``): with
+        #: ``convolutional``, on a model without a convolution every layer gate
+        #: becomes 1 (reported and observed so), so the action's gates act only
+        #: on CNNs. Set by the env and by a policy whose spec has it, in
+        #: ``reset(job)``.
+        self.layer_lever = "all"
         self._group_log_loss: np.ndarray | None = None
         self._last_interval_compute = 0
         self._selection_alignment = float("nan")
@@ -443,13 +449,19 @@ class TrainingJob:
             self._count_reduced_steps()
 
     @property
+    def has_convolution(self) -> bool:
+        """Whether the model has a convolution (what the CNN rules and ``layer_lever`` look for)."""
+        return any(isinstance(module, _CONVOLUTIONS) for module in self.model.modules())
+
+    @property
     def freezes_cnn_first_group(self) -> bool:
         """Whether :attr:`freeze_cnn_first_group` is set and applies: a convolution and more than one layer group."""
-        return (
-            bool(self.freeze_cnn_first_group)
-            and self.spec.layer_groups > 1
-            and any(isinstance(module, _CONVOLUTIONS) for module in self.model.modules())
-        )
+        return bool(self.freeze_cnn_first_group) and self.spec.layer_groups > 1 and self.has_convolution
+
+    @property
+    def layer_gates_closed(self) -> bool:
+        """Whether :attr:`layer_lever` keeps this job's layer gates at 1 (``convolutional`` on a model without one)."""
+        return self.layer_lever == "convolutional" and not self.has_convolution
 
     @property
     def drops_tokens(self) -> bool:
@@ -579,6 +591,8 @@ class TrainingJob:
             # the gate is closed: standard backward passes, charged, reported and observed as such
             kept = batch
             allocation = dataclasses.replace(allocation, keep_fraction=1.0)
+        if self.layer_gates_closed and min(allocation.layer_gates) < 1.0:
+            allocation = dataclasses.replace(allocation, layer_gates=(1.0,) * len(allocation.layer_gates))
         if self.freezes_cnn_first_group and allocation.layer_gates[0] > 0.0:
             allocation = dataclasses.replace(allocation, layer_gates=(0.0, *allocation.layer_gates[1:]))
         if self.share_prior == "loss" and self._group_log_loss is not None:

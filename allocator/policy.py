@@ -631,8 +631,8 @@ class AllocatorPolicy:
         for a policy trained without the gate), ``job.stop_before_budget``
         (``spec.stop_before_budget``), ``job.share_prior`` (``spec.share_prior``) and
         ``job.token_dropping`` (``spec.token_dropping``) and
-        ``job.freeze_cnn_first_group`` (``spec.freeze_cnn_first_group``)
-        when the job has that method;
+        ``job.freeze_cnn_first_group`` (``spec.freeze_cnn_first_group``) and
+        ``job.layer_lever`` (``spec.layer_lever``) when the job has that method;
         otherwise a job whose ``spec`` differs from the policy's raises ``ValueError``.
         """
         use_spec = getattr(job, "use_spec", None)
@@ -648,6 +648,8 @@ class AllocatorPolicy:
                 job.token_dropping = self.spec.token_dropping
             if hasattr(job, "freeze_cnn_first_group"):
                 job.freeze_cnn_first_group = self.spec.freeze_cnn_first_group
+            if hasattr(job, "layer_lever"):
+                job.layer_lever = self.spec.layer_lever
             self._check_observation_size(job)
             return
         job_spec = getattr(job, "spec", None)

@@ -90,6 +90,9 @@ class ComputeAllocationEnv(gym.Env):
       tokens, steps see ``keep`` of them until ``until`` of the budget
       (``TrainingJob.token_dropping``; part of the spec). The uniform reference
       runs without it.
+    * ``layer_lever``: ``"all"`` or ``"convolutional"``: with ``"convolutional"``
+      the action's layer gates act only on jobs whose model has a convolution
+      (``TrainingJob.layer_lever``; part of the spec).
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
@@ -152,6 +155,7 @@ class ComputeAllocationEnv(gym.Env):
         stop_before_budget: bool = False,
         share_prior: str = "uniform",
         token_dropping=None,
+        layer_lever: str = "all",
         s: float = 0.2,
         w: float = 1.0,
         divergence_loss: float = 3.0,
@@ -192,6 +196,7 @@ class ComputeAllocationEnv(gym.Env):
             stop_before_budget=stop_before_budget,
             share_prior=share_prior,
             token_dropping=token_dropping,
+            layer_lever=layer_lever,
         )
         self.selection_gate = check_selection_gate(selection_gate)
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
@@ -246,6 +251,7 @@ class ComputeAllocationEnv(gym.Env):
         job.stop_before_budget = self.allocation_spec.stop_before_budget
         job.share_prior = self.allocation_spec.share_prior
         job.token_dropping = self.allocation_spec.token_dropping
+        job.layer_lever = self.allocation_spec.layer_lever
         self.job = job
         observation = self._visible(job.observation())
         self._meter = ObjectiveMeter(self.objective, job.initial_val_loss)
