@@ -189,7 +189,8 @@ def load_policy(policy):
 
 def describe_policy(policy) -> list[str]:
     """What changes how a loaded policy acts beyond its network, in words: an ensemble's size and
-    combine rule, and its spec's rules (token dropping, the first layer group frozen on CNNs).
+    combine rule, and its spec's rules (token dropping, the first layer group frozen on CNNs, the
+    layer lever on CNNs only).
     Empty for a single policy without rules."""
     parts = []
     members = getattr(policy, "members", None)
@@ -200,6 +201,8 @@ def describe_policy(policy) -> list[str]:
         parts.append(f"token dropping {spec.token_dropping}")
     if getattr(spec, "freeze_cnn_first_group", False):
         parts.append("first layer group frozen on CNNs")
+    if getattr(spec, "layer_lever", "all") == "convolutional":
+        parts.append("layer gates act on CNNs only")
     return parts
 
 

@@ -1,0 +1,101 @@
+"""The layer lever opened on convolutional jobs only (``layer_lever: convolutional``).
+
+A training choice, unlike the CNN rule of tests/test_cnn_freezing.py: the envs run it,
+so a policy learns its layer gates on CNNs while every other job trains each layer
+group at every step, whatever the action's gates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from allocator import AllocationSpec, AllocatorPolicy
+from allocator.allocation import Allocation
+from allocator.evaluation import describe_policy
+from envs.compute_allocation import ComputeAllocationEnv
+from tests.conftest import make_job
+from tests.test_cnn_freezing import QUICK, small_cnn, weights
+
+FROZEN_FIRST = (0.0, 1.0, 1.0, 1.0)
+
+
+def first_group_frozen(spec: AllocationSpec) -> Allocation:
+    uniform = Allocation.uniform(spec)
+    return Allocation(uniform.sample_shares, uniform.keep_fraction, FROZEN_FIRST, uniform.steps)
+
+
+def test_on_a_model_without_a_convolution_the_gates_are_shut_and_reported_so():
+    job = make_job(budget_steps=60)
+    job.layer_lever = "convolutional"
+    assert job.layer_gates_closed
+    report = job.advance(first_group_frozen(job.spec))
+    assert report.allocation.layer_gates == (1.0,) * 4
+    # exactly standard training: the same interval as the uniform allocation's
+    plain = make_job(budget_steps=60)
+    same = plain.advance(Allocation.uniform(plain.spec))
+    assert (report.compute, report.train_loss) == (same.compute, same.train_loss)
+    assert np.array_equal(job.observation(), plain.observation())
+
+
+def test_on_a_cnn_the_gates_act_as_with_the_lever_open_everywhere():
+    job = make_job(budget_steps=60, model=small_cnn())
+    job.layer_lever = "convolutional"
+    assert not job.layer_gates_closed
+    stem = weights(job.model[1])
+    report = job.advance(first_group_frozen(job.spec))
+    assert report.allocation.layer_gates == FROZEN_FIRST
+    assert all(a.equal(b) for a, b in zip(stem, job.model[1].parameters()))
+    everywhere = make_job(budget_steps=60, model=small_cnn())  # layer_lever "all", the default
+    assert report.compute == everywhere.advance(first_group_frozen(everywhere.spec)).compute
+
+
+def test_the_spec_writes_it_only_when_set_and_refuses_other_values():
+    assert "layer_lever" not in AllocationSpec().to_dict()  # old policy.json files read as before
+    spec = AllocationSpec(layer_lever="convolutional")
+    assert AllocationSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="layer_lever must be one of all, convolutional"):
+        AllocationSpec(layer_lever="cnn")
+
+
+def test_a_policy_trained_with_it_sets_it_on_the_jobs_it_runs_and_says_so():
+    quick = AllocatorPolicy.load(QUICK)
+    job = make_job(budget_steps=40)
+    quick._with_spec(layer_lever="convolutional").reset(job)
+    assert job.layer_lever == "convolutional"
+    quick.reset(job)
+    assert job.layer_lever == "all"
+    # apply's header and evaluate's results.md say so
+    assert describe_policy(quick._with_spec(layer_lever="convolutional")) == ["layer gates act on CNNs only"]
+    assert describe_policy(quick) == []
+
+
+def test_the_env_runs_it_on_the_jobs_it_trains_on():
+    env = ComputeAllocationEnv(jobs=_OneJob(), min_layer_gate=0.0, layer_lever="convolutional")
+    env.reset(seed=0)
+    assert env.job.layer_lever == "convolutional"
+    action = env.allocation_spec.to_action(first_group_frozen(env.allocation_spec))
+    assert env.allocation_spec.to_allocation(action).layer_gates == FROZEN_FIRST  # what the action asks for
+    observation, *_ = env.step(action)
+    # what the job ran, and what the policy sees next: every group trained
+    gates = env.layout.layer_group_features(observation)[:, env.layout.layer_index("previous_gate")]
+    assert gates.tolist() == [1.0] * 4
+
+
+def test_a_configuration_passes_it_to_the_envs_and_the_exported_spec():
+    from agents.config import TrainConfig
+    from agents.training import allocation_spec, env_kwargs
+
+    config = TrainConfig()
+    config.env.layer_lever = "convolutional"
+    config.validate("test")
+    assert env_kwargs(config)["layer_lever"] == "convolutional"  # the envs run it: it is learned
+    assert allocation_spec(config).layer_lever == "convolutional"
+    config.env.layer_lever = "cnn"
+    with pytest.raises(ValueError, match="env.layer_lever must be one of all, convolutional"):
+        config.validate("test")
+
+
+class _OneJob:
+    def sample(self, rng, spec):
+        return make_job(budget_steps=40)
