@@ -227,6 +227,15 @@ def _job(build, seed: int):
     return job
 
 
+def mean_layer_gates(result) -> str:
+    """Each layer group's gate as the run ran it, averaged over its optimizer steps ("1.00 1.00 ...")."""
+    ran = [(i["steps"], i["allocation"]["layer_gates"]) for i in result.intervals if i["steps"] > 0]
+    total = sum(steps for steps, _ in ran)
+    if not total:
+        return ""
+    return " ".join(f"{sum(steps * gates[g] for steps, gates in ran) / total:.2f}" for g in range(len(ran[0][1])))
+
+
 def run_pair(index: int) -> list[dict]:
     """Uniform and every contender on ``_PAIRS[index]``; one row each, the target being uniform's best."""
     name, seed, build = _PAIRS[index]
@@ -253,6 +262,7 @@ def run_pair(index: int) -> list[dict]:
                 "final_val_loss": result.final_val_loss,
                 "compute_fraction": result.compute_fraction,
                 "steps": result.steps,
+                "layer_gates": mean_layer_gates(result),
                 "curve": result.curve,  # selection_probe.py recomputes rules from it
             }
         )

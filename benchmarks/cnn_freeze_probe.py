@@ -68,10 +68,17 @@ def pairs_of(which: str, seeds: int) -> list[tuple[str, int, object]]:
     return pairs
 
 
+def first_gate(rows: list[dict]) -> str:
+    """The first layer group's gate over the runs (each run's mean over its steps): how often it trained."""
+    gates = [float(r["layer_gates"].split()[0]) for r in rows if r.get("layer_gates")]
+    return f"{statistics.mean(gates):.2f}" if gates else "-"
+
+
 def summary(rows: list[dict]) -> str:
     lines = [
-        "| controller | pairs | compute-bound | within 0.7 (compute-bound) | reached at all | mean J | wins over uniform |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| controller | pairs | compute-bound | within 0.7 (compute-bound) | reached at all | mean J | wins over uniform "
+        "| first group's gate (mean) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in dict.fromkeys(r["contender"] for r in rows):
         mine = [r for r in rows if r["contender"] == name]
@@ -80,7 +87,7 @@ def summary(rows: list[dict]) -> str:
             f"| {name} | {len(mine)} | {len(bound)} | {sum(r['compute_to_target'] <= TARGET_SHARE for r in bound)} | "
             f"{sum(math.isfinite(r['compute_to_target']) for r in mine)} | "
             f"{statistics.mean(r['objective'] for r in mine):.4f} | "
-            f"{sum(r['objective'] < r['uniform_objective'] for r in mine)} |"
+            f"{sum(r['objective'] < r['uniform_objective'] for r in mine)} | {first_gate(mine)} |"
         )
     return "\n".join(lines)
 

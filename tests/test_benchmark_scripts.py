@@ -113,6 +113,18 @@ def test_the_cnn_freeze_probe_compares_the_policy_with_and_without_the_rule_on_c
     assert run_job(job, rule).steps > 0
     assert all(torch.equal(a, b) for a, b in zip(first, job.model[1].parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(second, job.model[3].parameters()))  # the rest trains
+    # the summary says how often each controller trained the first group
+    rows = [
+        {"contender": name, "regime": "compute-bound", "compute_to_target": reach, "objective": j,
+         "uniform_objective": 1.0, "layer_gates": gates}
+        for name, reach, j, gates in (
+            ("policy", 1.0, 0.99, "1.00 1.00 1.00 1.00"), ("policy", 0.6, 0.95, "0.50 1.00 1.00 1.00"),
+            ("frozen", 0.6, 0.9, "0.00 1.00 1.00 1.00"),
+        )
+    ]
+    table = probe.summary(rows).splitlines()
+    assert table[2] == "| policy | 2 | 2 | 1 | 2 | 0.9700 | 2 | 0.75 |"
+    assert table[3] == "| frozen | 1 | 1 | 1 | 1 | 0.9000 | 1 | 0.00 |"
 
 
 def test_stopping_before_the_budget_is_what_a_run_that_stops_there_scores():
@@ -637,7 +649,9 @@ def test_allocation_oracle_fixed_allocations_hold_their_entries_and_phase():
 
 def test_allocation_oracle_reads_each_contender_against_uniforms_best(monkeypatch):
     oracle = load_script("allocation_oracle")
-    monkeypatch.setattr(oracle, "grid", lambda: [oracle.FixedAllocation("keep 0.3", keep=0.3), "loss-sampling"])
+    monkeypatch.setattr(
+        oracle, "grid", lambda: [oracle.FixedAllocation("keep 0.3", keep=0.3, frozen=(0,)), "loss-sampling"]
+    )
     oracle._PAIRS[:] = [("tiny", 0, lambda seed: make_job(budget_steps=80, seed=seed))]
     rows = oracle.run_pair(0)
     job = make_job(budget_steps=80)
@@ -649,6 +663,8 @@ def test_allocation_oracle_reads_each_contender_against_uniforms_best(monkeypatc
     assert rows[0]["compute_to_target"] == uniform.compute_to_reach(uniform.best_val_loss) <= 1.0
     assert rows[0]["loss_by_target_share"] == min(loss for f, loss in uniform.curve if f <= 0.7)
     assert rows[0]["objective"] == rows[0]["uniform_objective"] == uniform.objective
+    # each layer group's gate as the run ran it, averaged over its steps: what a probe reads of learned gates
+    assert [r["layer_gates"] for r in rows] == ["1.00 1.00 1.00 1.00", "0.00 1.00 1.00 1.00", "1.00 1.00 1.00 1.00"]
 
 
 def test_allocation_oracle_picks_the_fastest_contender_per_compute_bound_pair_in_hindsight():
