@@ -244,6 +244,13 @@ class PPOConfig:
     Stopping is a big, rare decision and the sample and layer entries are many small ones:
     a lower ``log_std_init`` keeps exploration from spoiling the training jobs while this
     one keeps the policy trying to stop."""
+    gates_log_std_init: float | None = None
+    """Initial log standard deviation of the G layer-gate entries alone (null: ``log_std_init``).
+    A gate is ``clip((1 + a) / (1 - dead_zone), 0, 1)``: freezing a group means an action entry
+    near -1, about seven standard deviations from a fresh policy's zero mean at
+    ``log_std_init: -2``, so PPO never tries it (twenty-ninth round). A wider gate noise lets it
+    try partly and fully frozen groups; it matters only where the layer lever is open
+    (``env.min_layer_gate`` < 1, see ``env.layer_lever``)."""
     net_arch: list = field(default_factory=lambda: [64, 64])
     """Hidden layer sizes of the actor and critic (for ``attention``: of the critic)."""
     attention_hidden_size: int = 64
@@ -269,6 +276,8 @@ class PPOConfig:
         _in_range(where, "ppo.log_std_init", self.log_std_init, -10.0, 2.0)
         if self.steps_log_std_init is not None:
             _in_range(where, "ppo.steps_log_std_init", self.steps_log_std_init, -10.0, 2.0)
+        if self.gates_log_std_init is not None:
+            _in_range(where, "ppo.gates_log_std_init", self.gates_log_std_init, -10.0, 2.0)
         if not self.net_arch or not all(
             isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in self.net_arch
         ):

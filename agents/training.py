@@ -242,11 +242,16 @@ def build_model(config: TrainConfig, venv):
         device="cpu",
         verbose=0,
     )
-    if ppo.steps_log_std_init is not None:
+    if ppo.steps_log_std_init is not None or ppo.gates_log_std_init is not None:
         import torch
 
-        with torch.no_grad():  # the steps entry is the action's last (AllocationSpec.to_allocation)
-            model.policy.log_std[-1] = ppo.steps_log_std_init
+        # The action is K shares, keep, G gates, steps (AllocationSpec.to_allocation).
+        k, g = config.env.sample_groups, config.env.layer_groups
+        with torch.no_grad():
+            if ppo.gates_log_std_init is not None:
+                model.policy.log_std[k + 1 : k + 1 + g] = ppo.gates_log_std_init
+            if ppo.steps_log_std_init is not None:
+                model.policy.log_std[-1] = ppo.steps_log_std_init
     return model
 
 

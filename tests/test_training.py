@@ -170,6 +170,32 @@ def test_steps_entry_can_explore_more_than_the_allocation_entries(policy):
     assert np.allclose(log_std[:-1], -2.0)
 
 
+@pytest.mark.parametrize("policy", ["mlp", "attention"])
+def test_layer_gate_entries_can_explore_more_than_the_others(policy):
+    from agents.training import build_model, make_vec_env
+
+    config = resolve_config(
+        "tiny",
+        None,
+        {"ppo": {"policy": policy, "log_std_init": -2.0, "steps_log_std_init": -1.0, "gates_log_std_init": 0.0}},
+    )
+    k, g = config.env.sample_groups, config.env.layer_groups
+    venv = make_vec_env(config, seed=0)
+    try:
+        log_std = build_model(config, venv).policy.log_std.detach().numpy()
+    finally:
+        venv.close()
+    assert len(log_std) == k + 1 + g + 1
+    assert np.allclose(log_std[: k + 1], -2.0)  # shares and keep
+    assert np.allclose(log_std[k + 1 : k + 1 + g], 0.0)  # the gates
+    assert log_std[-1] == pytest.approx(-1.0)  # steps
+
+
+def test_gate_noise_out_of_range_is_refused_in_the_users_words():
+    with pytest.raises(ValueError, match="ppo.gates_log_std_init"):
+        resolve_config("tiny", None, {"ppo": {"gates_log_std_init": 5.0}})
+
+
 @pytest.mark.parametrize("name", available_presets())
 def test_every_shipped_preset_loads_and_trains_on_the_train_split(name):
     assert load_preset(name).env.split == "train"  # held-out jobs are for evaluation only
