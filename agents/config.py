@@ -93,7 +93,9 @@ class EnvConfig:
     """``convolutional``: the action's layer gates act only on jobs whose model has a convolution
     (``allocator.AllocationSpec.layer_lever``); on every other job each layer group trains at
     every step. With ``min_layer_gate: 0`` the policy can learn to freeze layer groups of CNNs
-    while the lever stays closed on the families where it cost J. ``all``: the gates act on
+    while the lever stays closed on the families where it cost J. ``cnn-first-group``: as
+    ``convolutional`` with only the first group's gate acting (one entry decides the freeze
+    that pays on the 1-D CNNs). ``all``: the gates act on
     every job. Part of the spec, and unlike the rules above the envs run it, so it changes what
     the policy learns."""
     s: float = 0.2

@@ -52,7 +52,7 @@ KEEP_BREAK_EVEN = 2.0 / 3.0
 # ``loss`` (the action's shares times loss-proportional ones, see loss_proportional_shares).
 SHARE_PRIORS = ("uniform", "loss")
 #: Values of ``AllocationSpec.layer_lever``: which jobs the action's layer gates act on.
-LAYER_LEVERS = ("all", "convolutional")
+LAYER_LEVERS = ("all", "convolutional", "cnn-first-group")
 # Every group keeps at least this share of its uniform share under loss-proportional shares.
 LOSS_SHARE_FLOOR = 0.25
 
@@ -181,6 +181,10 @@ class AllocationSpec:
             ``apply``; the env's uniform reference and the baselines are
             unaffected (their gates are 1). ``all`` (the default, and what a
             policy.json without the field means) is the original lever.
+            ``cnn-first-group`` narrows ``convolutional`` to the first layer
+            group's gate: on a CNN every later group trains at every step, so
+            the first gate alone decides the freeze that pays there (e29c's
+            four free gates shut all groups alike, never the first alone).
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.

@@ -201,8 +201,11 @@ def describe_policy(policy) -> list[str]:
         parts.append(f"token dropping {spec.token_dropping}")
     if getattr(spec, "freeze_cnn_first_group", False):
         parts.append("first layer group frozen on CNNs")
-    if getattr(spec, "layer_lever", "all") == "convolutional":
+    lever = getattr(spec, "layer_lever", "all")
+    if lever == "convolutional":
         parts.append("layer gates act on CNNs only")
+    elif lever == "cnn-first-group":
+        parts.append("only the first layer gate acts, on CNNs only")
     return parts
 
 

@@ -316,10 +316,10 @@ class TrainingJob:
         #: nothing on a model without a convolution or with one layer group. A
         #: policy whose spec has it sets it in ``reset(job)``.
         self.freeze_cnn_first_group = False
-        #: ``all`` or ``convolutional`` (``AllocationSpec.layer_lever``): with
-        #: ``convolutional``, on a model without a convolution every layer gate
+        #: ``all``, ``convolutional`` or ``cnn-first-group`` (``AllocationSpec.layer_lever``):
+        #: with ``convolutional``, on a model without a convolution every layer gate
         #: becomes 1 (reported and observed so), so the action's gates act only
-        #: on CNNs. Set by the env and by a policy whose spec has it, in
+        #: on CNNs; ``cnn-first-group`` also sets every gate but the first to 1 on CNNs. Set by the env and by a policy whose spec has it, in
         #: ``reset(job)``.
         self.layer_lever = "all"
         self._group_log_loss: np.ndarray | None = None
@@ -460,8 +460,13 @@ class TrainingJob:
 
     @property
     def layer_gates_closed(self) -> bool:
-        """Whether :attr:`layer_lever` keeps this job's layer gates at 1 (``convolutional`` on a model without one)."""
-        return self.layer_lever == "convolutional" and not self.has_convolution
+        """Whether :attr:`layer_lever` keeps this job's layer gates at 1 (not ``all``, on a model without a convolution)."""
+        return self.layer_lever != "all" and not self.has_convolution
+
+    @property
+    def later_layer_gates_closed(self) -> bool:
+        """Whether :attr:`layer_lever` keeps every gate but the first at 1 (``cnn-first-group``)."""
+        return self.layer_lever == "cnn-first-group"
 
     @property
     def drops_tokens(self) -> bool:
@@ -593,6 +598,9 @@ class TrainingJob:
             allocation = dataclasses.replace(allocation, keep_fraction=1.0)
         if self.layer_gates_closed and min(allocation.layer_gates) < 1.0:
             allocation = dataclasses.replace(allocation, layer_gates=(1.0,) * len(allocation.layer_gates))
+        elif self.later_layer_gates_closed and min(allocation.layer_gates[1:], default=1.0) < 1.0:
+            later = (1.0,) * (len(allocation.layer_gates) - 1)
+            allocation = dataclasses.replace(allocation, layer_gates=(allocation.layer_gates[0], *later))
         if self.freezes_cnn_first_group and allocation.layer_gates[0] > 0.0:
             allocation = dataclasses.replace(allocation, layer_gates=(0.0, *allocation.layer_gates[1:]))
         if self.share_prior == "loss" and self._group_log_loss is not None:

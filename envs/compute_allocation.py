@@ -90,9 +90,10 @@ class ComputeAllocationEnv(gym.Env):
       tokens, steps see ``keep`` of them until ``until`` of the budget
       (``TrainingJob.token_dropping``; part of the spec). The uniform reference
       runs without it.
-    * ``layer_lever``: ``"all"`` or ``"convolutional"``: with ``"convolutional"``
-      the action's layer gates act only on jobs whose model has a convolution
-      (``TrainingJob.layer_lever``; part of the spec).
+    * ``layer_lever``: ``"all"``, ``"convolutional"`` or ``"cnn-first-group"``:
+      with ``"convolutional"`` the action's layer gates act only on jobs whose
+      model has a convolution, with ``"cnn-first-group"`` only the first gate
+      does, on those jobs (``TrainingJob.layer_lever``; part of the spec).
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.

@@ -50,11 +50,29 @@ def test_on_a_cnn_the_gates_act_as_with_the_lever_open_everywhere():
     assert report.compute == everywhere.advance(first_group_frozen(everywhere.spec)).compute
 
 
+def test_cnn_first_group_lever_lets_only_the_first_gate_act_and_only_on_cnns():
+    every_gate_shut = (0.0, 0.0, 0.0, 0.0)
+    cnn = make_job(budget_steps=60, model=small_cnn())
+    cnn.layer_lever = "cnn-first-group"
+    uniform = Allocation.uniform(cnn.spec)
+    report = cnn.advance(Allocation(uniform.sample_shares, 1.0, every_gate_shut, uniform.steps))
+    assert report.allocation.layer_gates == FROZEN_FIRST  # the later groups trained anyway
+    frozen_first = make_job(budget_steps=60, model=small_cnn())
+    assert report.compute == frozen_first.advance(first_group_frozen(frozen_first.spec)).compute
+    mlp = make_job(budget_steps=60)
+    mlp.layer_lever = "cnn-first-group"
+    assert mlp.layer_gates_closed
+    assert mlp.advance(first_group_frozen(mlp.spec)).allocation.layer_gates == (1.0,) * 4
+    assert describe_policy(AllocatorPolicy.load(QUICK)._with_spec(layer_lever="cnn-first-group")) == [
+        "only the first layer gate acts, on CNNs only"
+    ]
+
+
 def test_the_spec_writes_it_only_when_set_and_refuses_other_values():
     assert "layer_lever" not in AllocationSpec().to_dict()  # old policy.json files read as before
     spec = AllocationSpec(layer_lever="convolutional")
     assert AllocationSpec.from_dict(spec.to_dict()) == spec
-    with pytest.raises(ValueError, match="layer_lever must be one of all, convolutional"):
+    with pytest.raises(ValueError, match="layer_lever must be one of all, convolutional, cnn-first-group"):
         AllocationSpec(layer_lever="cnn")
 
 
