@@ -319,7 +319,8 @@ class TrainingJob:
         #: ``all``, ``convolutional`` or ``cnn-first-group`` (``AllocationSpec.layer_lever``):
         #: with ``convolutional``, on a model without a convolution every layer gate
         #: becomes 1 (reported and observed so), so the action's gates act only
-        #: on CNNs; ``cnn-first-group`` also sets every gate but the first to 1 on CNNs. Set by the env and by a policy whose spec has it, in
+        #: on CNNs; ``cnn-first-group`` also sets every gate but the first to 1
+        #: on CNNs. Set by the env and by a policy whose spec has it, in
         #: ``reset(job)``.
         self.layer_lever = "all"
         self._group_log_loss: np.ndarray | None = None
