@@ -245,12 +245,10 @@ def build_model(config: TrainConfig, venv):
     if ppo.steps_log_std_init is not None or ppo.gates_log_std_init is not None:
         import torch
 
-        # The action is K shares, keep, G gates, steps (AllocationSpec.to_allocation).
-        k, g = config.env.sample_groups, config.env.layer_groups
-        with torch.no_grad():
+        with torch.no_grad():  # log_std has one entry per action entry (AllocationSpec.to_allocation)
             if ppo.gates_log_std_init is not None:
-                model.policy.log_std[k + 1 : k + 1 + g] = ppo.gates_log_std_init
-            if ppo.steps_log_std_init is not None:
+                model.policy.log_std[allocation_spec(config).gate_entries] = ppo.gates_log_std_init
+            if ppo.steps_log_std_init is not None:  # the steps entry is the action's last
                 model.policy.log_std[-1] = ppo.steps_log_std_init
     return model
 

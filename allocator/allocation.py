@@ -229,6 +229,11 @@ class AllocationSpec:
         """Length of the action vector: K shares + keep + G gates + steps."""
         return self.sample_groups + 1 + self.layer_groups + 1
 
+    @property
+    def gate_entries(self) -> slice:
+        """Where the G layer-gate entries sit in the action (after the K shares and keep)."""
+        return slice(self.sample_groups + 1, self.sample_groups + 1 + self.layer_groups)
+
     def to_dict(self) -> dict:
         spec = {
             "sample_groups": int(self.sample_groups),
@@ -295,7 +300,7 @@ class AllocationSpec:
         shares = np.exp(logits - logits.max())
         shares /= shares.sum()
         keep = self._keep_of(a[k])
-        gates = np.clip((1.0 + a[k + 1 : k + 1 + g]) / (1.0 - self.dead_zone), 0.0, 1.0)
+        gates = np.clip((1.0 + a[self.gate_entries]) / (1.0 - self.dead_zone), 0.0, 1.0)
         if self.min_layer_gate:
             gates = self.min_layer_gate + (1.0 - self.min_layer_gate) * gates
         steps = self._steps_of(a[k + 1 + g])
