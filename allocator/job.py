@@ -460,14 +460,22 @@ class TrainingJob:
         return bool(self.freeze_cnn_first_group) and self.spec.layer_groups > 1 and self.has_convolution
 
     @property
-    def layer_gates_closed(self) -> bool:
-        """Whether :attr:`layer_lever` keeps this job's layer gates at 1 (not ``all``, on a model without a convolution)."""
-        return self.layer_lever != "all" and not self.has_convolution
+    def acting_layer_gates(self) -> int:
+        """How many of the action's layer gates, from the first, :attr:`layer_lever` lets act; the rest run at 1.
+
+        All with ``all``; none on a model without a convolution otherwise; on a CNN all
+        with ``convolutional`` and the first with ``cnn-first-group``.
+        """
+        if self.layer_lever == "all":
+            return self.spec.layer_groups
+        if not self.has_convolution:
+            return 0
+        return 1 if self.layer_lever == "cnn-first-group" else self.spec.layer_groups
 
     @property
-    def later_layer_gates_closed(self) -> bool:
-        """Whether :attr:`layer_lever` keeps every gate but the first at 1 (``cnn-first-group``)."""
-        return self.layer_lever == "cnn-first-group"
+    def layer_gates_closed(self) -> bool:
+        """Whether :attr:`layer_lever` keeps every layer gate of this job at 1 (not ``all``, on a model without a convolution)."""
+        return self.acting_layer_gates == 0
 
     @property
     def drops_tokens(self) -> bool:
@@ -597,11 +605,10 @@ class TrainingJob:
             # the gate is closed: standard backward passes, charged, reported and observed as such
             kept = batch
             allocation = dataclasses.replace(allocation, keep_fraction=1.0)
-        if self.layer_gates_closed and min(allocation.layer_gates) < 1.0:
-            allocation = dataclasses.replace(allocation, layer_gates=(1.0,) * len(allocation.layer_gates))
-        elif self.later_layer_gates_closed and min(allocation.layer_gates[1:], default=1.0) < 1.0:
-            later = (1.0,) * (len(allocation.layer_gates) - 1)
-            allocation = dataclasses.replace(allocation, layer_gates=(allocation.layer_gates[0], *later))
+        acting = self.acting_layer_gates
+        if min(allocation.layer_gates[acting:], default=1.0) < 1.0:
+            always_trained = (1.0,) * (len(allocation.layer_gates) - acting)
+            allocation = dataclasses.replace(allocation, layer_gates=(*allocation.layer_gates[:acting], *always_trained))
         if self.freezes_cnn_first_group and allocation.layer_gates[0] > 0.0:
             allocation = dataclasses.replace(allocation, layer_gates=(0.0, *allocation.layer_gates[1:]))
         if self.share_prior == "loss" and self._group_log_loss is not None:
