@@ -5,6 +5,8 @@
   compute it used, its final validation loss and its J.
 * :class:`HeldOutEvaluationCallback` runs the current policy (deterministic)
   and ``uniform`` on the same few held-out jobs every N timesteps.
+* :class:`GateNoiseSchedule` narrows the layer-gate entries' exploration
+  noise over training (``ppo.gates_log_std_final``).
 * :class:`PeriodicCallback` is the base of anything done every N timesteps
   (the checkpoints of :mod:`agents.training` are one).
 
@@ -242,6 +244,46 @@ class CallOnPeriod(PeriodicCallback):
 
     def _on_period(self) -> None:
         self.function()
+
+
+class GateNoiseSchedule(BaseCallback):
+    """Narrows the layer-gate entries' exploration noise linearly over training.
+
+    At every rollout start it sets the gate entries of the policy's log std to
+    ``start + (final - start) * min(1, num_timesteps / total_timesteps)`` and
+    records the value as ``train/gates_log_std``. Why: a gate is a clipped
+    action, so under wide noise the deployed (mean) action is not the
+    behaviour PPO rewarded; a narrow noise at the end makes them agree
+    (``ppo.gates_log_std_final``).
+
+    .. warning:: It overwrites PPO's own update of these entries' std every
+       rollout: their std follows the schedule, not the gradient.
+    """
+
+    def __init__(self, entries: slice, start: float, final: float, total_timesteps: int, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if total_timesteps < 1:
+            raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps!r}")
+        self.entries = entries
+        self.start = float(start)
+        self.final = float(final)
+        self.total_timesteps = int(total_timesteps)
+
+    def log_std_at(self, timesteps: int) -> float:
+        """The gate entries' log std the schedule sets at ``timesteps``."""
+        fraction = min(1.0, max(0.0, timesteps / self.total_timesteps))
+        return self.start + (self.final - self.start) * fraction
+
+    def _on_rollout_start(self) -> None:
+        import torch
+
+        value = self.log_std_at(self.model.num_timesteps)
+        with torch.no_grad():
+            self.model.policy.log_std[self.entries] = value
+        self.logger.record("train/gates_log_std", value)
+
+    def _on_step(self) -> bool:
+        return True
 
 
 class SB3Controller:

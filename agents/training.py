@@ -459,6 +459,7 @@ def _train(
     from agents.callbacks import (
         CallOnPeriod,
         EpisodeAllocationCallback,
+        GateNoiseSchedule,
         HeldOutEvaluation,
         HeldOutEvaluationCallback,
         allocation_layout,
@@ -582,6 +583,10 @@ def _train(
 
     episodes = EpisodeAllocationCallback()
     callbacks = [episodes, CallOnPeriod(training.checkpoint_every, checkpoint_now)]
+    ppo = config.ppo
+    if ppo.gates_log_std_final is not None:
+        start = ppo.log_std_init if ppo.gates_log_std_init is None else ppo.gates_log_std_init
+        callbacks.append(GateNoiseSchedule(spec.gate_entries, start, ppo.gates_log_std_final, training.timesteps))
     evaluation_callback = None
     if training.eval_jobs > 0:
         from allocator.jobs import JobDistribution

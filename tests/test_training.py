@@ -194,6 +194,46 @@ def test_layer_gate_entries_can_explore_more_than_the_others(policy):
 def test_gate_noise_out_of_range_is_refused_in_the_users_words():
     with pytest.raises(ValueError, match="ppo.gates_log_std_init"):
         resolve_config("tiny", None, {"ppo": {"gates_log_std_init": 5.0}})
+    with pytest.raises(ValueError, match="ppo.gates_log_std_final"):
+        resolve_config("tiny", None, {"ppo": {"gates_log_std_final": -11.0}})
+
+
+def test_the_gate_noise_schedule_sets_only_the_gate_entries_along_a_line():
+    from stable_baselines3.common.logger import Logger
+
+    from agents.callbacks import GateNoiseSchedule
+    from agents.training import allocation_spec, build_model, make_vec_env
+
+    config = resolve_config("tiny", None, {"ppo": {"log_std_init": -2.0, "gates_log_std_init": 0.0}})
+    spec = allocation_spec(config)
+    venv = make_vec_env(config, seed=0)
+    try:
+        model = build_model(config, venv)
+        model.set_logger(Logger(folder=None, output_formats=[]))
+        schedule = GateNoiseSchedule(spec.gate_entries, start=0.0, final=-2.0, total_timesteps=1000)
+        schedule.init_callback(model)
+        for timesteps, expected in [(0, 0.0), (250, -0.5), (1000, -2.0), (4000, -2.0)]:
+            model.num_timesteps = timesteps
+            schedule.on_rollout_start()
+            log_std = model.policy.log_std.detach().numpy()
+            assert np.allclose(log_std[spec.gate_entries], expected)
+            others = np.delete(log_std, np.arange(len(log_std))[spec.gate_entries])
+            assert np.allclose(others, -2.0)  # shares, keep and steps keep their own noise
+    finally:
+        venv.close()
+
+
+def test_training_with_a_gate_noise_schedule_narrows_it_and_logs_it(tmp_path):
+    out = tmp_path / "narrowing"
+    config = tmp_path / "narrowing.yaml"
+    config.write_text(yaml.safe_dump({"ppo": {"gates_log_std_init": 0.0, "gates_log_std_final": -2.0}}))
+    assert main(["train", "--preset", "tiny", "--config", str(config), "--out", str(out), "--no-progress-bar"]) == 0
+    logged = [(event.step, event.value) for event in scalars(out / "tb").Scalars("train/gates_log_std")]
+    # the tiny preset: 256 timesteps in rollouts of 32, each starting at the schedule's value
+    assert logged, "train/gates_log_std was never logged"
+    values = [value for _, value in logged]
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+    assert values[-1] == pytest.approx(-2.0 * 224 / 256)  # the last rollout starts at 224
 
 
 @pytest.mark.parametrize("name", available_presets())
