@@ -258,8 +258,8 @@ class PPOConfig:
     ``training.timesteps`` from ``gates_log_std_init`` (or ``log_std_init``); null leaves
     their std to PPO's gradient. Why: a gate is a clipped action, and at std 1 the deployed
     policy (the mean action) is not what PPO tried and rewarded: e29d's seeds kept the gate
-    std at 1 all through training and asked for gates of 0.63 to 0.70 on average, while
-    their means read 0.81 to 0.85 (thirtieth round). Narrowing the noise makes the mean
+    std at 1 all through training and asked for gates of 0.63 to 0.69 on average, while
+    their means read 0.81 to 0.86 (thirtieth round). Narrowing the noise makes the mean
     carry what was learned. Traps: the schedule overrides what PPO learns for these
     entries' std, and a run resumed to more timesteps follows the schedule of its new total."""
     net_arch: list = field(default_factory=lambda: [64, 64])
