@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from allocator.allocation import LAYER_LEVERS, SHARE_PRIORS, STOP_BELOW, check_selection_gate
+from allocator.allocation import GATE_MAPPINGS, LAYER_LEVERS, SHARE_PRIORS, STOP_BELOW, check_selection_gate
 from allocator.stats import FEATURE_NAMES
 from allocator.token_dropping import TokenDropping
 
@@ -98,6 +98,12 @@ class EnvConfig:
     that pays on the 1-D CNNs). ``all``: the gates act on
     every job. Part of the spec, and unlike the rules above the envs run it, so it changes what
     the policy learns."""
+    gate_mapping: str = "linear"
+    """``binary``: a layer gate entry freezes its group for the whole interval or trains it at
+    every step (the linear gate rounded at 1/2, ``allocator.AllocationSpec.gate_mapping``), so the
+    deployed mean action freezes exactly when most of training's draws did; ``linear``: the gate
+    is the per-step chance that the group trains. Part of the spec, and the envs run it, so it
+    changes what the policy learns."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
@@ -173,6 +179,7 @@ class EnvConfig:
                 f"{where}: env.freeze_cnn_first_group must be true or false, got {self.freeze_cnn_first_group!r}"
             )
         _choice(where, "env.layer_lever", self.layer_lever, LAYER_LEVERS)
+        _choice(where, "env.gate_mapping", self.gate_mapping, GATE_MAPPINGS)
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         _in_range(where, "env.many_epoch_share", self.many_epoch_share, 0.0, 1.0)
         _check_families(where, "env.families", self.families, self.split)

@@ -98,6 +98,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "share_prior": env.share_prior,
         "token_dropping": env.token_dropping,
         "layer_lever": env.layer_lever,
+        "gate_mapping": env.gate_mapping,
         # not env.freeze_cnn_first_group: a rule of the exported policy, which the envs do not run
         "s": env.s,
         "w": env.w,
@@ -153,6 +154,7 @@ def allocation_spec(config: TrainConfig):
         token_dropping=env.token_dropping,
         freeze_cnn_first_group=env.freeze_cnn_first_group,
         layer_lever=env.layer_lever,
+        gate_mapping=env.gate_mapping,
     )
 
 

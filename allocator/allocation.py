@@ -53,6 +53,8 @@ KEEP_BREAK_EVEN = 2.0 / 3.0
 SHARE_PRIORS = ("uniform", "loss")
 #: Values of ``AllocationSpec.layer_lever``: which jobs the action's layer gates act on.
 LAYER_LEVERS = ("all", "convolutional", "cnn-first-group")
+#: Values of ``AllocationSpec.gate_mapping``: how a gate entry of the action becomes a layer gate.
+GATE_MAPPINGS = ("linear", "binary")
 # Every group keeps at least this share of its uniform share under loss-proportional shares.
 LOSS_SHARE_FLOOR = 0.25
 
@@ -185,6 +187,24 @@ class AllocationSpec:
             group's gate: on a CNN every later group trains at every step, so
             the first gate alone decides the freeze that pays there (e29c's
             four free gates shut all groups alike, never the first alone).
+        gate_mapping: ``linear`` or ``binary``. ``linear`` maps a gate entry
+            onto the gate ``clip((1 + a) / (1 - dead_zone), 0, 1)`` (each step
+            trains the group with that probability). ``binary`` rounds that
+            gate: the group is frozen for the whole interval when it is below
+            1/2 (``a < -1 + (1 - dead_zone) / 2``, -0.55 at a dead zone of 0.1)
+            and trained at every step otherwise; with ``min_layer_gate`` the
+            two gates are ``min_layer_gate`` and 1. Why: under a Gaussian
+            policy the expected clipped linear gate is not the gate of the
+            mean action, so PPO rewarded gates of 0.62 to 0.69 while the
+            deployed mean read 0.81 to 0.86, and its mean never reached the
+            full freeze that pays on the 1-D CNNs (BENCHMARKS.md section 5,
+            thirtieth and thirty-first rounds). With ``binary`` the deployed
+            mean action freezes exactly when training froze in more than half
+            of its draws, and the chance of a freeze is smooth in the mean.
+            Trap: part of what a policy learns (``env.gate_mapping``); a
+            policy trained with one mapping acts differently under the other.
+            ``linear`` (the default, and what a policy.json without the field
+            means) is the original mapping.
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
@@ -201,6 +221,7 @@ class AllocationSpec:
     token_dropping: TokenDropping | None = None
     freeze_cnn_first_group: bool = False
     layer_lever: str = "all"
+    gate_mapping: str = "linear"
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -219,6 +240,8 @@ class AllocationSpec:
             raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {self.share_prior!r}")
         if self.layer_lever not in LAYER_LEVERS:
             raise ValueError(f"layer_lever must be one of {', '.join(LAYER_LEVERS)}, got {self.layer_lever!r}")
+        if self.gate_mapping not in GATE_MAPPINGS:
+            raise ValueError(f"gate_mapping must be one of {', '.join(GATE_MAPPINGS)}, got {self.gate_mapping!r}")
         if not isinstance(self.freeze_cnn_first_group, (bool, np.bool_)):
             raise ValueError(f"freeze_cnn_first_group must be true or false, got {self.freeze_cnn_first_group!r}")
         # frozen: from_dict and the config pass {keep, until}, stored as the hashable TokenDropping
@@ -254,6 +277,8 @@ class AllocationSpec:
             spec["freeze_cnn_first_group"] = True
         if self.layer_lever != "all":  # likewise
             spec["layer_lever"] = self.layer_lever
+        if self.gate_mapping != "linear":  # likewise
+            spec["gate_mapping"] = self.gate_mapping
         return spec
 
     @classmethod
@@ -275,8 +300,9 @@ class AllocationSpec:
         * keep: ``1`` for ``a >= 0``; below 0 it jumps to the break-even fraction
           ``2/3`` (:data:`KEEP_BREAK_EVEN`) and falls linearly to ``min_keep_fraction``
           at -1 (a fraction between 2/3 and 1 would cost more than keeping all);
-        * gates: ``clip(1 + a, 0, 1)`` (zero or more -> always trained), mapped
-          onto ``[min_layer_gate, 1]``;
+        * gates: ``clip(1 + a, 0, 1)`` (zero or more -> always trained), rounded
+          to 0 or 1 with ``gate_mapping`` ``binary``, then mapped onto
+          ``[min_layer_gate, 1]``;
         * steps: ``max_steps`` for ``a >= 0``, falling linearly to 1 at
           ``a = -0.5``; below -0.5 the job stops (steps = 0).
 
@@ -301,6 +327,8 @@ class AllocationSpec:
         shares /= shares.sum()
         keep = self._keep_of(a[k])
         gates = np.clip((1.0 + a[self.gate_entries]) / (1.0 - self.dead_zone), 0.0, 1.0)
+        if self.gate_mapping == "binary":
+            gates = (gates >= 0.5).astype(np.float64)  # frozen for the interval, or trained at every step
         if self.min_layer_gate:
             gates = self.min_layer_gate + (1.0 - self.min_layer_gate) * gates
         steps = self._steps_of(a[k + 1 + g])
@@ -339,6 +367,8 @@ class AllocationSpec:
         wanted = np.asarray(allocation.layer_gates, dtype=np.float64)
         # a gate below the floor maps to the floor: the nearest reachable one
         unit = np.clip((wanted - floor) / (1.0 - floor), 0.0, 1.0) if floor < 1.0 else np.ones_like(wanted)
+        if self.gate_mapping == "binary":
+            unit = (unit >= 0.5).astype(np.float64)  # the nearest of the two reachable gates
         gates = unit * (1.0 - d) - 1.0
         gates[unit >= 1.0] = 0.0
         if allocation.steps == 0:

@@ -190,7 +190,7 @@ def load_policy(policy):
 def describe_policy(policy) -> list[str]:
     """What changes how a loaded policy acts beyond its network, in words: an ensemble's size and
     combine rule, and its spec's rules (token dropping, the first layer group frozen on CNNs, the
-    layer lever on CNNs only).
+    layer lever on CNNs only, all-or-nothing layer gates).
     Empty for a single policy without rules."""
     parts = []
     members = getattr(policy, "members", None)
@@ -206,6 +206,8 @@ def describe_policy(policy) -> list[str]:
         parts.append("layer gates act on CNNs only")
     elif lever == "cnn-first-group":
         parts.append("only the first layer gate acts, on CNNs only")
+    if getattr(spec, "gate_mapping", "linear") == "binary":
+        parts.append("layer gates freeze a group for the interval or train it at every step")
     return parts
 
 

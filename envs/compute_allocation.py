@@ -94,6 +94,9 @@ class ComputeAllocationEnv(gym.Env):
       with ``"convolutional"`` the action's layer gates act only on jobs whose
       model has a convolution, with ``"cnn-first-group"`` only the first gate
       does, on those jobs (``TrainingJob.layer_lever``; part of the spec).
+    * ``gate_mapping``: ``"linear"`` or ``"binary"``: with ``"binary"`` a gate
+      entry freezes its layer group for the whole interval or trains it at
+      every step (``AllocationSpec.gate_mapping``; part of the spec).
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
@@ -157,6 +160,7 @@ class ComputeAllocationEnv(gym.Env):
         share_prior: str = "uniform",
         token_dropping=None,
         layer_lever: str = "all",
+        gate_mapping: str = "linear",
         s: float = 0.2,
         w: float = 1.0,
         divergence_loss: float = 3.0,
@@ -198,6 +202,7 @@ class ComputeAllocationEnv(gym.Env):
             share_prior=share_prior,
             token_dropping=token_dropping,
             layer_lever=layer_lever,
+            gate_mapping=gate_mapping,
         )
         self.selection_gate = check_selection_gate(selection_gate)
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)
