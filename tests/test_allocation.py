@@ -151,13 +151,22 @@ def test_stop_before_budget_is_written_only_when_set_and_read_back():
         AllocationSpec(stop_before_budget="yes")
 
 
-def test_the_share_prior_is_written_only_when_set_and_read_back():
-    assert "share_prior" not in SPEC.to_dict()  # policies without the prior write what they did
-    loss = AllocationSpec(share_prior="loss")
-    assert loss.to_dict()["share_prior"] == "loss"
-    assert AllocationSpec.from_dict(loss.to_dict()) == loss
-    with pytest.raises(ValueError, match="share_prior must be one of uniform, loss, got 'losses'"):
-        AllocationSpec(share_prior="losses")
+@pytest.mark.parametrize(
+    ("field", "value", "wrong", "choices"),
+    [
+        ("share_prior", "loss", "losses", "uniform, loss"),
+        ("layer_lever", "convolutional", "cnn", "all, convolutional, cnn-first-group"),
+        ("gate_mapping", "binary", "round", "linear, binary"),
+    ],
+)
+def test_a_spec_choice_is_written_only_when_set_read_back_and_checked(field, value, wrong, choices):
+    # policies trained before the choice existed write (and read) the policy.json they always did
+    assert field not in SPEC.to_dict()
+    chosen = AllocationSpec(**{field: value})
+    assert chosen.to_dict()[field] == value
+    assert AllocationSpec.from_dict(chosen.to_dict()) == chosen
+    with pytest.raises(ValueError, match=f"{field} must be one of {choices}, got '{wrong}'"):
+        AllocationSpec(**{field: wrong})
 
 
 def test_loss_proportional_shares_keep_a_floor_and_ignore_a_shift_of_the_log_losses():

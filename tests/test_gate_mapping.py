@@ -49,14 +49,6 @@ def test_to_action_maps_a_gate_to_the_nearest_of_the_two_reachable_ones():
     assert spec.to_allocation(action).layer_gates == (0.0, 0.0, 1.0, 1.0)
 
 
-def test_the_spec_writes_it_only_when_set_and_refuses_other_values():
-    assert "gate_mapping" not in AllocationSpec().to_dict()  # old policy.json files read as linear
-    spec = AllocationSpec(gate_mapping="binary")
-    assert AllocationSpec.from_dict(spec.to_dict()) == spec
-    with pytest.raises(ValueError, match="gate_mapping must be one of linear, binary"):
-        AllocationSpec(gate_mapping="round")
-
-
 def test_a_binary_gate_below_one_half_freezes_the_group_for_the_whole_interval():
     def stem_trained(gate_mapping: str) -> bool:
         env = ComputeAllocationEnv(jobs=_OneCnn(), dead_zone=0.1, layer_lever="cnn-first-group", gate_mapping=gate_mapping)
@@ -71,21 +63,10 @@ def test_a_binary_gate_below_one_half_freezes_the_group_for_the_whole_interval()
     assert not stem_trained("binary")
 
 
-def test_a_configuration_passes_it_to_the_envs_and_the_exported_spec_and_evaluate_names_it():
-    from agents.config import TrainConfig
-    from agents.training import allocation_spec, env_kwargs
-
-    config = TrainConfig()
-    config.env.gate_mapping = "binary"
-    config.validate("test")
-    assert env_kwargs(config)["gate_mapping"] == "binary"  # the envs run it: it is learned
-    assert allocation_spec(config).gate_mapping == "binary"
+def test_apply_and_evaluate_name_it():
     assert describe_policy(AllocatorPolicy.load(QUICK)._with_spec(gate_mapping="binary")) == [
         "layer gates freeze a group for the interval or train it at every step"
     ]
-    config.env.gate_mapping = "round"
-    with pytest.raises(ValueError, match="env.gate_mapping must be one of linear, binary"):
-        config.validate("test")
 
 
 class _OneCnn:

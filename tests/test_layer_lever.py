@@ -8,7 +8,6 @@ group at every step, whatever the action's gates.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from allocator import AllocationSpec, AllocatorPolicy
 from allocator.allocation import Allocation
@@ -68,14 +67,6 @@ def test_cnn_first_group_lever_lets_only_the_first_gate_act_and_only_on_cnns():
     ]
 
 
-def test_the_spec_writes_it_only_when_set_and_refuses_other_values():
-    assert "layer_lever" not in AllocationSpec().to_dict()  # old policy.json files read as before
-    spec = AllocationSpec(layer_lever="convolutional")
-    assert AllocationSpec.from_dict(spec.to_dict()) == spec
-    with pytest.raises(ValueError, match="layer_lever must be one of all, convolutional, cnn-first-group"):
-        AllocationSpec(layer_lever="cnn")
-
-
 def test_a_policy_trained_with_it_sets_it_on_the_jobs_it_runs_and_says_so():
     quick = AllocatorPolicy.load(QUICK)
     job = make_job(budget_steps=40)
@@ -98,20 +89,6 @@ def test_the_env_runs_it_on_the_jobs_it_trains_on():
     # what the job ran, and what the policy sees next: every group trained
     gates = env.layout.layer_group_features(observation)[:, env.layout.layer_index("previous_gate")]
     assert gates.tolist() == [1.0] * 4
-
-
-def test_a_configuration_passes_it_to_the_envs_and_the_exported_spec():
-    from agents.config import TrainConfig
-    from agents.training import allocation_spec, env_kwargs
-
-    config = TrainConfig()
-    config.env.layer_lever = "convolutional"
-    config.validate("test")
-    assert env_kwargs(config)["layer_lever"] == "convolutional"  # the envs run it: it is learned
-    assert allocation_spec(config).layer_lever == "convolutional"
-    config.env.layer_lever = "cnn"
-    with pytest.raises(ValueError, match="env.layer_lever must be one of all, convolutional"):
-        config.validate("test")
 
 
 class _OneJob:

@@ -731,3 +731,21 @@ def test_interrupted_checkpoint_swap_keeps_a_complete_checkpoint(tmp_path):
     assert find_checkpoint(tmp_path).name == ".checkpoint.old"
     (tmp_path / ".checkpoint.tmp").mkdir()  # an incomplete temporary one is ignored
     assert find_checkpoint(tmp_path).name == ".checkpoint.old"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "wrong"),
+    [("layer_lever", "convolutional", "cnn"), ("gate_mapping", "binary", "round")],
+)
+def test_a_learned_spec_choice_reaches_the_envs_and_the_exported_spec(key, value, wrong):
+    # unlike the policy's rules (token dropping, the CNN freeze) the envs run these: they are learned
+    from agents.training import allocation_spec, env_kwargs
+
+    config = TrainConfig()
+    setattr(config.env, key, value)
+    config.validate("test")
+    assert env_kwargs(config)[key] == value
+    assert getattr(allocation_spec(config), key) == value
+    setattr(config.env, key, wrong)
+    with pytest.raises(ValueError, match=f"env.{key} must be one of .*, got '{wrong}'"):
+        config.validate("test")
