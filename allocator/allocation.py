@@ -75,6 +75,12 @@ def loss_proportional_shares(log_losses: Sequence[float], floor: float = LOSS_SH
 
 
 
+def check_choice(name: str, value, choices: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming ``name`` and its ``choices`` unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def check_selection_gate(threshold, what: str = "selection_gate") -> float | None:
     """``threshold`` as a float in ``[-1, 1]`` (a cosine), or ``None``; anything else raises ``ValueError``."""
     if threshold is None:
@@ -239,12 +245,9 @@ class AllocationSpec:
             raise ValueError(f"min_layer_gate must be in [0, 1], got {self.min_layer_gate!r}")
         if not isinstance(self.stop_before_budget, (bool, np.bool_)):
             raise ValueError(f"stop_before_budget must be true or false, got {self.stop_before_budget!r}")
-        if self.share_prior not in SHARE_PRIORS:
-            raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {self.share_prior!r}")
-        if self.layer_lever not in LAYER_LEVERS:
-            raise ValueError(f"layer_lever must be one of {', '.join(LAYER_LEVERS)}, got {self.layer_lever!r}")
-        if self.gate_mapping not in GATE_MAPPINGS:
-            raise ValueError(f"gate_mapping must be one of {', '.join(GATE_MAPPINGS)}, got {self.gate_mapping!r}")
+        check_choice("share_prior", self.share_prior, SHARE_PRIORS)
+        check_choice("layer_lever", self.layer_lever, LAYER_LEVERS)
+        check_choice("gate_mapping", self.gate_mapping, GATE_MAPPINGS)
         if not isinstance(self.freeze_cnn_first_group, (bool, np.bool_)):
             raise ValueError(f"freeze_cnn_first_group must be true or false, got {self.freeze_cnn_first_group!r}")
         # frozen: from_dict and the config pass {keep, until}, stored as the hashable TokenDropping

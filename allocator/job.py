@@ -32,6 +32,7 @@ from allocator.allocation import (
     SHARE_PRIORS,
     Allocation,
     AllocationSpec,
+    check_choice,
     check_selection_gate,
     loss_proportional_shares,
 )
@@ -423,8 +424,7 @@ class TrainingJob:
 
     @share_prior.setter
     def share_prior(self, prior: str) -> None:
-        if prior not in SHARE_PRIORS:
-            raise ValueError(f"share_prior must be one of {', '.join(SHARE_PRIORS)}, got {prior!r}")
+        check_choice("share_prior", prior, SHARE_PRIORS)
         self._share_prior = prior
 
     @property
