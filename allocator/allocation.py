@@ -333,8 +333,7 @@ class AllocationSpec:
         shares /= shares.sum()
         keep = self._keep_of(a[k])
         gates = np.clip((1.0 + a[self.gate_entries]) / (1.0 - self.dead_zone), 0.0, 1.0)
-        if self.gate_mapping == "binary":
-            gates = (gates >= 0.5).astype(np.float64)  # frozen for the interval, or trained at every step
+        gates = self._on_gate_mapping(gates)
         if self.min_layer_gate:
             gates = self.min_layer_gate + (1.0 - self.min_layer_gate) * gates
         steps = self._steps_of(a[k + 1 + g])
@@ -373,8 +372,7 @@ class AllocationSpec:
         wanted = np.asarray(allocation.layer_gates, dtype=np.float64)
         # a gate below the floor maps to the floor: the nearest reachable one
         unit = np.clip((wanted - floor) / (1.0 - floor), 0.0, 1.0) if floor < 1.0 else np.ones_like(wanted)
-        if self.gate_mapping == "binary":
-            unit = (unit >= 0.5).astype(np.float64)  # the nearest of the two reachable gates
+        unit = self._on_gate_mapping(unit)  # a gate binary cannot reach maps to the nearest one it can
         gates = unit * (1.0 - d) - 1.0
         gates[unit >= 1.0] = 0.0
         if allocation.steps == 0:
@@ -385,6 +383,13 @@ class AllocationSpec:
             steps = -d + (STOP_BELOW + d) * (1.0 - (allocation.steps - 1) / (self.max_steps - 1))
         action = np.concatenate([logits, [keep], gates, [steps]])
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def _on_gate_mapping(self, unit_gates: np.ndarray) -> np.ndarray:
+        """Linear gates in ``[0, 1]`` as :attr:`gate_mapping` gives them: as they are, or rounded at 1/2
+        (``binary``: frozen for the interval, or trained at every step)."""
+        if self.gate_mapping == "binary":
+            return (unit_gates >= 0.5).astype(np.float64)
+        return unit_gates
 
     @property
     def _keep_top(self) -> float:
