@@ -129,6 +129,11 @@ class EnvConfig:
     """Draw each sampled training job's model family evenly first, then a dataset that has it
     (in the train split the 1-D CNN then makes a third of the sampled jobs rather than a
     twelfth); false: the dataset first, as every preset was trained."""
+    family_weights: dict = field(default_factory=dict)
+    """Relative weights of the sampled training jobs' model families, drawn first as with
+    ``balance_families`` (``{cnn1d: 4}``: two thirds 1-D CNNs among the train split's three
+    families); a family not named weighs 1; empty: as ``balance_families`` says. The
+    validation jobs are drawn with the same weights."""
     many_epoch_share: float = 0.0
     """Share of the sampled compute-bound training jobs that run 6 to 30 epochs on a smaller
     clean set with a slower learning rate (``allocator.jobs.JobDistribution``), so that how many
@@ -153,6 +158,7 @@ class EnvConfig:
             "families": list(self.families) or None,
             "balance_families": self.balance_families,
             "many_epoch_share": self.many_epoch_share,
+            "family_weights": dict(self.family_weights) or None,
         }
 
     def validate(self, where: str) -> None:
@@ -183,6 +189,7 @@ class EnvConfig:
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         _in_range(where, "env.many_epoch_share", self.many_epoch_share, 0.0, 1.0)
         _check_families(where, "env.families", self.families, self.split)
+        _check_family_weights(where, self)
         unknown = [name for name in self.ignored_features if name not in FEATURE_NAMES]
         if unknown or not all(isinstance(name, str) for name in self.ignored_features):
             raise ValueError(
@@ -204,6 +211,18 @@ def _check_families(where: str, key: str, families, split: str) -> None:
             JobDistribution(split, families=families)
         except ValueError as error:
             raise ValueError(f"{where}: {key}: {error}") from None
+
+
+def _check_family_weights(where: str, env: EnvConfig) -> None:
+    from allocator.jobs import JobDistribution
+
+    if not isinstance(env.family_weights, dict):
+        raise ValueError(f"{where}: env.family_weights must map model family names to weights, got {env.family_weights!r}")
+    if env.family_weights:
+        try:
+            JobDistribution(env.split, families=list(env.families) or None, family_weights=env.family_weights)
+        except ValueError as error:
+            raise ValueError(f"{where}: env.family_weights: {error}") from None
 
 
 def _check_device(where: str, device) -> None:

@@ -527,6 +527,8 @@ def _train(
         options = config.env.distribution_options()
         if training.validation_families:  # validate on a family left out of training
             options["families"] = list(training.validation_families)
+            # the weights shape the training mix and may name families left out here
+            options["family_weights"] = None
         validation_distribution = JobDistribution(config.env.split, device=config.env.device, **options)
 
         def validation_job(index: int):

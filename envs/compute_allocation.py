@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -106,6 +106,9 @@ class ComputeAllocationEnv(gym.Env):
       (default ``None``: all of the split's; ignored with ``jobs``).
     * ``balance_families``: draw the built-in distribution's model family
       evenly first (default ``False``; ignored with ``jobs``).
+    * ``family_weights``: draw it first with these relative weights instead,
+      e.g. ``{"cnn1d": 4}``; a family not named weighs 1 (default ``None``;
+      ignored with ``jobs``).
     * ``many_epoch_share``: share of the built-in distribution's sampled
       compute-bound recipes that run many epochs on a smaller clean set with
       a slower learning rate, so that epochs alone do not tell the regime
@@ -176,6 +179,7 @@ class ComputeAllocationEnv(gym.Env):
         families: Sequence[str] | None = None,
         balance_families: bool = False,
         many_epoch_share: float = 0.0,
+        family_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -219,6 +223,7 @@ class ComputeAllocationEnv(gym.Env):
                 families=families,
                 balance_families=balance_families,
                 many_epoch_share=many_epoch_share,
+                family_weights=family_weights,
             )
         if not callable(getattr(jobs, "sample", None)):
             raise ValueError("jobs must have sample(rng, spec) -> TrainingJob")

@@ -27,7 +27,7 @@ results measure transfer to unseen jobs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -426,6 +426,7 @@ class JobDistribution:
         families: Sequence[str] | None = None,
         balance_families: bool = False,
         many_epoch_share: float = 0.0,
+        family_weights: Mapping[str, float] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -460,6 +461,26 @@ class JobDistribution:
             }
             self.variants = {variant: entry for variant, entry in kept.items() if entry[2]}
             self.named = [name for name in self.named if NAMED_JOBS[name].model in self.families]
+        self.family_weights = None if family_weights is None else self._check_family_weights(family_weights)
+
+    def _check_family_weights(self, family_weights) -> dict[str, float]:
+        """The weights as floats, after checking that they name sampled families and can draw one."""
+        sampled = self._sampled_families()
+        if not isinstance(family_weights, Mapping) or not all(isinstance(name, str) for name in family_weights):
+            raise ValueError(f"family_weights must map model family names to weights, got {family_weights!r}")
+        unknown = [name for name in family_weights if name not in sampled]
+        if unknown:
+            raise ValueError(
+                f"family_weights names {unknown}, not among the sampled model families {sampled} of this distribution"
+            )
+        weights = {}
+        for name, weight in family_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+                raise ValueError(f"family_weights[{name!r}] must be a finite number >= 0, got {weight!r}")
+            weights[name] = float(weight)
+        if not any(weights.get(name, 1.0) > 0 for name in sampled):
+            raise ValueError(f"family_weights leave no sampled model family to draw: {weights}")
+        return weights
 
     @property
     def model_families(self) -> tuple[str, ...]:
@@ -494,9 +515,13 @@ class JobDistribution:
             regime = REGIMES[int(rng.integers(len(REGIMES)))]
         else:
             regime = "data-bound" if rng.random() < self.data_bound_share else "compute-bound"
-        if self.balance_families:
+        if self.family_weights is not None or self.balance_families:
             sampled_families = self._sampled_families()
-            family = sampled_families[int(rng.integers(len(sampled_families)))]
+            if self.family_weights is None:  # the even draw as it was, so seeded job pools stay
+                family = sampled_families[int(rng.integers(len(sampled_families)))]
+            else:
+                weights = np.array([self.family_weights.get(name, 1.0) for name in sampled_families])
+                family = sampled_families[int(rng.choice(len(sampled_families), p=weights / weights.sum()))]
             offering = [variant for variant, (_, _, fams) in self.variants.items() if family in fams]
             variant = offering[int(rng.integers(len(offering)))]
             dataset, fixed, _ = self.variants[variant]
@@ -597,5 +622,7 @@ class JobDistribution:
 
     def __repr__(self) -> str:
         families = "" if self.families is None else f", families={list(self.families)}"
+        if self.family_weights is not None:
+            families += f", family_weights={self.family_weights}"
         many = f", many_epoch_share={self.many_epoch_share}" if self.many_epoch_share else ""
         return f"JobDistribution(split={self.split!r}, named_share={self.named_share}{families}{many})"
