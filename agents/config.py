@@ -576,6 +576,10 @@ def _coerce(where: str, key: str, value: Any, spec: dataclasses.Field, section: 
         if isinstance(value, (list, tuple)):
             return list(value)
         raise ValueError(f"{where}: {key} must be a list, got {value!r}")
+    if kind is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ValueError(f"{where}: {key} must be a mapping, got {value!r}")
     raise TypeError(f"unsupported configuration field type {kind!r} of {key}")  # pragma: no cover
 
 
