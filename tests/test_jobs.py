@@ -402,6 +402,46 @@ def test_balanced_families_give_each_model_family_an_even_share_of_sampled_jobs(
     assert {recipe.dataset for recipe in balanced if recipe.model == "cnn1d"} == {"mnist1d"}
 
 
+def test_family_weights_draw_the_model_family_first_with_those_relative_weights():
+    def shares(**options):
+        models = [recipe.model for recipe in JobDistribution("train", named_share=0.0, **options).recipes(0, 600)]
+        return {family: models.count(family) / len(models) for family in ("mlp", "resmlp", "cnn1d")}
+
+    weighted = shares(family_weights={"cnn1d": 6})  # 6 : 1 : 1, the families not named weigh 1
+    assert weighted["cnn1d"] == pytest.approx(6 / 8, abs=0.05)
+    assert weighted["mlp"] == pytest.approx(1 / 8, abs=0.04) and weighted["resmlp"] == pytest.approx(1 / 8, abs=0.04)
+    assert shares(family_weights={"cnn1d": 0})["cnn1d"] == 0.0
+    # the weights imply the family-first draw; the 1-D CNN still comes only with MNIST-1D
+    weighted_recipes = JobDistribution("train", named_share=0.0, family_weights={"cnn1d": 6}).recipes(1, 100)
+    assert {recipe.dataset for recipe in weighted_recipes if recipe.model == "cnn1d"} == {"mnist1d"}
+
+
+def test_a_zero_family_weight_leaves_the_named_jobs_of_that_family_in():
+    jobs = JobDistribution("train", named_share=1.0, family_weights={"cnn1d": 0})
+    assert "mnist1d-cnn1d" in {recipe.name for recipe in jobs.recipes(0, 200)}
+
+
+def test_without_family_weights_the_balanced_draw_is_the_one_seeded_job_pools_were_built_with():
+    balanced = JobDistribution("train", balance_families=True).recipes(3, 40)
+    assert JobDistribution("train", balance_families=True, family_weights=None).recipes(3, 40) == balanced
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"cnn2d": 1}, r"family_weights names \['cnn2d'\], not among the sampled model families"),
+        ({"cnn1d": -1}, r"family_weights\['cnn1d'\] must be a finite number >= 0, got -1"),
+        ({"cnn1d": float("inf")}, r"family_weights\['cnn1d'\] must be a finite number >= 0, got inf"),
+        ({"cnn1d": True}, r"family_weights\['cnn1d'\] must be a finite number >= 0, got True"),
+        ({"mlp": 0, "resmlp": 0, "cnn1d": 0}, "family_weights leave no sampled model family to draw"),
+        (["cnn1d"], r"family_weights must map model family names to weights, got \['cnn1d'\]"),
+    ],
+)
+def test_bad_family_weights_are_a_clear_error(weights, message):
+    with pytest.raises(ValueError, match=message):
+        JobDistribution("train", family_weights=weights)
+
+
 def test_budget_epochs_are_the_passes_over_the_training_set_the_budget_buys():
     # 250 steps of 64 samples over the 1,397 digits: a slow learner still improving at 11 epochs
     assert NAMED_JOBS["digits-transformer"].budget_epochs == pytest.approx(250 * 64 / 1397)

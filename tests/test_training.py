@@ -112,6 +112,12 @@ def test_config_file_overrides_preset_and_flags_override_file(tmp_path):
         ("env:\n  families: [cnn2d]\n", "env.families: families must be a non-empty subset of the train split"),
         ("env:\n  families: mlp\n", "env.families must be a list, got 'mlp'"),
         ("training:\n  validation_families: [lstm]\n", "training.validation_families: families must be"),
+        ("env:\n  family_weights: [cnn1d]\n", r"env.family_weights must be a mapping, got \['cnn1d'\]"),
+        ("env:\n  family_weights: {cnn1d: -1}\n", r"env.family_weights: family_weights\['cnn1d'\] must be a finite"),
+        (
+            "env:\n  families: [mlp, resmlp]\n  family_weights: {cnn1d: 2}\n",
+            r"env.family_weights: family_weights names \['cnn1d'\], not among the sampled model families",
+        ),
         ("env:\n  device: gpu0\n", "env.device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got 'gpu0'"),
         ("training:\n  keep_snapshots: often\n", "training.keep_snapshots must be true or false, got 'often'"),
         ("env:\n  freeze_cnn_first_group: 1\n", "env.freeze_cnn_first_group must be true or false, got 1"),
@@ -518,10 +524,22 @@ def test_a_family_left_out_of_training_can_be_the_validation(tmp_path, monkeypat
 
 def test_balanced_families_and_many_epoch_jobs_reach_the_envs_job_distribution(tmp_path):
     path = tmp_path / "balanced.yaml"
-    path.write_text("env:\n  balance_families: true\n  many_epoch_share: 0.5\n")
+    path.write_text("env:\n  balance_families: true\n  many_epoch_share: 0.5\n  family_weights: {cnn1d: 6}\n")
     jobs = envs_job_distribution(resolve_config("tiny", path))
     assert jobs.balance_families
     assert jobs.many_epoch_share == 0.5
+    assert jobs.family_weights == {"cnn1d": 6.0}
+
+
+def test_family_weights_do_not_stop_validating_on_a_family_left_out_of_training(tmp_path, monkeypatch):
+    # the weights shape the training mix; the validation family need not be among them
+    path = tmp_path / "weighted-leave-one-out.yaml"
+    path.write_text(
+        "env:\n  families: [mlp, resmlp]\n  family_weights: {resmlp: 3}\n"
+        "training:\n  validation_families: [cnn1d]\n  validation_jobs: 1\n  eval_jobs: 0\n"
+    )
+    validated = validation_job_names(path, tmp_path, monkeypatch)
+    assert len(validated) == 1 and "cnn1d" in validated[0], validated
 
 
 def test_the_validation_jobs_are_drawn_with_the_envs_distribution_options(tmp_path, monkeypatch):
