@@ -207,9 +207,10 @@ class AllocationSpec:
             thirtieth and thirty-first rounds). With ``binary`` the deployed
             mean action freezes exactly when training froze in more than half
             of its draws, and the chance of a freeze is smooth in the mean.
-            Measured: among all three train families no seed learned to
-            freeze with it; trained on CNN jobs only, one seed of two did
-            (thirty-second and thirty-third rounds).
+            Measured: among all three train families drawn evenly no seed
+            learned to freeze with it; trained on CNN jobs only, one seed of
+            two did; with three quarters of the sampled jobs CNNs, two seeds
+            of four did (thirty-second to thirty-fourth rounds).
             Trap: part of what a policy learns (``env.gate_mapping``); a
             policy trained with one mapping acts differently under the other.
             ``linear`` (the default, and what a policy.json without the field
