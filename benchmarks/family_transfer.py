@@ -13,11 +13,19 @@ gets an ``evaluate`` report (``results.csv``, readable by
 
 It prints mean J and wins over uniform, overall and by the regime each job
 was drawn for. BENCHMARKS.md section 5 (fifth round) has what it found.
+
+``--as-model FAMILY`` keeps the drawn jobs' data, optimizer and budget and
+trains a model of another family on them, e.g. ``--families mlp,resmlp
+--as-model transformer``: a family no train job has, on the train split's
+own data, so transfer to it is measured without running held-out jobs
+(BENCHMARKS.md section 5, thirty-fifth round). Width, depth and batch size
+are capped at the largest the family is drawn with.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -27,6 +35,7 @@ import torch
 from allocator import AllocatorPolicy
 from allocator.evaluation import evaluate, parse_names
 from allocator.jobs import JobDistribution
+from allocator.jobs.distribution import MODEL_SIZES
 
 # apart from the envs' job pools (job_pool_seed 0) and the validation jobs (validation_seed 1)
 JOB_SEED = 2024
@@ -47,6 +56,29 @@ def distinct_recipes(distribution: JobDistribution, count: int, job_seed: int, k
 def transfer_recipes(split: str, families: list[str], count: int, job_seed: int = JOB_SEED) -> dict:
     """``{name: JobRecipe}``: ``count`` distinct recipes of ``split`` drawn from ``families`` only."""
     return distinct_recipes(JobDistribution(split, families=families), count, job_seed)
+
+
+def as_model(recipes: dict, family: str) -> dict:
+    """``{name: JobRecipe}``: each recipe with a ``family`` model, named ``NAME-as-FAMILY``.
+
+    The data, optimizer, learning rate, budget and regime stay; width, depth and
+    batch size are capped at the largest that ``family`` is drawn with.
+    """
+    if family not in MODEL_SIZES:
+        raise ValueError(f"--as-model must be one of {sorted(MODEL_SIZES)}, got {family!r}")
+    widths, depths, batches = MODEL_SIZES[family]
+    swapped = {}
+    for name, recipe in recipes.items():
+        new = dataclasses.replace(
+            recipe,
+            name=f"{name}-as-{family}",
+            model=family,
+            width=min(recipe.width, max(widths)),
+            depth=min(recipe.depth, max(depths)),
+            batch_size=min(recipe.batch_size, max(batches)),
+        )
+        swapped[new.name] = new
+    return swapped
 
 
 def job_builders(recipes: dict) -> dict:
@@ -113,16 +145,24 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=16, help="distinct jobs drawn from those families")
     parser.add_argument("--seeds", type=int, default=2, help="job seeds per job")
     parser.add_argument(
+        "--as-model",
+        metavar="FAMILY",
+        help="train a model of this family on the drawn jobs' data instead, e.g. transformer",
+    )
+    parser.add_argument(
         "--out", required=True, type=Path, help="one evaluate report per policy goes under it"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
         recipes = transfer_recipes(args.split, parse_names(args.families), args.jobs)
+        if args.as_model:
+            recipes = as_model(recipes, args.as_model)
     except ValueError as error:
         parser.error(str(error))
     jobs = job_builders(recipes)
-    print(f"{len(jobs)} jobs x {args.seeds} seeds of the {args.split} split, families {args.families}")
+    model = f" as {args.as_model} models" if args.as_model else ""
+    print(f"{len(jobs)} jobs x {args.seeds} seeds of the {args.split} split, families {args.families}{model}")
     print("| policy | uniform mean J | policy mean J | wins | compute-bound wins | data-bound wins |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     policies = load_policies(parser, args.policies)

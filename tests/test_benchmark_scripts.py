@@ -349,6 +349,37 @@ def test_family_transfer_draws_distinct_jobs_of_the_left_out_family_only():
     assert list(transfer.transfer_recipes("train", ["cnn1d"], 12)) == list(recipes)  # same jobs for every policy
 
 
+def test_as_model_trains_another_family_on_the_same_data_optimizer_and_budget():
+    transfer = load_script("family_transfer")
+    recipes = transfer.transfer_recipes("train", ["mlp", "resmlp"], 6)
+    swapped = transfer.as_model(recipes, "transformer")
+    assert list(swapped) == [f"{name}-as-transformer" for name in recipes]
+    for before, after in zip(recipes.values(), swapped.values()):
+        assert after.model == "transformer"
+        assert (after.dataset, after.dataset_options, after.lr, after.budget_steps, after.regime) == (
+            before.dataset,
+            before.dataset_options,
+            before.lr,
+            before.budget_steps,
+            before.regime,
+        )
+        # capped at the largest transformer drawn: width 32, depth 2, batch 64
+        assert (after.width, after.depth, after.batch_size) == (
+            min(before.width, 32),
+            min(before.depth, 2),
+            min(before.batch_size, 64),
+        )
+    assert any(before.width > 32 for before in recipes.values())  # the cap was exercised
+    assert next(iter(swapped.values())).build(seed=0, device="cpu").name.endswith("-as-transformer")
+
+
+def test_as_model_refuses_an_unknown_family(capsys):
+    transfer = load_script("family_transfer")
+    with pytest.raises(SystemExit):
+        transfer.main(["--families", "mlp", "--as-model", "lstm", "--out", "unused", "some-policy"])
+    assert "--as-model must be one of" in capsys.readouterr().err
+
+
 def test_policies_with_the_same_folder_name_get_reports_of_their_own():
     names = load_script("family_transfer").report_names(
         ["runs/e27/seed-3", "runs/e28/seed-3", "runs/e28/seed-0", "benchmarks/heldout-quick/policy", "seed-1"]

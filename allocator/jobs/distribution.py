@@ -325,7 +325,7 @@ LR_RANGES = {"adam": (5e-4, 5e-3), "adamw": (5e-4, 5e-3), "sgd": (1e-2, 1e-1)}
 
 # Sizes per family: (widths, depths, batch sizes), small enough that one
 # uniform episode stays around a second or two on one CPU thread.
-_SIZES = {
+MODEL_SIZES = {
     "mlp": ((64, 128, 256), (3, 4), (32, 64, 128)),
     "resmlp": ((64, 128), (1, 2, 3), (32, 64, 128)),
     "cnn1d": ((16, 32, 64), (3, 4), (32, 64, 128)),
@@ -529,7 +529,7 @@ class JobDistribution:
             variant = list(self.variants)[int(rng.integers(len(self.variants)))]
             dataset, fixed, families = self.variants[variant]
             family = families[int(rng.integers(len(families)))]
-        widths, depths, batches = _SIZES[family]
+        widths, depths, batches = MODEL_SIZES[family]
         data_bound = regime == "data-bound"
         # drawn only when asked for, so that the default keeps seeded job pools as they were
         many_epochs = not data_bound and self.many_epoch_share > 0 and rng.random() < self.many_epoch_share
