@@ -52,6 +52,7 @@ from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
 from allocator.allocation import Allocation, AllocationSpec
 from allocator.objective import Objective
+from allocator.policy import use_policy_spec
 
 # compute_to_target of a run that never reached uniform's best loss, in means.
 NEVER_REACHED = 1.5
@@ -291,18 +292,21 @@ class SB3Controller:
 
     Normalises each raw observation with the VecNormalize observation
     statistics (read only: evaluation never updates them), takes the model's
-    deterministic action and maps it with the spec.
+    deterministic action and maps it with the spec. Each job runs with the
+    spec's rules and ``selection_gate`` (:func:`allocator.policy.use_policy_spec`),
+    as the exported policy runs it.
     """
 
     name = "policy"
 
-    def __init__(self, model, vec_normalize, spec: AllocationSpec) -> None:
+    def __init__(self, model, vec_normalize, spec: AllocationSpec, selection_gate: float | None = None) -> None:
         self.model = model
         self.vec_normalize = vec_normalize
         self.spec = spec
+        self.selection_gate = selection_gate
 
     def reset(self, job) -> None:
-        job.use_spec(self.spec)
+        use_policy_spec(job, self.spec, self.selection_gate)
 
     def act(self, observation) -> Allocation:
         obs = np.asarray(observation, dtype=np.float32)
@@ -329,6 +333,9 @@ class HeldOutEvaluation:
         spec: the allocation spec the agent was trained with.
         objective: the J parameters of training.
         prefix: the TensorBoard section of the scalars ``run`` returns.
+        selection_gate: the training envs' ``selection_gate``; the policy's
+            runs use it with the spec's rules, as the exported policy does.
+            Uniform runs without rules.
     """
 
     def __init__(
@@ -338,8 +345,10 @@ class HeldOutEvaluation:
         spec: AllocationSpec,
         objective: Objective,
         prefix: str = "eval",
+        selection_gate: float | None = None,
     ) -> None:
         self.job_factory = job_factory
+        self.selection_gate = selection_gate
         self.n_jobs = int(n_jobs)
         self.spec = spec
         self.objective = objective
@@ -363,7 +372,7 @@ class HeldOutEvaluation:
 
         started = time.perf_counter()
         uniform = self.uniform_results()
-        controller = SB3Controller(model, vec_normalize, self.spec)
+        controller = SB3Controller(model, vec_normalize, self.spec, self.selection_gate)
         policy = [
             run_job(self.job_factory(i), controller, objective=self.objective) for i in range(self.n_jobs)
         ]

@@ -537,7 +537,12 @@ def _train(
             return validation_distribution.sample(rng, spec=spec)
 
         validation = HeldOutEvaluation(
-            validation_job, training.validation_jobs, spec, objective, prefix="validation"
+            validation_job,
+            training.validation_jobs,
+            spec,
+            objective,
+            prefix="validation",
+            selection_gate=config.env.selection_gate,
         )
 
     def metadata() -> dict:
@@ -601,7 +606,9 @@ def _train(
             rng = np.random.default_rng([training.eval_seed, index])
             return heldout.sample(rng, spec=spec)
 
-        evaluation = HeldOutEvaluation(heldout_job, training.eval_jobs, spec, objective)
+        evaluation = HeldOutEvaluation(
+            heldout_job, training.eval_jobs, spec, objective, selection_gate=config.env.selection_gate
+        )
         # eval_every 0: only the final evaluation
         every = training.eval_every or (training.timesteps + 1)
         evaluation_callback = HeldOutEvaluationCallback(evaluation, every)

@@ -361,6 +361,40 @@ def _build_actor(
     raise ValueError(f"unknown policy kind {kind!r}; known kinds: {list(POLICY_KINDS)}")
 
 
+def use_policy_spec(job: Any, spec: AllocationSpec, selection_gate: float | None = None) -> bool:
+    """Make ``job`` run as a policy with ``spec`` runs it: the spec and every rule it carries.
+
+    Calls ``job.use_spec(spec)`` and sets ``job.selection_gate``,
+    ``job.stop_before_budget``, ``job.share_prior``, ``job.token_dropping``,
+    ``job.freeze_cnn_first_group`` and ``job.layer_lever`` from ``spec`` (and
+    ``selection_gate``), each one the job has. Returns ``False``, setting
+    nothing, when the job has no ``use_spec`` method.
+
+    The one place that turns a spec into a job's rules: the training env, an
+    applied :class:`AllocatorPolicy` and training's evaluations of the live
+    agent all call it. Trap: ``job.use_spec`` alone leaves the rules as they
+    were, so a policy trained with ``layer_lever: cnn-first-group`` then has
+    its later gates act on every model (BENCHMARKS.md section 5,
+    thirty-fifth round: the evaluation of the live agent ran so until it used this).
+    """
+    use_spec = getattr(job, "use_spec", None)
+    if not callable(use_spec):
+        return False
+    use_spec(spec)
+    rules = {
+        "selection_gate": selection_gate,
+        "stop_before_budget": spec.stop_before_budget,
+        "share_prior": spec.share_prior,
+        "token_dropping": spec.token_dropping,
+        "freeze_cnn_first_group": spec.freeze_cnn_first_group,
+        "layer_lever": spec.layer_lever,
+    }
+    for name, value in rules.items():
+        if hasattr(job, name):
+            setattr(job, name, value)
+    return True
+
+
 class AllocatorPolicy:
     """A trained allocator policy, loaded from a policy directory; a controller for ``run_job``.
 
@@ -627,29 +661,12 @@ class AllocatorPolicy:
     def reset(self, job: Any) -> None:
         """Prepare ``job`` for this policy: make it use the policy's spec and its rules.
 
-        Calls ``job.use_spec(self.spec)`` and sets ``job.selection_gate`` (``None``
-        for a policy trained without the gate), ``job.stop_before_budget``
-        (``spec.stop_before_budget``), ``job.share_prior`` (``spec.share_prior``) and
-        ``job.token_dropping`` (``spec.token_dropping``) and
-        ``job.freeze_cnn_first_group`` (``spec.freeze_cnn_first_group``) and
-        ``job.layer_lever`` (``spec.layer_lever``) when the job has that method;
-        otherwise a job whose ``spec`` differs from the policy's raises ``ValueError``.
+        A job with a ``use_spec`` method gets :func:`use_policy_spec` with the
+        policy's spec and selection gate (``None`` for a policy trained without
+        the gate); otherwise a job whose ``spec`` differs from the policy's
+        raises ``ValueError``.
         """
-        use_spec = getattr(job, "use_spec", None)
-        if callable(use_spec):
-            use_spec(self.spec)
-            if hasattr(job, "selection_gate"):
-                job.selection_gate = self.selection_gate
-            if hasattr(job, "stop_before_budget"):
-                job.stop_before_budget = self.spec.stop_before_budget
-            if hasattr(job, "share_prior"):
-                job.share_prior = self.spec.share_prior
-            if hasattr(job, "token_dropping"):
-                job.token_dropping = self.spec.token_dropping
-            if hasattr(job, "freeze_cnn_first_group"):
-                job.freeze_cnn_first_group = self.spec.freeze_cnn_first_group
-            if hasattr(job, "layer_lever"):
-                job.layer_lever = self.spec.layer_lever
+        if use_policy_spec(job, self.spec, self.selection_gate):
             self._check_observation_size(job)
             return
         job_spec = getattr(job, "spec", None)

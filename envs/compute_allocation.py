@@ -13,6 +13,7 @@ from gymnasium import spaces
 from allocator.allocation import AllocationSpec, check_selection_gate
 from allocator.job import TrainingJob
 from allocator.objective import Objective, ObjectiveMeter
+from allocator.policy import use_policy_spec
 from allocator.stats import OBSERVATION_CLIP, ObservationLayout
 
 
@@ -257,12 +258,7 @@ class ComputeAllocationEnv(gym.Env):
                 self._reference_objective = self._uniform_objective(job_seed)
         elif not isinstance(job, TrainingJob):
             raise ValueError(f"options['job'] must be a TrainingJob, got {type(job).__name__}")
-        job.use_spec(self.allocation_spec)
-        job.selection_gate = self.selection_gate
-        job.stop_before_budget = self.allocation_spec.stop_before_budget
-        job.share_prior = self.allocation_spec.share_prior
-        job.token_dropping = self.allocation_spec.token_dropping
-        job.layer_lever = self.allocation_spec.layer_lever
+        use_policy_spec(job, self.allocation_spec, self.selection_gate)
         self.job = job
         observation = self._visible(job.observation())
         self._meter = ObjectiveMeter(self.objective, job.initial_val_loss)
