@@ -210,7 +210,7 @@ class AllocationSpec:
             Measured: among all three train families drawn evenly no seed
             learned to freeze with it; trained on CNN jobs only, one seed of
             two did; with three quarters of the sampled jobs CNNs, two seeds
-            of four did (thirty-second to thirty-fourth rounds).
+            of seven did (thirty-second to thirty-fifth rounds).
             Trap: part of what a policy learns (``env.gate_mapping``); a
             policy trained with one mapping acts differently under the other.
             ``linear`` (the default, and what a policy.json without the field
