@@ -16,7 +16,11 @@ TensorBoard tags, beside SB3's own ``rollout/``, ``train/`` and ``time/``:
 ``allocation/*``            per episode, mean over its intervals:
                             ``sample_share_k``, ``keep_fraction``,
                             ``layer_gate_g``, ``steps`` (optimizer steps asked
-                            per interval)
+                            per interval); all as the action asked, on every
+                            job. With a ``layer_lever`` other than ``all``,
+                            ``acting_layer_gate_g`` too, logged only for the
+                            episodes whose job ran gate g (a CNN's): what the
+                            policy learned where the gate acts
 ``episode/*``               per episode: ``J`` (and with the env's uniform
                             reference ``J_uniform``, ``J_difference``),
                             ``compute_fraction`` (share of the budget used), ``final_val_loss``,
@@ -161,6 +165,7 @@ class _EpisodeAllocation:
         self.gates: list[tuple[float, ...]] = []
         self.steps: list[int] = []
         self.initial_val_loss = initial_val_loss
+        self.acting_layer_gates: int | None = None  # the env's info, with a narrowed layer lever
 
     def add(self, info: dict) -> None:
         allocation = info.get("allocation")
@@ -169,6 +174,8 @@ class _EpisodeAllocation:
             self.keep.append(allocation.keep_fraction)
             self.gates.append(allocation.layer_gates)
             self.steps.append(allocation.steps)
+        if "acting_layer_gates" in info:
+            self.acting_layer_gates = int(info["acting_layer_gates"])
 
     def summary(self, info: dict) -> dict[str, float]:
         scalars: dict[str, float] = {"episode/intervals": float(len(self.steps))}
@@ -177,6 +184,9 @@ class _EpisodeAllocation:
                 scalars[f"allocation/sample_share_{k}"] = float(share)
             for g, gate in enumerate(np.mean(self.gates, axis=0)):
                 scalars[f"allocation/layer_gate_{g}"] = float(gate)
+                # the ask where it was run, apart from jobs where the lever ignores it
+                if self.acting_layer_gates is not None and g < self.acting_layer_gates:
+                    scalars[f"allocation/acting_layer_gate_{g}"] = float(gate)
             scalars["allocation/keep_fraction"] = float(np.mean(self.keep))
             scalars["allocation/steps"] = float(np.mean(self.steps))
         if "compute_fraction" in info:

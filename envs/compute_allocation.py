@@ -140,7 +140,11 @@ class ComputeAllocationEnv(gym.Env):
 
     ``info`` holds ``allocation``, ``compute_used`` and ``compute_fraction``,
     ``val_loss``, ``train_loss``, ``job``, ``diverged``, and at the end
-    ``objective`` (J).
+    ``objective`` (J). With a ``layer_lever`` other than ``all`` it also
+    holds ``acting_layer_gates``: how many of the action's layer gates, from
+    the first, the job ran (``TrainingJob.acting_layer_gates``; 0 on a model
+    without a convolution). Trap: ``allocation`` is what the action asked
+    for, gates the job did not run included.
 
     ## Version history
 
@@ -299,6 +303,9 @@ class ComputeAllocationEnv(gym.Env):
             "val_accuracy": report.val_accuracy,
             "diverged": report.diverged,
         }
+        if self.allocation_spec.layer_lever != "all":
+            # the action asks for every gate on every job; say how many of them this job ran
+            info["acting_layer_gates"] = self.job.acting_layer_gates
         if terminated:
             reward -= self._meter.finish()
             reward += self._reference_objective

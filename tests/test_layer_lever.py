@@ -94,3 +94,26 @@ def test_the_env_runs_it_on_the_jobs_it_trains_on():
 class _OneJob:
     def sample(self, rng, spec):
         return make_job(budget_steps=40)
+
+
+def test_tensorboard_charts_the_gate_asked_on_the_jobs_that_ran_it_apart_from_the_rest():
+    from agents.callbacks import _EpisodeAllocation
+
+    def episode_scalars(layer_lever: str, model=None) -> dict:
+        env = ComputeAllocationEnv(jobs=_OneJob(), min_layer_gate=0.0, layer_lever=layer_lever)
+        env.reset(seed=0, options={"job": make_job(budget_steps=40, model=model)})
+        action = env.allocation_spec.to_action(first_group_frozen(env.allocation_spec))
+        episode, done = _EpisodeAllocation(), False
+        while not done:
+            *_, done, _, info = env.step(action)
+            episode.add(info)
+        return episode.summary(info)
+
+    cnn = episode_scalars("cnn-first-group", small_cnn())
+    assert cnn["allocation/acting_layer_gate_0"] == cnn["allocation/layer_gate_0"] == 0.0
+    assert "allocation/acting_layer_gate_1" not in cnn  # the lever runs the later gates at 1
+    mlp = episode_scalars("cnn-first-group")
+    assert mlp["allocation/layer_gate_0"] == 0.0  # asked for, not run
+    assert not any(tag.startswith("allocation/acting_") for tag in mlp)
+    # with the lever open everywhere every gate acts on every job: nothing to tell apart
+    assert not any(tag.startswith("allocation/acting_") for tag in episode_scalars("all", small_cnn()))
