@@ -32,7 +32,14 @@ from typing import Any
 
 import yaml
 
-from allocator.allocation import GATE_MAPPINGS, LAYER_LEVERS, SHARE_PRIORS, STOP_BELOW, check_selection_gate
+from allocator.allocation import (
+    GATE_DECISIONS,
+    GATE_MAPPINGS,
+    LAYER_LEVERS,
+    SHARE_PRIORS,
+    STOP_BELOW,
+    check_selection_gate,
+)
 from allocator.stats import FEATURE_NAMES
 from allocator.token_dropping import TokenDropping
 
@@ -104,6 +111,11 @@ class EnvConfig:
     deployed mean action freezes exactly when most of training's draws did; ``linear``: the gate
     is the per-step chance that the group trains. Part of the spec, and the envs run it, so it
     changes what the policy learns."""
+    gate_decision: str = "interval"
+    """``job``: the layer gates a job runs on its first interval hold to its end
+    (``allocator.AllocationSpec.gate_decision``), so a freeze is one decision per job whose effect
+    on the whole run PPO credits to one draw; ``interval``: decided anew on every interval. Part of
+    the spec, and the envs run it, so it changes what the policy learns."""
     s: float = 0.2
     """Objective: credit for unused budget, in [0, 1]."""
     w: float = 1.0
@@ -186,6 +198,7 @@ class EnvConfig:
             )
         _choice(where, "env.layer_lever", self.layer_lever, LAYER_LEVERS)
         _choice(where, "env.gate_mapping", self.gate_mapping, GATE_MAPPINGS)
+        _choice(where, "env.gate_decision", self.gate_decision, GATE_DECISIONS)
         _in_range(where, "env.data_bound_share", self.data_bound_share, 0.0, 1.0)
         _in_range(where, "env.many_epoch_share", self.many_epoch_share, 0.0, 1.0)
         _check_families(where, "env.families", self.families, self.split)

@@ -99,6 +99,7 @@ def env_kwargs(config: TrainConfig) -> dict[str, Any]:
         "token_dropping": env.token_dropping,
         "layer_lever": env.layer_lever,
         "gate_mapping": env.gate_mapping,
+        "gate_decision": env.gate_decision,
         # not env.freeze_cnn_first_group: a rule of the exported policy, which the envs do not run
         "s": env.s,
         "w": env.w,
@@ -155,6 +156,7 @@ def allocation_spec(config: TrainConfig):
         freeze_cnn_first_group=env.freeze_cnn_first_group,
         layer_lever=env.layer_lever,
         gate_mapping=env.gate_mapping,
+        gate_decision=env.gate_decision,
     )
 
 

@@ -55,6 +55,8 @@ SHARE_PRIORS = ("uniform", "loss")
 LAYER_LEVERS = ("all", "convolutional", "cnn-first-group")
 #: Values of ``AllocationSpec.gate_mapping``: how a gate entry of the action becomes a layer gate.
 GATE_MAPPINGS = ("linear", "binary")
+#: Values of ``AllocationSpec.gate_decision``: how often a job's layer gates are decided.
+GATE_DECISIONS = ("interval", "job")
 # Every group keeps at least this share of its uniform share under loss-proportional shares.
 LOSS_SHARE_FLOOR = 0.25
 
@@ -215,6 +217,20 @@ class AllocationSpec:
             policy trained with one mapping acts differently under the other.
             ``linear`` (the default, and what a policy.json without the field
             means) is the original mapping.
+        gate_decision: ``interval`` or ``job``. With ``job`` the layer gates
+            the job runs on its first interval hold for every later one
+            (:attr:`~allocator.TrainingJob.gate_decision`): a freeze is one
+            decision per job, taken on the first observation, and the action's
+            gate entries on later intervals are ignored. Why: the freeze pays
+            only when it holds for the whole run, and decided per interval PPO
+            credits each interval's draw with a sliver of that effect; two
+            seeds of seven learned it so (thirty-fourth and thirty-fifth
+            rounds); decided once, the whole run's J follows one draw.
+            Trap: part of what a policy learns (``env.gate_decision``); the
+            gates held are those after ``layer_lever`` and ``gate_mapping``,
+            reported and observed on every interval as run. ``interval`` (the
+            default, and what a policy.json without the field means) decides
+            them anew on every interval.
 
     .. warning:: A policy only runs on jobs with the spec it was trained with;
        ``run_job`` with an ``AllocatorPolicy`` sets the job's spec to the policy's.
@@ -232,6 +248,7 @@ class AllocationSpec:
     freeze_cnn_first_group: bool = False
     layer_lever: str = "all"
     gate_mapping: str = "linear"
+    gate_decision: str = "interval"
 
     def __post_init__(self) -> None:
         for name in ("sample_groups", "layer_groups", "max_steps"):
@@ -249,6 +266,7 @@ class AllocationSpec:
         check_choice("share_prior", self.share_prior, SHARE_PRIORS)
         check_choice("layer_lever", self.layer_lever, LAYER_LEVERS)
         check_choice("gate_mapping", self.gate_mapping, GATE_MAPPINGS)
+        check_choice("gate_decision", self.gate_decision, GATE_DECISIONS)
         if not isinstance(self.freeze_cnn_first_group, (bool, np.bool_)):
             raise ValueError(f"freeze_cnn_first_group must be true or false, got {self.freeze_cnn_first_group!r}")
         # frozen: from_dict and the config pass {keep, until}, stored as the hashable TokenDropping
@@ -286,6 +304,8 @@ class AllocationSpec:
             spec["layer_lever"] = self.layer_lever
         if self.gate_mapping != "linear":  # likewise
             spec["gate_mapping"] = self.gate_mapping
+        if self.gate_decision != "interval":  # likewise
+            spec["gate_decision"] = self.gate_decision
         return spec
 
     @classmethod

@@ -208,6 +208,8 @@ def describe_policy(policy) -> list[str]:
         parts.append("only the first layer gate acts, on CNNs only")
     if getattr(spec, "gate_mapping", "linear") == "binary":
         parts.append("layer gates freeze a group for the interval or train it at every step")
+    if getattr(spec, "gate_decision", "interval") == "job":
+        parts.append("layer gates decided once per job, on its first interval")
     return parts
 
 

@@ -324,6 +324,14 @@ class TrainingJob:
         #: on CNNs. Set by the env and by a policy whose spec has it, in
         #: ``reset(job)``.
         self.layer_lever = "all"
+        #: ``interval`` or ``job`` (``AllocationSpec.gate_decision``): with ``job``
+        #: the layer gates run on the first interval that trains (after
+        #: :attr:`layer_lever` and :attr:`freeze_cnn_first_group`) hold for every
+        #: later interval, whatever the allocation asks; reported and observed as
+        #: run. Set by the env and by a policy whose spec has it, in ``reset(job)``.
+        #: Trap: set it before the first interval.
+        self.gate_decision = "interval"
+        self._held_layer_gates: tuple[float, ...] | None = None
         self._group_log_loss: np.ndarray | None = None
         self._last_interval_compute = 0
         self._selection_alignment = float("nan")
@@ -611,6 +619,11 @@ class TrainingJob:
             allocation = dataclasses.replace(allocation, layer_gates=(*allocation.layer_gates[:acting], *always_trained))
         if self.freezes_cnn_first_group and allocation.layer_gates[0] > 0.0:
             allocation = dataclasses.replace(allocation, layer_gates=(0.0, *allocation.layer_gates[1:]))
+        if self.gate_decision == "job":
+            # one decision per job: the first trained interval's gates, kept to the end
+            if self._held_layer_gates is None:
+                self._held_layer_gates = allocation.layer_gates
+            allocation = dataclasses.replace(allocation, layer_gates=self._held_layer_gates)
         if self.share_prior == "loss" and self._group_log_loss is not None:
             # the same groups the next batches are drawn from: _read_statistics sorted both
             drawn_shares = loss_proportional_shares(self._group_log_loss) * np.asarray(allocation.sample_shares)

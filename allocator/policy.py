@@ -366,7 +366,7 @@ def use_policy_spec(job: Any, spec: AllocationSpec, selection_gate: float | None
 
     Calls ``job.use_spec(spec)`` and sets ``job.selection_gate``,
     ``job.stop_before_budget``, ``job.share_prior``, ``job.token_dropping``,
-    ``job.freeze_cnn_first_group`` and ``job.layer_lever`` from ``spec`` (and
+    ``job.freeze_cnn_first_group``, ``job.layer_lever`` and ``job.gate_decision`` from ``spec`` (and
     ``selection_gate``), each one the job has. Returns ``False``, setting
     nothing, when the job has no ``use_spec`` method.
 
@@ -388,6 +388,7 @@ def use_policy_spec(job: Any, spec: AllocationSpec, selection_gate: float | None
         "token_dropping": spec.token_dropping,
         "freeze_cnn_first_group": spec.freeze_cnn_first_group,
         "layer_lever": spec.layer_lever,
+        "gate_decision": spec.gate_decision,
     }
     for name, value in rules.items():
         if hasattr(job, name):

@@ -98,6 +98,10 @@ class ComputeAllocationEnv(gym.Env):
     * ``gate_mapping``: ``"linear"`` or ``"binary"``: with ``"binary"`` a gate
       entry freezes its layer group for the whole interval or trains it at
       every step (``AllocationSpec.gate_mapping``; part of the spec).
+    * ``gate_decision``: ``"interval"`` or ``"job"``: with ``"job"`` the layer
+      gates the job runs on its first interval hold to its end, so a freeze is
+      one decision per episode (``AllocationSpec.gate_decision``; part of the
+      spec).
     * ``s``, ``w``, ``divergence_loss``: the :class:`~allocator.Objective`.
     * ``jobs``: a job source replacing the built-in distribution: an object
       with ``sample(rng, spec) -> TrainingJob``.
@@ -169,6 +173,7 @@ class ComputeAllocationEnv(gym.Env):
         token_dropping=None,
         layer_lever: str = "all",
         gate_mapping: str = "linear",
+        gate_decision: str = "interval",
         s: float = 0.2,
         w: float = 1.0,
         divergence_loss: float = 3.0,
@@ -212,6 +217,7 @@ class ComputeAllocationEnv(gym.Env):
             token_dropping=token_dropping,
             layer_lever=layer_lever,
             gate_mapping=gate_mapping,
+            gate_decision=gate_decision,
         )
         self.selection_gate = check_selection_gate(selection_gate)
         self.objective = Objective(s=s, w=w, divergence_loss=divergence_loss)

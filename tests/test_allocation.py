@@ -157,6 +157,7 @@ def test_stop_before_budget_is_written_only_when_set_and_read_back():
         ("share_prior", "loss", "losses", "uniform, loss"),
         ("layer_lever", "convolutional", "cnn", "all, convolutional, cnn-first-group"),
         ("gate_mapping", "binary", "round", "linear, binary"),
+        ("gate_decision", "job", "episode", "interval, job"),
     ],
 )
 def test_a_spec_choice_is_written_only_when_set_read_back_and_checked(field, value, wrong, choices):

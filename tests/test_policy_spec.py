@@ -25,7 +25,10 @@ from envs.compute_allocation import ComputeAllocationEnv
 from tests.conftest import make_job
 from tests.test_cnn_freezing import QUICK
 
-RULES = ("selection_gate", "stop_before_budget", "share_prior", "token_dropping", "freeze_cnn_first_group", "layer_lever")
+RULES = (
+    "selection_gate", "stop_before_budget", "share_prior", "token_dropping", "freeze_cnn_first_group", "layer_lever",
+    "gate_decision",
+)
 TRAINED_WITH = dict(
     dead_zone=0.1,
     min_layer_gate=0.0,
@@ -35,6 +38,7 @@ TRAINED_WITH = dict(
     token_dropping=(0.5, 0.5),
     layer_lever="cnn-first-group",
     gate_mapping="binary",
+    gate_decision="job",
 )
 
 
@@ -63,7 +67,7 @@ def test_the_env_an_applied_policy_and_the_live_agents_evaluation_set_the_same_r
     trained = rules_of(env.job)
     spec = env.allocation_spec
     assert trained["layer_lever"] == "cnn-first-group" and trained["selection_gate"] == 0.7
-    assert trained["stop_before_budget"] and trained["share_prior"] == "loss"
+    assert trained["stop_before_budget"] and trained["share_prior"] == "loss" and trained["gate_decision"] == "job"
     assert trained["token_dropping"] == spec.token_dropping is not None
 
     evaluated = make_job(budget_steps=40)
@@ -72,7 +76,7 @@ def test_the_env_an_applied_policy_and_the_live_agents_evaluation_set_the_same_r
 
     quick = AllocatorPolicy.load(QUICK)
     assert quick.selection_gate == 0.7  # e27 was trained with the gate at 0.7
-    changes = {name: spec.__dict__[name] for name in ("stop_before_budget", "share_prior", "token_dropping", "layer_lever")}
+    changes = {name: spec.__dict__[name] for name in ("stop_before_budget", "share_prior", "token_dropping", "layer_lever", "gate_decision")}
     applied = make_job(budget_steps=40)
     quick._with_spec(**changes).reset(applied)
     assert rules_of(applied) == trained

@@ -753,7 +753,7 @@ def test_interrupted_checkpoint_swap_keeps_a_complete_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "value", "wrong"),
-    [("layer_lever", "convolutional", "cnn"), ("gate_mapping", "binary", "round")],
+    [("layer_lever", "convolutional", "cnn"), ("gate_mapping", "binary", "round"), ("gate_decision", "job", "episode")],
 )
 def test_a_learned_spec_choice_reaches_the_envs_and_the_exported_spec(key, value, wrong):
     # unlike the policy's rules (token dropping, the CNN freeze) the envs run these: they are learned
