@@ -19,7 +19,8 @@ TensorBoard tags, beside SB3's own ``rollout/``, ``train/`` and ``time/``:
                             per interval); all as the action asked, on every
                             job. With a ``layer_lever`` other than ``all``,
                             ``acting_layer_gate_g`` too, logged only for the
-                            episodes whose job ran gate g (a CNN's): what the
+                            episodes whose job ran gate g (a CNN's): the gate
+                            as run on the intervals that trained, what the
                             policy learned where the gate acts
 ``episode/*``               per episode: ``J`` (and with the env's uniform
                             reference ``J_uniform``, ``J_difference``),
@@ -166,6 +167,7 @@ class _EpisodeAllocation:
         self.steps: list[int] = []
         self.initial_val_loss = initial_val_loss
         self.acting_layer_gates: int | None = None  # the env's info, with a narrowed layer lever
+        self.gates_run: list[tuple[float, ...]] = []  # likewise, on the intervals that trained
 
     def add(self, info: dict) -> None:
         allocation = info.get("allocation")
@@ -176,6 +178,8 @@ class _EpisodeAllocation:
             self.steps.append(allocation.steps)
         if "acting_layer_gates" in info:
             self.acting_layer_gates = int(info["acting_layer_gates"])
+        if "layer_gates_run" in info and info.get("steps", 0) > 0:
+            self.gates_run.append(tuple(info["layer_gates_run"]))
 
     def summary(self, info: dict) -> dict[str, float]:
         scalars: dict[str, float] = {"episode/intervals": float(len(self.steps))}
@@ -184,11 +188,13 @@ class _EpisodeAllocation:
                 scalars[f"allocation/sample_share_{k}"] = float(share)
             for g, gate in enumerate(np.mean(self.gates, axis=0)):
                 scalars[f"allocation/layer_gate_{g}"] = float(gate)
-                # the ask where it was run, apart from jobs where the lever ignores it
-                if self.acting_layer_gates is not None and g < self.acting_layer_gates:
-                    scalars[f"allocation/acting_layer_gate_{g}"] = float(gate)
             scalars["allocation/keep_fraction"] = float(np.mean(self.keep))
             scalars["allocation/steps"] = float(np.mean(self.steps))
+        if self.acting_layer_gates and self.gates_run:
+            # what ran, apart from jobs where the lever ignores the ask (and, with
+            # gate_decision job, from the asks of later intervals, which are ignored too)
+            for g, gate in enumerate(np.mean(self.gates_run, axis=0)[: self.acting_layer_gates]):
+                scalars[f"allocation/acting_layer_gate_{g}"] = float(gate)
         if "compute_fraction" in info:
             scalars["episode/compute_fraction"] = float(info["compute_fraction"])
         val_loss = info.get("val_loss")

@@ -147,8 +147,10 @@ class ComputeAllocationEnv(gym.Env):
     ``objective`` (J). With a ``layer_lever`` other than ``all`` it also
     holds ``acting_layer_gates``: how many of the action's layer gates, from
     the first, the job ran (``TrainingJob.acting_layer_gates``; 0 on a model
-    without a convolution). Trap: ``allocation`` is what the action asked
-    for, gates the job did not run included.
+    without a convolution), and ``layer_gates_run``, the gates the interval
+    ran. Trap: ``allocation`` is what the action asked for, gates the job did
+    not run included (and with ``gate_decision="job"`` the later intervals'
+    gates, which the job ignores).
 
     ## Version history
 
@@ -312,6 +314,7 @@ class ComputeAllocationEnv(gym.Env):
         if self.allocation_spec.layer_lever != "all":
             # the action asks for every gate on every job; say how many of them this job ran
             info["acting_layer_gates"] = self.job.acting_layer_gates
+            info["layer_gates_run"] = report.allocation.layer_gates
         if terminated:
             reward -= self._meter.finish()
             reward += self._reference_objective

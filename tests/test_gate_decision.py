@@ -79,3 +79,18 @@ def test_apply_and_evaluate_name_it():
     assert describe_policy(AllocatorPolicy.load(QUICK)._with_spec(gate_decision="job")) == [
         "layer gates decided once per job, on its first interval"
     ]
+
+
+def test_tensorboard_charts_the_gate_held_not_the_later_asks():
+    from agents.callbacks import _EpisodeAllocation
+
+    env = ComputeAllocationEnv(jobs=_OneCnn(), gate_decision="job", **LEVER)
+    env.reset(seed=0)
+    episode, done, entry = _EpisodeAllocation(), False, -1.0
+    while not done:
+        *_, done, _, info = env.step(first_gate_action(env.allocation_spec, entry))
+        episode.add(info)
+        entry = 0.0  # every later interval asks to train the stem
+    scalars = episode.summary(info)
+    assert scalars["allocation/acting_layer_gate_0"] == 0.0  # frozen for the whole run
+    assert scalars["allocation/layer_gate_0"] > 0.5  # what the actions asked, mostly to train it
