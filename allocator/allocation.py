@@ -226,6 +226,8 @@ class AllocationSpec:
             credits each interval's draw with a sliver of that effect; two
             seeds of seven learned it so (thirty-fourth and thirty-fifth
             rounds); decided once, the whole run's J follows one draw.
+            Measured: one seed of three learned it at 15,104 timesteps, both
+            seeds trained on to 25,088 did (thirty-sixth round).
             Trap: part of what a policy learns (``env.gate_decision``); the
             gates held are those after ``layer_lever`` and ``gate_mapping``,
             reported and observed on every interval as run. ``interval`` (the
