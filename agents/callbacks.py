@@ -17,7 +17,8 @@ TensorBoard tags, beside SB3's own ``rollout/``, ``train/`` and ``time/``:
                             ``sample_share_k``, ``keep_fraction``,
                             ``layer_gate_g``, ``steps`` (optimizer steps asked
                             per interval); all as the action asked, on every
-                            job. With a ``layer_lever`` other than ``all``,
+                            job. With a ``layer_lever`` other than ``all``
+                            or ``gate_decision: job``,
                             ``acting_layer_gate_g`` too, logged only for the
                             episodes whose job ran gate g (a CNN's): the gate
                             as run on the intervals that trained, what the

@@ -144,7 +144,8 @@ class ComputeAllocationEnv(gym.Env):
 
     ``info`` holds ``allocation``, ``compute_used`` and ``compute_fraction``,
     ``val_loss``, ``train_loss``, ``job``, ``diverged``, and at the end
-    ``objective`` (J). With a ``layer_lever`` other than ``all`` it also
+    ``objective`` (J). With a ``layer_lever`` other than ``all``, or
+    ``gate_decision="job"``, it also
     holds ``acting_layer_gates``: how many of the action's layer gates, from
     the first, the job ran (``TrainingJob.acting_layer_gates``; 0 on a model
     without a convolution), and ``layer_gates_run``, the gates the interval
@@ -311,8 +312,9 @@ class ComputeAllocationEnv(gym.Env):
             "val_accuracy": report.val_accuracy,
             "diverged": report.diverged,
         }
-        if self.allocation_spec.layer_lever != "all":
-            # the action asks for every gate on every job; say how many of them this job ran
+        spec = self.allocation_spec
+        if spec.layer_lever != "all" or spec.gate_decision == "job":
+            # the job may run other gates than the action asks (the lever, a held decision): say which
             info["acting_layer_gates"] = self.job.acting_layer_gates
             info["layer_gates_run"] = report.allocation.layer_gates
         if terminated:

@@ -9,6 +9,7 @@ run's J to one draw instead of a sliver of it to each interval's.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from allocator import AllocationSpec, AllocatorPolicy
 from allocator.allocation import Allocation
@@ -17,13 +18,9 @@ from allocator.policy import use_policy_spec
 from envs.compute_allocation import ComputeAllocationEnv
 from tests.conftest import make_job
 from tests.test_cnn_freezing import QUICK, small_cnn, weights
+from tests.test_gate_mapping import _OneCnn
 
 LEVER = dict(dead_zone=0.1, min_layer_gate=0.0, layer_lever="cnn-first-group", gate_mapping="binary")
-
-
-class _OneCnn:
-    def sample(self, rng, spec):
-        return make_job(budget_steps=60, model=small_cnn())
 
 
 def first_gate_action(spec: AllocationSpec, entry: float) -> np.ndarray:
@@ -81,10 +78,12 @@ def test_apply_and_evaluate_name_it():
     ]
 
 
-def test_tensorboard_charts_the_gate_held_not_the_later_asks():
+@pytest.mark.parametrize("layer_lever", ["cnn-first-group", "all"])
+def test_tensorboard_charts_the_gate_held_not_the_later_asks(layer_lever):
     from agents.callbacks import _EpisodeAllocation
 
-    env = ComputeAllocationEnv(jobs=_OneCnn(), gate_decision="job", **LEVER)
+    # with the lever open on every job too: the held decision alone makes the asks mislead
+    env = ComputeAllocationEnv(jobs=_OneCnn(), gate_decision="job", **{**LEVER, "layer_lever": layer_lever})
     env.reset(seed=0)
     episode, done, entry = _EpisodeAllocation(), False, -1.0
     while not done:
