@@ -4,7 +4,10 @@ This is the composition root. Each subcommand lives in its own module that
 defines ``add_arguments(parser)`` and ``run(args) -> int``; the module is
 imported only when its subcommand is used, so ``compute-allocator jobs`` never
 loads stable-baselines3. Bad input ends with one line on stderr and exit code 2;
-set ``COMPUTE_ALLOCATOR_DEBUG=1`` to see the traceback instead.
+set ``COMPUTE_ALLOCATOR_DEBUG=1`` to see the traceback instead. Ctrl-C and SIGTERM
+(``kill PID``, a job scheduler's stop) end a command the same way: its cleanup
+runs (training stops its subprocess envs and says how to resume) and one line
+says so, exit code 130 and 143.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 # name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,6 +48,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class CommandError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM in the main process, raised where it arrives.
+
+    A KeyboardInterrupt, so every cleanup written for Ctrl-C runs for it too.
+    Without it SIGTERM kills the main process at once: training loses the steps
+    since its last checkpoint, and its subprocess envs, their pipes cut, print
+    tracebacks as they die.
+    """
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise :class:`Stopped`; returns the handler it replaced.
+
+    A second SIGTERM kills at once (the default), for a cleanup that hangs. A
+    process forked from this one with the handler inherited dies as the default
+    would: only the main process cleans up.
+    """
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != main_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Stopped
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 class _Unavailable:
@@ -106,8 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # signal handlers can be set from the main thread only (main() called from another: no handler)
+    previous = _stop_on_sigterm() if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args._module.run(args) or 0)
+    except Stopped:
+        print(f"compute-allocator {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"compute-allocator {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -117,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"compute-allocator {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -644,8 +644,16 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
 # close() waiting for a step result already read) is fixed in agents.training.stop_envs
 # and covered, fast and deterministically, by the test below.
 @pytest.mark.slow
-def test_ctrl_c_stops_subprocess_envs_cleanly_with_a_resume_hint(tmp_path):
-    """Two envs in subprocesses; SIGINT to the whole process group, as Ctrl-C in a terminal."""
+@pytest.mark.parametrize(
+    "stop, code, last_line",
+    [
+        ("ctrl-c", 130, "compute-allocator train: interrupted"),
+        ("kill", 143, "compute-allocator train: stopped (SIGTERM)"),
+    ],
+)
+def test_a_stopped_run_stops_subprocess_envs_cleanly_with_a_resume_hint(tmp_path, stop, code, last_line):
+    """Two envs in subprocesses. Ctrl-C: SIGINT to the whole process group, as in a terminal.
+    kill: SIGTERM to the main process alone, which must stop its envs itself."""
     config = tmp_path / "no-eval.yaml"
     config.write_text("training:\n  eval_jobs: 0\n  checkpoint_every: 64\n  timesteps: 100000\n")
     out = tmp_path / "interrupted"
@@ -673,17 +681,20 @@ def test_ctrl_c_stops_subprocess_envs_cleanly_with_a_resume_hint(tmp_path):
             assert process.poll() is None, process.communicate()[1]
             assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
             time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGINT)
+        if stop == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            os.kill(process.pid, signal.SIGTERM)
         # generous: a loaded 2-core machine finishes the current env step first
         _, err = process.communicate(timeout=180)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-    assert process.returncode == 130
+    assert process.returncode == code
     assert "Traceback" not in err
     assert "continue with --resume" in err
-    assert err.strip().splitlines()[-1] == "compute-allocator train: interrupted"
+    assert err.strip().splitlines()[-1] == last_line
 
 
 class SlowEnv:
