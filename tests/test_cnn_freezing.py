@@ -17,6 +17,7 @@ from tests.conftest import make_job
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "benchmarks" / "heldout-quick" / "policy"
+LEARNED_FREEZE = ROOT / "benchmarks" / "heldout-learned-freeze" / "policy"
 
 
 def small_cnn(seed: int = 0) -> nn.Sequential:
@@ -116,3 +117,24 @@ def test_the_training_envs_do_not_run_the_rule_but_the_exported_spec_carries_it(
     assert config.env.freeze_cnn_first_group
     assert allocation_spec(config).freeze_cnn_first_group  # the exported policy's spec
     assert "freeze_cnn_first_group" not in env_kwargs(config)  # what the members learn is unchanged
+
+
+def trained_gates(job, policy) -> list[list[float]]:
+    """The layer gates of each interval that trained (a stop's interval of 0 steps reports none)."""
+    return [i["allocation"]["layer_gates"] for i in run_job(job, policy).intervals if i["steps"] > 0]
+
+
+def test_the_published_learned_freeze_policy_freezes_a_cnns_first_group_by_its_own_action():
+    """No hand-set rule: its layer-gate entry, decided on the first interval, freezes the stem.
+
+    The published `quick` (no layer lever) trains every group of the same CNN, and the
+    learned-freeze policy trains every group of an MLP (its gate acts on CNNs only).
+    """
+    learned = AllocatorPolicy.load(LEARNED_FREEZE)
+    assert not learned.spec.freeze_cnn_first_group
+    assert (learned.spec.layer_lever, learned.spec.gate_decision) == ("cnn-first-group", "job")
+    gates = trained_gates(make_job(budget_steps=200, model=small_cnn()), learned)
+    assert len(gates) > 1 and all(g == [0.0, 1.0, 1.0, 1.0] for g in gates)
+    quick = AllocatorPolicy.load(QUICK)
+    assert all(g == [1.0] * 4 for g in trained_gates(make_job(budget_steps=200, model=small_cnn()), quick))
+    assert all(g == [1.0] * 4 for g in trained_gates(make_job(budget_steps=200), learned))
