@@ -53,10 +53,11 @@ class CommandError(Exception):
 class Stopped(KeyboardInterrupt):
     """SIGTERM in the main process, raised where it arrives.
 
-    A KeyboardInterrupt, so every cleanup written for Ctrl-C runs for it too.
-    Without it SIGTERM kills the main process at once: training loses the steps
-    since its last checkpoint, and its subprocess envs, their pipes cut, print
-    tracebacks as they die.
+    A KeyboardInterrupt, so every cleanup written for Ctrl-C runs for it too
+    (training: the envs stopped, TensorBoard flushed, the checkpoint to resume
+    from named; the steps since that checkpoint are lost, as with Ctrl-C).
+    Without it SIGTERM kills the main process at once, no cleanup runs, and its
+    subprocess envs, their pipes cut, print tracebacks as they die.
     """
 
 
