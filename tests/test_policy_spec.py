@@ -20,10 +20,9 @@ from agents.callbacks import HeldOutEvaluation, SB3Controller
 from allocator import AllocatorPolicy
 from allocator.allocation import Allocation
 from allocator.objective import Objective
-from allocator.runner import run_job
 from envs.compute_allocation import ComputeAllocationEnv
 from tests.conftest import make_job
-from tests.test_cnn_freezing import QUICK
+from tests.test_cnn_freezing import QUICK, trained_gates
 
 RULES = (
     "selection_gate", "stop_before_budget", "share_prior", "token_dropping", "freeze_cnn_first_group", "layer_lever",
@@ -103,6 +102,5 @@ def test_a_gate_the_lever_keeps_closed_does_not_freeze_an_mlp_in_the_live_agents
     # (with every group frozen it stays exactly there)
     initial = np.mean([result.initial_val_loss for result in evaluation.uniform_results()])
     assert scalars["eval/final_val_loss_policy"] < initial - 0.01
-    result = run_job(make_job(budget_steps=40), SB3Controller(_Asks(every_gate_shut), None, spec, selection_gate=0.7))
-    trained = [interval for interval in result.intervals if interval["steps"] > 0]
-    assert {tuple(interval["allocation"]["layer_gates"]) for interval in trained} == {(1.0,) * 4}
+    controller = SB3Controller(_Asks(every_gate_shut), None, spec, selection_gate=0.7)
+    assert {tuple(gates) for gates in trained_gates(make_job(budget_steps=40), controller)} == {(1.0,) * 4}
