@@ -264,6 +264,33 @@ class CallOnPeriod(PeriodicCallback):
         self.function()
 
 
+class RolloutBoundary(BaseCallback):
+    """Knows whether PPO is collecting a rollout, and from which timestep.
+
+    ``collecting_since`` is ``num_timesteps`` at the start of the rollout being
+    collected, and None from a rollout's end until the next one starts (the PPO
+    update). While it is set, the weights, the optimizer and the VecNormalize
+    statistics are those of that timestep (plus the observations seen since), so
+    a run stopped then can save a checkpoint there.
+
+    .. warning:: It must come first in a ``CallbackList``: a later callback's
+       ``on_rollout_end`` already runs in the update's window.
+    """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.collecting_since: int | None = None
+
+    def _on_rollout_start(self) -> None:
+        self.collecting_since = int(self.model.num_timesteps)
+
+    def _on_rollout_end(self) -> None:
+        self.collecting_since = None
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class GateNoiseSchedule(BaseCallback):
     """Narrows the layer-gate entries' exploration noise linearly over training.
 

@@ -26,7 +26,9 @@ The policy directory ``DIR``::
 
 A checkpoint is written into a temporary directory that then replaces
 ``checkpoint/`` by ``os.replace``, so a run killed at any moment leaves a
-complete checkpoint, at most one checkpoint interval old.
+complete checkpoint, at most one checkpoint interval old. A run stopped by
+Ctrl-C or SIGTERM while it collects a rollout (most of its time) also saves
+one at that rollout's start, so it loses at most one rollout's steps.
 """
 
 from __future__ import annotations
@@ -466,6 +468,7 @@ def _train(
         GateNoiseSchedule,
         HeldOutEvaluation,
         HeldOutEvaluationCallback,
+        RolloutBoundary,
         allocation_layout,
         tensorboard_writer,
     )
@@ -560,13 +563,16 @@ def _train(
 
     last_validated: int | None = None
 
-    def checkpoint_now() -> None:
-        nonlocal best, last_validated
-        state = {
+    def checkpoint_state() -> dict:
+        return {
             "num_timesteps": int(model.num_timesteps),
             "wall_time": wall_before + time.perf_counter() - started,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+    def checkpoint_now() -> None:
+        nonlocal best, last_validated
+        state = checkpoint_state()
         if validation is None:
             save_checkpoint(model, vec_normalize, out_dir, state)
             export(model, vec_normalize, config, out_dir, metadata())
@@ -592,8 +598,30 @@ def _train(
             writer.add_scalar("validation/exported_timesteps", best["timesteps"], model.num_timesteps)
         save_checkpoint(model, vec_normalize, out_dir, dict(state, best_validation=best))
 
+    def checkpoint_on_stop() -> int | None:
+        """Save what a stopped run can keep; the timesteps of the checkpoint saved, or None.
+
+        Only while a rollout is being collected do the weights, the optimizer and the
+        VecNormalize statistics agree with a timestep count: the one at that rollout's
+        start, to which ``num_timesteps`` is set back (the unfinished rollout's steps were
+        never learned from, and a resumed run purges what they logged). Stopped in the
+        middle of a PPO update the weights are half-updated, so nothing is saved.
+        """
+        since = rollouts.collecting_since
+        last = find_checkpoint(out_dir)
+        saved = 0 if last is None else int(read_checkpoint_state(last)["num_timesteps"])
+        if since is None or since <= saved:  # nothing learned since the last checkpoint
+            return None
+        model.num_timesteps = since
+        save_checkpoint(model, vec_normalize, out_dir, dict(checkpoint_state(), best_validation=best))
+        if validation is None:  # with validation the exported policy is the best validated one
+            export(model, vec_normalize, config, out_dir, metadata())
+        return since
+
+    rollouts = RolloutBoundary()
     episodes = EpisodeAllocationCallback()
-    callbacks = [episodes, CallOnPeriod(training.checkpoint_every, checkpoint_now)]
+    # RolloutBoundary first: at a rollout's end it marks the update before the others run
+    callbacks = [rollouts, episodes, CallOnPeriod(training.checkpoint_every, checkpoint_now)]
     ppo = config.ppo
     if ppo.gates_log_std_final is not None:
         start = ppo.log_std_init if ppo.gates_log_std_init is None else ppo.gates_log_std_init
@@ -627,6 +655,7 @@ def _train(
                 progress_bar=progress_bar and _progress_bar_available(),
             )
             model.logger.dump(model.num_timesteps)  # the last update's train/ scalars
+        rollouts.collecting_since = model.num_timesteps  # learned from every step
         checkpoint_now()
         if evaluation_callback is not None and (
             not evaluation_callback.history or evaluation_callback.history[-1][0] != model.num_timesteps
@@ -645,17 +674,25 @@ def _train(
         else:
             stop_envs(vec_normalize)
         if interrupted:
+            stopped_at = int(model.num_timesteps)
+            kept = checkpoint_on_stop()
             last = find_checkpoint(out_dir)
-            if last is None:  # --resume needs a checkpoint, and a fresh run an empty directory
+            if kept is not None:
                 print(
-                    f"training interrupted at {model.num_timesteps} timesteps, before its first checkpoint: "
+                    f"training interrupted at {stopped_at} timesteps; saved a checkpoint at {kept} timesteps "
+                    f"(the last completed update) in {out_dir}: continue with --resume",
+                    file=sys.stderr,
+                )
+            elif last is None:  # --resume needs a checkpoint, and a fresh run an empty directory
+                print(
+                    f"training interrupted at {stopped_at} timesteps, before its first checkpoint: "
                     f"nothing to resume; delete {out_dir} to start again",
                     file=sys.stderr,
                 )
             else:
                 saved = read_checkpoint_state(last)["num_timesteps"]
                 print(
-                    f"training interrupted at {model.num_timesteps} timesteps; the last checkpoint "
+                    f"training interrupted at {stopped_at} timesteps; the last checkpoint "
                     f"({saved} timesteps) is in {out_dir}: continue with --resume",
                     file=sys.stderr,
                 )

@@ -640,6 +640,62 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert steps == sorted(steps) and steps[-1] == target  # one curve, continued
 
 
+def stop_training(monkeypatch, method: str, when) -> None:
+    """Raise KeyboardInterrupt (what Ctrl-C and SIGTERM raise) from PPO ``method`` once ``when(model)``."""
+    from stable_baselines3 import PPO
+
+    original = getattr(PPO, method)
+
+    def stopping(self, *args, **kwargs):
+        if when(self):
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PPO, method, stopping)
+
+
+def test_a_run_stopped_while_it_collects_a_rollout_saves_a_checkpoint_at_that_rollouts_start(
+    tmp_path, monkeypatch, capsys
+):
+    """Rollouts of 32 steps start at 0, 32, 64, 96; a stop at step 100 keeps the 96 learned from."""
+    config = tmp_path / "rare-checkpoints.yaml"
+    config.write_text("training:\n  eval_jobs: 0\n  checkpoint_every: 1000\n  timesteps: 256\n")
+    out = tmp_path / "stopped"
+    # _update_info_buffer runs after every env step of a rollout
+    stop_training(monkeypatch, "_update_info_buffer", lambda model: model.num_timesteps >= 100)
+    argv = ["train", "--preset", "tiny", "--config", str(config), "--out", str(out), "--no-progress-bar"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at 100 timesteps; saved a checkpoint at 96 timesteps" in err
+    assert "continue with --resume" in err
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["num_timesteps"] == 96
+    count, _ = vecnormalize_statistics(out / "checkpoint")
+    assert count >= 96
+    assert json.loads((out / "policy.json").read_text())["extra"]["timesteps"] == 96  # exported too
+
+    monkeypatch.undo()
+    assert main(["train", "--out", str(out), "--resume", "--timesteps", "160", "--no-progress-bar"]) == 0
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["num_timesteps"] == 160
+    steps = [event.step for event in scalars(out / "tb").Scalars("rollout/ep_rew_mean")]
+    assert steps == sorted(steps) and steps[-1] == 160  # one curve: the unfinished rollout's log purged
+
+
+def test_a_run_stopped_during_a_ppo_update_keeps_its_last_periodic_checkpoint(tmp_path, monkeypatch, capsys):
+    """Half-updated weights are not saved: the checkpoint of step 64 stays, though the rollout
+    just learned from started at 96."""
+    config = tmp_path / "no-eval.yaml"
+    config.write_text("training:\n  eval_jobs: 0\n  checkpoint_every: 64\n  timesteps: 256\n")
+    out = tmp_path / "stopped"
+    stop_training(monkeypatch, "train", lambda model: model.num_timesteps >= 128)  # the update after 128 steps
+    argv = ["train", "--preset", "tiny", "--config", str(config), "--out", str(out), "--no-progress-bar"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at 128 timesteps; the last checkpoint (64 timesteps)" in err
+    assert "saved a checkpoint" not in err
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["num_timesteps"] == 64
+
+
 # End to end, in the slow set; the hang it once showed on a loaded machine (SB3's
 # close() waiting for a step result already read) is fixed in agents.training.stop_envs
 # and covered, fast and deterministically, by the test below.
