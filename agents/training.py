@@ -675,7 +675,11 @@ def _train(
             stop_envs(vec_normalize)
         if interrupted:
             stopped_at = int(model.num_timesteps)
-            kept = checkpoint_on_stop()
+            try:
+                kept = checkpoint_on_stop()
+            except Exception as error:  # the stop, not this, is what the user must see
+                kept = None
+                print(f"could not save a checkpoint at the stop: {error}", file=sys.stderr)
             last = find_checkpoint(out_dir)
             if kept is not None:
                 print(

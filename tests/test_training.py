@@ -681,6 +681,25 @@ def test_a_run_stopped_while_it_collects_a_rollout_saves_a_checkpoint_at_that_ro
     assert steps == sorted(steps) and steps[-1] == 160  # one curve: the unfinished rollout's log purged
 
 
+def test_a_checkpoint_that_cannot_be_saved_at_the_stop_still_ends_with_the_stop(tmp_path, monkeypatch, capsys):
+    import agents.training
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    config = tmp_path / "rare-checkpoints.yaml"
+    config.write_text("training:\n  eval_jobs: 0\n  checkpoint_every: 1000\n  timesteps: 256\n")
+    out = tmp_path / "stopped"
+    stop_training(monkeypatch, "_update_info_buffer", lambda model: model.num_timesteps >= 100)
+    monkeypatch.setattr(agents.training, "save_checkpoint", disk_full)
+    argv = ["train", "--preset", "tiny", "--config", str(config), "--out", str(out), "--no-progress-bar"]
+    assert main(argv) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "could not save a checkpoint at the stop: [Errno 28] No space left on device" in lines
+    assert "before its first checkpoint: nothing to resume" in lines[-2]
+    assert lines[-1] == "compute-allocator train: interrupted"
+
+
 def test_a_run_stopped_during_a_ppo_update_keeps_its_last_periodic_checkpoint(tmp_path, monkeypatch, capsys):
     """Half-updated weights are not saved: the checkpoint of step 64 stays, though the rollout
     just learned from started at 96."""
