@@ -654,10 +654,8 @@ def stop_training(monkeypatch, method: str, when) -> None:
     monkeypatch.setattr(PPO, method, stopping)
 
 
-def test_a_run_stopped_while_it_collects_a_rollout_saves_a_checkpoint_at_that_rollouts_start(
-    tmp_path, monkeypatch, capsys
-):
-    """Rollouts of 32 steps start at 0, 32, 64, 96; a stop at step 100 keeps the 96 learned from."""
+def train_stopped_at_step_100(tmp_path, monkeypatch) -> Path:
+    """The tiny preset with no periodic checkpoint before its end, stopped mid-rollout at step 100."""
     config = tmp_path / "rare-checkpoints.yaml"
     config.write_text("training:\n  eval_jobs: 0\n  checkpoint_every: 1000\n  timesteps: 256\n")
     out = tmp_path / "stopped"
@@ -665,6 +663,14 @@ def test_a_run_stopped_while_it_collects_a_rollout_saves_a_checkpoint_at_that_ro
     stop_training(monkeypatch, "_update_info_buffer", lambda model: model.num_timesteps >= 100)
     argv = ["train", "--preset", "tiny", "--config", str(config), "--out", str(out), "--no-progress-bar"]
     assert main(argv) == 130
+    return out
+
+
+def test_a_run_stopped_while_it_collects_a_rollout_saves_a_checkpoint_at_that_rollouts_start(
+    tmp_path, monkeypatch, capsys
+):
+    """Rollouts of 32 steps start at 0, 32, 64, 96; a stop at step 100 keeps the 96 learned from."""
+    out = train_stopped_at_step_100(tmp_path, monkeypatch)
     err = capsys.readouterr().err
     assert "interrupted at 100 timesteps; saved a checkpoint at 96 timesteps" in err
     assert "continue with --resume" in err
@@ -687,13 +693,8 @@ def test_a_checkpoint_that_cannot_be_saved_at_the_stop_still_ends_with_the_stop(
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    config = tmp_path / "rare-checkpoints.yaml"
-    config.write_text("training:\n  eval_jobs: 0\n  checkpoint_every: 1000\n  timesteps: 256\n")
-    out = tmp_path / "stopped"
-    stop_training(monkeypatch, "_update_info_buffer", lambda model: model.num_timesteps >= 100)
     monkeypatch.setattr(agents.training, "save_checkpoint", disk_full)
-    argv = ["train", "--preset", "tiny", "--config", str(config), "--out", str(out), "--no-progress-bar"]
-    assert main(argv) == 130
+    train_stopped_at_step_100(tmp_path, monkeypatch)
     lines = capsys.readouterr().err.strip().splitlines()
     assert "could not save a checkpoint at the stop: [Errno 28] No space left on device" in lines
     assert "before its first checkpoint: nothing to resume" in lines[-2]
