@@ -268,10 +268,11 @@ class RolloutBoundary(BaseCallback):
     """Knows whether PPO is collecting a rollout, and from which timestep.
 
     ``collecting_since`` is ``num_timesteps`` at the start of the rollout being
-    collected, and None from a rollout's end until the next one starts (the PPO
-    update). While it is set, the weights, the optimizer and the VecNormalize
-    statistics are those of that timestep (plus the observations seen since), so
-    a run stopped then can save a checkpoint there.
+    collected, None from a rollout's end until the next one starts (the PPO
+    update), and ``num_timesteps`` once ``learn()`` has returned. While it is
+    set, the weights, the optimizer and the VecNormalize statistics are those of
+    that timestep (plus the observations seen since), so a run stopped then can
+    save a checkpoint there.
 
     .. warning:: It must come first in a ``CallbackList``: a later callback's
        ``on_rollout_end`` already runs in the update's window.
@@ -286,6 +287,12 @@ class RolloutBoundary(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.collecting_since = None
+
+    def _on_training_end(self) -> None:
+        # learn() returned after its last update: the weights are those of num_timesteps.
+        # A callback that ended a rollout early leaves it at that rollout's start.
+        if self.collecting_since is None:
+            self.collecting_since = int(self.model.num_timesteps)
 
     def _on_step(self) -> bool:
         return True

@@ -598,8 +598,9 @@ def _train(
             writer.add_scalar("validation/exported_timesteps", best["timesteps"], model.num_timesteps)
         save_checkpoint(model, vec_normalize, out_dir, dict(state, best_validation=best))
 
-    def checkpoint_on_stop() -> int | None:
-        """Save what a stopped run can keep; the timesteps of the checkpoint saved, or None.
+    def checkpoint_on_stop(saved: int) -> int | None:
+        """Save what a stopped run can keep, past the checkpoint of ``saved`` timesteps;
+        the timesteps of the checkpoint saved, or None.
 
         Only while a rollout is being collected do the weights, the optimizer and the
         VecNormalize statistics agree with a timestep count: the one at that rollout's
@@ -608,8 +609,6 @@ def _train(
         middle of a PPO update the weights are half-updated, so nothing is saved.
         """
         since = rollouts.collecting_since
-        last = find_checkpoint(out_dir)
-        saved = 0 if last is None else int(read_checkpoint_state(last)["num_timesteps"])
         if since is None or since <= saved:  # nothing learned since the last checkpoint
             return None
         model.num_timesteps = since
@@ -655,7 +654,6 @@ def _train(
                 progress_bar=progress_bar and _progress_bar_available(),
             )
             model.logger.dump(model.num_timesteps)  # the last update's train/ scalars
-        rollouts.collecting_since = model.num_timesteps  # learned from every step
         checkpoint_now()
         if evaluation_callback is not None and (
             not evaluation_callback.history or evaluation_callback.history[-1][0] != model.num_timesteps
@@ -675,26 +673,26 @@ def _train(
             stop_envs(vec_normalize)
         if interrupted:
             stopped_at = int(model.num_timesteps)
+            last = find_checkpoint(out_dir)
+            saved = None if last is None else int(read_checkpoint_state(last)["num_timesteps"])
             try:
-                kept = checkpoint_on_stop()
+                kept = checkpoint_on_stop(saved or 0)
             except Exception as error:  # the stop, not this, is what the user must see
                 kept = None
                 print(f"could not save a checkpoint at the stop: {error}", file=sys.stderr)
-            last = find_checkpoint(out_dir)
             if kept is not None:
                 print(
                     f"training interrupted at {stopped_at} timesteps; saved a checkpoint at {kept} timesteps "
                     f"(the last completed update) in {out_dir}: continue with --resume",
                     file=sys.stderr,
                 )
-            elif last is None:  # --resume needs a checkpoint, and a fresh run an empty directory
+            elif saved is None:  # --resume needs a checkpoint, and a fresh run an empty directory
                 print(
                     f"training interrupted at {stopped_at} timesteps, before its first checkpoint: "
                     f"nothing to resume; delete {out_dir} to start again",
                     file=sys.stderr,
                 )
             else:
-                saved = read_checkpoint_state(last)["num_timesteps"]
                 print(
                     f"training interrupted at {stopped_at} timesteps; the last checkpoint "
                     f"({saved} timesteps) is in {out_dir}: continue with --resume",

@@ -55,7 +55,7 @@ class Stopped(KeyboardInterrupt):
 
     A KeyboardInterrupt, so every cleanup written for Ctrl-C runs for it too
     (training: the envs stopped, TensorBoard flushed, the checkpoint to resume
-    from named; the steps since that checkpoint are lost, as with Ctrl-C).
+    from named, a new one saved first when the run was collecting a rollout).
     Without it SIGTERM kills the main process at once, no cleanup runs, and its
     subprocess envs, their pipes cut, print tracebacks as they die.
     """
