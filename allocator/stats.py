@@ -3,48 +3,34 @@
 The observation is a float32 vector of scale-free features, the same size for
 every model and dataset, so one policy serves any job. Its layout is::
 
-    [ global (17) | K x per-sample-group (4) | G x per-layer-group (4) ]
+    [ global (16) | K x per-sample-group (4) | G x per-layer-group (4) ]
 
 Global features (``GLOBAL_FEATURES``):
 
-==  ========================  ==================================================
- 0  budget_used               share of the budget R spent so far, C/R
- 1  log_train_loss            log(train loss of the last interval / initial val loss)
- 2  log_val_loss              log(val loss / initial val loss)
- 3  val_loss_change           change of log_val_loss over the last interval
- 4  val_loss_above_best       log_val_loss minus its best value so far (>= 0)
- 5  generalisation_gap        log_val_loss - log_train_loss
- 6  unseen_fraction           share of training samples never drawn yet
- 7  log_epochs                log(1 + samples drawn / training-set size)
- 8  log_budget_epochs         log(samples the budget buys at uniform / set size)
- 9  gradient_coherence        mean over layer groups of feature 2 below
-10  previous_keep_fraction    keep fraction of the previous allocation
-11  previous_steps            steps of the previous allocation / max_steps
-12  val_loss_slope            val_loss_change / budget share of the last interval
-13  val_loss_trend            running mean of val_loss_slope (half-life 1 interval)
-14  budget_since_best         budget share spent since the best val loss so far
-15  selection_alignment       cosine of top-third and whole-batch gradients
-16  generalisation_gap_trend  running mean of the gap's change per budget share
-==  ========================  ==================================================
+==  ======================  ====================================================
+ 0  budget_used             share of the budget R spent so far, C/R
+ 1  log_train_loss          log(train loss of the last interval / initial val loss)
+ 2  log_val_loss            log(val loss / initial val loss)
+ 3  val_loss_change         change of log_val_loss over the last interval
+ 4  val_loss_above_best     log_val_loss minus its best value so far (>= 0)
+ 5  generalisation_gap      log_val_loss - log_train_loss
+ 6  unseen_fraction         share of training samples never drawn yet
+ 7  log_epochs              log(1 + samples drawn / training-set size)
+ 8  log_budget_epochs       log(samples the budget buys at uniform / set size)
+ 9  gradient_coherence      mean over layer groups of feature 2 below
+10  previous_keep_fraction  keep fraction of the previous allocation
+11  previous_steps          steps of the previous allocation / max_steps
+12  val_loss_slope          val_loss_change / budget share of the last interval
+13  val_loss_trend          running mean of val_loss_slope (half-life 1 interval)
+14  budget_since_best       budget share spent since the best val loss so far
+15  selection_alignment     cosine of top-third and whole-batch gradients
+==  ======================  ====================================================
 
 Features 12 to 14 are what a stopping decision needs. Under J, one more interval
 of budget share ``c`` pays off when the relative loss falls faster than about
 ``0.2 / (1 + 0.8 U)`` per unit of budget (``s = 0.2``, ``U`` unused), so
 ``val_loss_slope`` is in those units: about -0.2 is where training stops
 paying. It is noisy (the validation set is finite); ``val_loss_trend`` smooths it.
-
-``generalisation_gap_trend`` is how feature 5 moves, in the same units and
-with the same smoothing as ``val_loss_trend``: the change of the gap over
-the last interval divided by the budget share it spent, averaged with a
-half-life of one interval. It tells apart two jobs whose validation curves
-both flatten: on a data-bound job near its best the training loss keeps
-falling while the validation loss does not (the gap grows, the trend is
-positive); on a slow learner both fall together (about 0). Trap: the
-training loss is the mean over the samples the interval drew, as they
-were drawn (before each step, on the dropped tokens under token dropping),
-so it follows the sample shares: an interval that draws the high-loss
-groups more reads a higher training loss, and the gap dips by that much. Policies trained before it existed read the
-observation without it (:meth:`ObservationLayout.positions_in`).
 
 ``selection_alignment`` is what selective backprop needs, and what the
 job's selection gate reads (:attr:`TrainingJob.selection_gate`): on the first
@@ -106,12 +92,11 @@ GLOBAL_FEATURES = (
     "val_loss_trend",
     "budget_since_best",
     "selection_alignment",
-    "generalisation_gap_trend",
 )
 SELECTION_PROBE_FRACTION = 1 / 3
 """Share of the probed batch, highest loss first, whose gradient ``selection_alignment``
 compares with the whole batch's: the middle of the keep fractions selection can ask for."""
-TREND_DECAY = 0.5  # weight of the old trend in the two trends: a half-life of one interval
+TREND_DECAY = 0.5  # weight of the old trend in val_loss_trend: a half-life of one interval
 SAMPLE_GROUP_FEATURES = ("log_loss", "log_loss_spread", "staleness", "previous_share")
 LAYER_GROUP_FEATURES = ("log_grad_to_weight", "change", "gradient_coherence", "previous_gate")
 FEATURE_NAMES = tuple(dict.fromkeys(GLOBAL_FEATURES + SAMPLE_GROUP_FEATURES + LAYER_GROUP_FEATURES))
@@ -307,11 +292,6 @@ class IntervalStatistics:
     selection_alignment: float = 1.0  # NaN when not probed (no selection gate, no step, vanished gradients)
 
 
-def _smoothed(trend: float | None, value: float) -> float:
-    """The running mean behind the trend features: the first value as it is, then half-life one interval."""
-    return value if trend is None else TREND_DECAY * trend + (1 - TREND_DECAY) * value
-
-
 class ObservationBuilder:
     """Turns each interval's statistics into the observation; keeps the history it needs."""
 
@@ -324,8 +304,6 @@ class ObservationBuilder:
         self._previous_budget_used = 0.0
         self._budget_at_best = 0.0
         self._trend: float | None = None
-        self._previous_gap = 0.0
-        self._gap_trend: float | None = None
         self._layer_ratio = np.zeros(spec.layer_groups)
         self._layer_coherence = np.ones(spec.layer_groups)
         self._alignment = 1.0
@@ -363,10 +341,7 @@ class ObservationBuilder:
         # An interval that spent (almost) nothing carries no slope: keep the last trend.
         slope = (log_val - self._previous_log_val) / spent if spent > 1e-6 else (self._trend or 0.0)
         slope = float(np.clip(slope, -OBSERVATION_CLIP, OBSERVATION_CLIP))
-        self._trend = _smoothed(self._trend, slope)
-        gap = log_val - log_train
-        gap_slope = (gap - self._previous_gap) / spent if spent > 1e-6 else (self._gap_trend or 0.0)
-        self._gap_trend = _smoothed(self._gap_trend, float(np.clip(gap_slope, -OBSERVATION_CLIP, OBSERVATION_CLIP)))
+        self._trend = slope if self._trend is None else TREND_DECAY * self._trend + (1 - TREND_DECAY) * slope
 
         trained = np.isfinite(stats.layer_log_grad_to_weight)
         new_ratio = np.where(trained, stats.layer_log_grad_to_weight, self._layer_ratio)
@@ -386,7 +361,7 @@ class ObservationBuilder:
             "log_val_loss": log_val,
             "val_loss_change": log_val - self._previous_log_val,
             "val_loss_above_best": log_val - self._best_log_val,
-            "generalisation_gap": gap,
+            "generalisation_gap": log_val - log_train,
             "unseen_fraction": stats.unseen_fraction,
             "log_epochs": np.log1p(stats.samples_drawn / max(stats.training_set_size, 1)),
             "log_budget_epochs": np.log(max(stats.budget_samples, 1) / max(stats.training_set_size, 1)),
@@ -395,12 +370,10 @@ class ObservationBuilder:
             "val_loss_trend": self._trend,
             "budget_since_best": stats.budget_used - self._budget_at_best,
             "selection_alignment": self._alignment,
-            "generalisation_gap_trend": self._gap_trend,
         }
         for name, value in values.items():
             global_part[layout.global_index(name)] = value
         self._previous_log_val = log_val
-        self._previous_gap = gap
         self._previous_budget_used = stats.budget_used
 
         samples = np.stack(

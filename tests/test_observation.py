@@ -14,10 +14,10 @@ SPEC = AllocationSpec(sample_groups=2, layer_groups=2, max_steps=10)
 UNIFORM = Allocation(sample_shares=(0.5, 0.5), keep_fraction=1.0, layer_gates=(1.0, 1.0), steps=10)
 
 
-def interval(budget_used: float, val_loss: float, train_loss: float | None = None) -> IntervalStatistics:
+def interval(budget_used: float, val_loss: float) -> IntervalStatistics:
     return IntervalStatistics(
         budget_used=budget_used,
-        train_loss=val_loss if train_loss is None else train_loss,
+        train_loss=val_loss,
         val_loss=val_loss,
         samples_drawn=100,
         training_set_size=1000,
@@ -84,53 +84,15 @@ def test_selection_alignment_is_the_last_probe_and_starts_at_one():
     assert features(builder, unprobed, "selection_alignment") == [pytest.approx(0.4)]
 
 
-def test_gap_trend_rises_when_training_loss_falls_alone_and_stays_near_zero_when_both_fall():
-    """What tells a data-bound job near its best from a slow learner: both validation curves flatten."""
-    overfitting = ObservationBuilder(SPEC, initial_val_loss=1.0)
-    slow_learner = ObservationBuilder(SPEC, initial_val_loss=1.0)
-    for builder in (overfitting, slow_learner):
-        builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
-        builder.update(interval(0.1, 0.6, train_loss=0.6), UNIFORM)
-    for i in range(1, 4):
-        budget = 0.1 + 0.1 * i
-        # validation loss flat at 0.6 while the training loss halves each interval
-        fitted = overfitting.update(interval(budget, 0.6, train_loss=0.6 * 0.5**i), UNIFORM)
-        # both fall by 1 % an interval
-        learning = slow_learner.update(interval(budget, 0.6 * 0.99**i, train_loss=0.6 * 0.99**i), UNIFORM)
-    (gap_trend,) = features(overfitting, fitted, "generalisation_gap_trend")
-    # the gap grows by log 2 per 0.1 of budget in each of the three intervals after a flat one
-    assert gap_trend == pytest.approx((1 - 0.5**3) * math.log(2) / 0.1, rel=1e-5)
-    assert features(slow_learner, learning, "generalisation_gap_trend") == [pytest.approx(0.0, abs=1e-6)]
-    (val_trend,) = features(slow_learner, learning, "val_loss_trend")
-    assert val_trend < 0  # the slow learner's validation loss still falls; the gap says it falls with training
-
-
-def test_gap_trend_averages_the_last_intervals_and_starts_at_zero():
-    builder = ObservationBuilder(SPEC, initial_val_loss=1.0)
-    start = builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
-    assert features(builder, start, "generalisation_gap_trend") == [0.0]
-    builder.update(interval(0.1, 0.5, train_loss=0.5), UNIFORM)
-    grown = builder.update(interval(0.2, 0.5, train_loss=0.25), UNIFORM)  # the gap grows by log 2
-    steady = builder.update(interval(0.3, 0.5, train_loss=0.25), UNIFORM)  # then holds
-    (first,) = features(builder, grown, "generalisation_gap_trend")
-    (second,) = features(builder, steady, "generalisation_gap_trend")
-    assert second == pytest.approx(first / 2, rel=1e-5)  # half-life one interval, like val_loss_trend
-    # an interval that spent no budget carries no slope: the trend stands
-    assert features(builder, builder.update(interval(0.3, 0.5, train_loss=0.1), UNIFORM), "generalisation_gap_trend") == [
-        pytest.approx(second, rel=1e-5)
-    ]
-
-
-def test_layout_documents_seventeen_global_features():
+def test_layout_documents_sixteen_global_features():
     layout = ObservationLayout(SPEC)
-    assert layout.global_size == 17
-    assert layout.size == 17 + 2 * 4 + 2 * 4
-    assert layout.to_dict()["global"][-5:] == [
+    assert layout.global_size == 16
+    assert layout.size == 16 + 2 * 4 + 2 * 4
+    assert layout.to_dict()["global"][-4:] == [
         "val_loss_slope",
         "val_loss_trend",
         "budget_since_best",
         "selection_alignment",
-        "generalisation_gap_trend",
     ]
 
 
@@ -151,17 +113,16 @@ def test_an_unknown_feature_name_is_refused_with_the_known_names():
 
 
 def test_an_older_layout_reads_its_own_features_out_of_todays_observation_by_name():
-    """A policy trained before selection_alignment and generalisation_gap_trend existed lists its
-    features in policy.json."""
+    """A policy trained before selection_alignment existed lists its features in policy.json."""
     today = ObservationLayout(SPEC)
     names = today.to_dict()
-    names["global"] = [n for n in names["global"] if n not in ("selection_alignment", "generalisation_gap_trend")]
+    names["global"] = [n for n in names["global"] if n != "selection_alignment"]
     older = ObservationLayout.from_names(SPEC, names)
     assert not older.is_current and today.is_current
-    assert older.size == today.size - 2
+    assert older.size == today.size - 1
     observation = np.arange(today.size, dtype=float)
     selected = observation[older.positions_in(today)]
-    assert np.array_equal(older.global_features(selected), today.global_features(observation)[:-2])
+    assert np.array_equal(older.global_features(selected), today.global_features(observation)[:-1])
     assert np.array_equal(older.sample_group_features(selected), today.sample_group_features(observation))
     assert np.array_equal(older.layer_group_features(selected), today.layer_group_features(observation))
 
