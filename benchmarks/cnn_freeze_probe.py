@@ -99,6 +99,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each named job (default: 3)")
     parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default: 2)")
     parser.add_argument("--out", default=None, help="also write every run's row to this CSV file")
+    parser.add_argument(
+        "--stop-veto", metavar="FILE", help="also run the policy with its stops vetoed by this stop_veto.py fit"
+    )
     args = parser.parse_args(argv)
     try:
         policy = AllocatorPolicy.load(args.policy)
@@ -109,6 +112,13 @@ def main(argv=None) -> int:
         *with_and_without_the_rule(policy),
         FixedAllocation("keep 1, even shares, first frozen", frozen=(0,)),
     ]
+    if args.stop_veto:
+        from stop_veto import VetoedPolicy, load
+
+        try:
+            contenders.append(VetoedPolicy(contenders[0], load(args.stop_veto)))
+        except (OSError, ValueError) as error:
+            parser.error(f"--stop-veto: {error}")
     rows = measure(pairs_of(args.set, args.seeds), args.workers, contenders, policy.spec.max_steps)
     print()
     print(summary(rows))

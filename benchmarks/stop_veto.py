@@ -1,0 +1,186 @@
+"""A stop veto learned from hindsight: does it win back the slow learners a policy stops early?
+
+BENCHMARKS.md section 5, forty-first round. On uniform's own curves of the
+train check's jobs, the published policies ask to stop where a later stop
+would give a lower J far more often on the slow learners than a logistic
+regression reading the same global features does. This script tests the
+regression as a veto on a trained policy's stops:
+
+* ``fit``: runs uniform on ``--jobs`` distinct jobs drawn from the train
+  split's distribution (``many_epoch_share`` 0.5, as the recipes train),
+  none of them a job of ``train_check.py`` or ``cnn_freeze_probe.py``.
+  Every interval but the first and the last is labelled "continuing pays"
+  when some later stop on the same curve gives a lower J (s = 0.2, w = 1),
+  weighted by the J at stake, and a standardised logistic regression on the
+  observation's global features is fitted to the labels. The veto is
+  written as JSON (features by name, mean, scale, weights, intercept):
+
+      python benchmarks/stop_veto.py fit --jobs 64 --out runs/r41/veto.json
+
+* ``VetoedPolicy(policy, veto)``: the policy, except that when it asks to
+  stop and the regression says continuing pays (probability above 1/2),
+  the job runs the interval the policy ran last once more. ``train_check.py
+  --stop-veto FILE`` and ``cnn_freeze_probe.py --stop-veto FILE`` add the
+  vetoed policy as a row of its own (``NAME@veto``).
+
+Trap: the labels come from uniform's curves; under a policy the curve is
+its own (selection, a frozen stem), read through the same features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from allocator.allocation import Allocation
+from allocator.baselines import make as make_baseline
+from allocator.jobs import JobDistribution, names
+from allocator.runner import run_job
+from allocator.stats import GLOBAL_FEATURES, ObservationLayout
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from family_transfer import distinct_recipes  # noqa: E402
+from train_check import job_sets  # noqa: E402
+
+VETO_JOB_SEED = 4141  # apart from the check's and the probe's draws
+S, W = 0.2, 1.0  # J's defaults
+
+
+class VetoedPolicy:
+    """``policy`` whose stops are refused where ``veto`` (the JSON of ``fit``) says continuing pays."""
+
+    def __init__(self, policy, veto: dict) -> None:
+        self.policy, self.veto = policy, veto
+        self.spec = policy.spec
+        self.name = f"{policy.name}@veto"
+        self._last: Allocation | None = None
+        self.vetoes = 0
+
+    def reset(self, job) -> None:
+        self.policy.reset(job)
+        self.layout = ObservationLayout(job.spec)
+        self._last = None
+
+    def continue_pays(self, observation) -> bool:
+        features = np.array([observation[self.layout.global_index(n)] for n in self.veto["features"]])
+        z = (features - np.array(self.veto["mean"])) / np.array(self.veto["scale"])
+        return float(np.dot(z, self.veto["weights"]) + self.veto["intercept"]) > 0.0
+
+    def act(self, observation) -> Allocation:
+        allocation = self.policy.act(observation)
+        if allocation.steps == 0 and self._last is not None and self.continue_pays(np.asarray(observation)):
+            self.vetoes += 1
+            allocation = self._last
+        self._last = allocation
+        return allocation
+
+
+def load(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+class _Recorder:
+    """Uniform, recording every observation it is shown."""
+
+    name = "uniform"
+
+    def __init__(self) -> None:
+        self.inner = make_baseline("uniform")
+        self.observations: list[np.ndarray] = []
+
+    def reset(self, job) -> None:
+        self.inner.reset(job)
+        self.layout = ObservationLayout(job.spec)
+        self.observations = []
+
+    def act(self, observation):
+        self.observations.append(np.array(observation))
+        return self.inner.act(observation)
+
+
+def labelled_intervals(build) -> list[tuple[np.ndarray, bool, float]]:
+    """``[(global features, continuing pays, J at stake)]`` of every interval of uniform's run but the
+    first observation (before training) and the last (nothing follows it)."""
+    recorder = _Recorder()
+    run_job(build(0), recorder)
+    layout = recorder.layout
+    rows, stop_j, cost, previous = [], [], 0.0, 0.0
+    for observation in recorder.observations[1:]:
+        budget = float(observation[layout.global_index("budget_used")])
+        loss = float(np.exp(observation[layout.global_index("log_val_loss")]))
+        cost += (budget - previous) * loss
+        previous = budget
+        stop_j.append(cost + (1 - budget) * (1 - S) * loss + W * loss)
+        rows.append(observation[: layout.global_size])
+    return [
+        (features, min(stop_j[t + 1 :]) < stop_j[t], abs(min(stop_j[t + 1 :]) - stop_j[t]))
+        for t, features in enumerate(rows[:-1])
+    ]
+
+
+def _fit_job(item):
+    torch.set_num_threads(1)
+    name, recipe = item
+    return name, labelled_intervals(lambda seed: recipe.build(seed=seed, device="cpu"))
+
+
+def fit(jobs: int, workers: int) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    checked = set(names("train"))
+    for _, builders in job_sets(slow_learner_jobs=16).values():
+        checked |= set(builders)
+    distribution = JobDistribution("train", many_epoch_share=0.5)
+    recipes = distinct_recipes(distribution, jobs, VETO_JOB_SEED, keep=lambda r: r.name not in checked)
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        data = dict(pool.imap_unordered(_fit_job, sorted(recipes.items())))
+    rows = [row for name in sorted(data) for row in data[name]]
+    x = np.stack([features for features, _, _ in rows]).astype(np.float64)
+    y = np.array([label for _, label, _ in rows])
+    weight = np.array([stake for _, _, stake in rows])
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-8] = 1.0  # a feature constant on these jobs carries no weight
+    model = LogisticRegression(max_iter=5000).fit((x - mean) / scale, y, sample_weight=weight / weight.mean())
+    return {
+        "features": list(GLOBAL_FEATURES),
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "weights": model.coef_[0].tolist(),
+        "intercept": float(model.intercept_[0]),
+        "jobs": sorted(data),
+        "intervals": len(rows),
+        "continue_pays": int(y.sum()),
+        "training_accuracy": float(model.score((x - mean) / scale, y)),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    fitting = sub.add_parser("fit", help="fit the veto on uniform's curves of drawn train-split jobs")
+    fitting.add_argument("--jobs", type=int, default=64, help="distinct drawn jobs (default: 64)")
+    fitting.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
+    fitting.add_argument("--out", type=Path, required=True, help="the veto's JSON file")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.workers < 1:
+        parser.error("--jobs and --workers must be >= 1")
+    veto = fit(args.jobs, args.workers)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(veto, indent=1) + "\n")
+    print(
+        f"{len(veto['jobs'])} jobs, {veto['intervals']} intervals, continuing pays on {veto['continue_pays']}; "
+        f"training accuracy {veto['training_accuracy']:.3f}; weights "
+        + ", ".join(f"{n} {w:+.2f}" for n, w in sorted(zip(veto["features"], veto["weights"]), key=lambda p: -abs(p[1]))[:6])
+        + f"; written to {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
