@@ -41,11 +41,13 @@ import torch
 from allocator.allocation import Allocation
 from allocator.baselines import make as make_baseline
 from allocator.jobs import JobDistribution, names
+from allocator.objective import Objective
 from allocator.runner import run_job
 from allocator.stats import GLOBAL_FEATURES, ObservationLayout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from family_transfer import distinct_recipes  # noqa: E402
+from stopping_oracle import stopped_objectives  # noqa: E402
 from train_check import job_sets  # noqa: E402
 
 VETO_JOB_SEED = 4141  # apart from the check's and the probe's draws
@@ -105,23 +107,17 @@ class _Recorder:
 
 
 def labelled_intervals(build) -> list[tuple[np.ndarray, bool, float]]:
-    """``[(global features, continuing pays, J at stake)]`` of every interval of uniform's run but the
-    first observation (before training) and the last (nothing follows it)."""
+    """``[(global features, continuing pays, J at stake)]`` after each interval of uniform's run on
+    ``build(0)`` but the last (nothing follows it); the full run is one of the later stops."""
     recorder = _Recorder()
-    run_job(build(0), recorder)
-    layout = recorder.layout
-    rows, stop_j, cost, previous = [], [], 0.0, 0.0
-    for observation in recorder.observations[1:]:
-        budget = float(observation[layout.global_index("budget_used")])
-        loss = float(np.exp(observation[layout.global_index("log_val_loss")]))
-        cost += (budget - previous) * loss
-        previous = budget
-        stop_j.append(cost + (1 - budget) * (1 - S) * loss + W * loss)
-        rows.append(observation[: layout.global_size])
-    return [
-        (features, min(stop_j[t + 1 :]) < stop_j[t], abs(min(stop_j[t + 1 :]) - stop_j[t]))
-        for t, features in enumerate(rows[:-1])
-    ]
+    result = run_job(build(0), recorder)
+    stop_j = stopped_objectives(result.curve, Objective(s=S, w=W))  # [k]: J stopped after interval k
+    rows = []
+    # observations[k] is what the controller saw after interval k (observations[0]: before any)
+    for k, observation in enumerate(recorder.observations[1:], start=1):
+        later = min(stop_j[k + 1 :])
+        rows.append((observation[: recorder.layout.global_size], later < stop_j[k], abs(later - stop_j[k])))
+    return rows
 
 
 def _fit_job(item):
