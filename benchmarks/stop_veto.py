@@ -15,13 +15,25 @@ regression as a veto on a trained policy's stops:
   observation's global features is fitted to the labels. The veto is
   written as JSON (features by name, mean, scale, weights, intercept):
 
-      python benchmarks/stop_veto.py fit --jobs 64 --out runs/r41/veto.json
+      python benchmarks/stop_veto.py fit --policy P --jobs 64 --out runs/r41/veto.json
+
+  The jobs run with the policy's spec (its interval length); with
+  ``--only-its-stops`` the regression is fitted only on the intervals
+  after which the policy asks to stop, where a veto acts.
 
 * ``VetoedPolicy(policy, veto)``: the policy, except that when it asks to
   stop and the regression says continuing pays (probability above 1/2),
   the job runs the interval the policy ran last once more. ``train_check.py
   --stop-veto FILE`` and ``cnn_freeze_probe.py --stop-veto FILE`` add the
   vetoed policy as a row of its own (``NAME@veto``).
+
+* ``evaluate``: ``compute-allocator evaluate`` for the vetoed policy (the
+  command takes a policy directory; the veto is not part of one):
+
+      python benchmarks/stop_veto.py evaluate --policy P --veto runs/r41/veto.json \
+          --split heldout --seeds 3 --token-dropping 0.5,0.5 \
+          --baselines uniform,stop-before-budget,selective-backprop,freezeout,loss-sampling,random \
+          --out runs/r41/heldout
 
 Trap: the labels come from uniform's curves; under a policy the curve is
 its own (selection, a frozen stem), read through the same features.
@@ -38,8 +50,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from allocator import AllocatorPolicy
 from allocator.allocation import Allocation
 from allocator.baselines import make as make_baseline
+from allocator.evaluation import add_policy_rule_arguments
 from allocator.jobs import JobDistribution, names
 from allocator.objective import Objective
 from allocator.runner import run_job
@@ -106,27 +120,41 @@ class _Recorder:
         return self.inner.act(observation)
 
 
-def labelled_intervals(build) -> list[tuple[np.ndarray, bool, float]]:
+def labelled_intervals(build, spec=None, policy=None) -> list[tuple[np.ndarray, bool, float]]:
     """``[(global features, continuing pays, J at stake)]`` after each interval of uniform's run on
-    ``build(0)`` but the last (nothing follows it); the full run is one of the later stops."""
+    ``build(0)`` (set to ``spec``) but the last (nothing follows it); the full run is one of the
+    later stops. With ``policy``, only the intervals after which it asks to stop."""
     recorder = _Recorder()
-    result = run_job(build(0), recorder)
+    job = build(0)
+    if spec is not None:
+        job.use_spec(spec)
+    result = run_job(job, recorder)
     stop_j = stopped_objectives(result.curve, Objective(s=S, w=W))  # [k]: J stopped after interval k
     rows = []
     # observations[k] is what the controller saw after interval k (observations[0]: before any)
     for k, observation in enumerate(recorder.observations[1:], start=1):
+        if policy is not None and policy.act(observation).steps > 0:
+            continue
         later = min(stop_j[k + 1 :])
         rows.append((observation[: recorder.layout.global_size], later < stop_j[k], abs(later - stop_j[k])))
     return rows
 
 
+_FIT: dict = {}  # the policy and the restriction, inherited by forked workers
+
+
 def _fit_job(item):
     torch.set_num_threads(1)
     name, recipe = item
-    return name, labelled_intervals(lambda seed: recipe.build(seed=seed, device="cpu"))
+    policy = _FIT["policy"]
+    return name, labelled_intervals(
+        lambda seed: recipe.build(seed=seed, device="cpu"), policy.spec, policy if _FIT["only_its_stops"] else None
+    )
 
 
-def fit(jobs: int, workers: int) -> dict:
+def fit(policy, jobs: int, workers: int, only_its_stops: bool = False) -> dict:
+    """The veto for ``policy``: uniform runs with its spec (its interval length), on ``jobs`` drawn
+    train-split jobs; with ``only_its_stops`` fitted only on the intervals where it asks to stop."""
     from sklearn.linear_model import LogisticRegression
 
     checked = set(names("train"))
@@ -134,6 +162,7 @@ def fit(jobs: int, workers: int) -> dict:
         checked |= set(builders)
     distribution = JobDistribution("train", many_epoch_share=0.5)
     recipes = distinct_recipes(distribution, jobs, VETO_JOB_SEED, keep=lambda r: r.name not in checked)
+    _FIT.update(policy=policy, only_its_stops=only_its_stops)
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         data = dict(pool.imap_unordered(_fit_job, sorted(recipes.items())))
     rows = [row for name in sorted(data) for row in data[name]]
@@ -149,6 +178,8 @@ def fit(jobs: int, workers: int) -> dict:
         "scale": scale.tolist(),
         "weights": model.coef_[0].tolist(),
         "intercept": float(model.intercept_[0]),
+        "policy": policy.name,
+        "only_its_stops": only_its_stops,
         "jobs": sorted(data),
         "intervals": len(rows),
         "continue_pays": int(y.sum()),
@@ -156,17 +187,59 @@ def fit(jobs: int, workers: int) -> dict:
     }
 
 
+def evaluate_vetoed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from allocator import evaluation
+
+    try:
+        veto = load(args.veto)
+        policy = evaluation.load_policy(evaluation.policy_with_rules(args))
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    vetoed = VetoedPolicy(policy, veto)
+    vetoed.name = f"{args.policy}@veto"
+    original = evaluation.load_policy
+    # evaluate's lineup takes a directory or an AllocatorPolicy; the vetoed policy is neither
+    evaluation.load_policy = lambda p: p if p is vetoed else original(p)
+    try:
+        report = evaluation.evaluate(
+            vetoed, split=args.split, seeds=args.seeds, baselines=args.baselines.split(","), out_dir=args.out, device="cpu"
+        )
+    finally:
+        evaluation.load_policy = original
+    print(report.to_markdown())
+    print(f"{vetoed.vetoes} stops vetoed; written to {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fitting = sub.add_parser("fit", help="fit the veto on uniform's curves of drawn train-split jobs")
+    fitting.add_argument("--policy", required=True, help="the policy to veto: its spec sets the intervals")
+    fitting.add_argument(
+        "--only-its-stops", action="store_true", help="fit only on the intervals where the policy asks to stop"
+    )
     fitting.add_argument("--jobs", type=int, default=64, help="distinct drawn jobs (default: 64)")
     fitting.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
     fitting.add_argument("--out", type=Path, required=True, help="the veto's JSON file")
+    evaluating = sub.add_parser("evaluate", help="compute-allocator evaluate with the policy's stops vetoed")
+    evaluating.add_argument("--policy", required=True, help="a policy directory (an ensemble is fine)")
+    evaluating.add_argument("--veto", type=Path, required=True, help="the JSON file of fit")
+    evaluating.add_argument("--split", default="heldout", choices=("train", "heldout"))
+    evaluating.add_argument("--seeds", type=int, default=3, help="job seeds 0 .. N-1 (default: 3)")
+    evaluating.add_argument("--baselines", default="uniform", help="comma-separated baseline names")
+    evaluating.add_argument("--out", type=Path, required=True, help="where results.csv, results.md, curves.png go")
+    add_policy_rule_arguments(evaluating)
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return evaluate_vetoed(parser, args)
     if args.jobs < 1 or args.workers < 1:
         parser.error("--jobs and --workers must be >= 1")
-    veto = fit(args.jobs, args.workers)
+    try:
+        policy = AllocatorPolicy.load(args.policy)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    veto = fit(policy, args.jobs, args.workers, args.only_its_stops)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(veto, indent=1) + "\n")
     print(

@@ -1,6 +1,7 @@
 """The analysis scripts behind BENCHMARKS.md section 5 compute what they claim."""
 
 import csv
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -872,3 +873,70 @@ def test_input_size_probe_heldout_runs_name_the_variant_on_every_job_and_apply_i
     assert [label for label, _, _ in runs["digits-cnn"]] == ["uniform", "quick", "quick + input 0.25 until 0.5"]
     assert runs["digits-cnn"][-1][2] is None  # the policy alone where the model has no tokens
     assert runs["digits-transformer"][-1][2] == variant
+
+
+def test_stop_veto_labels_each_interval_against_every_later_stop_the_full_run_included():
+    veto_module = load_script("stop_veto")
+    oracle = load_script("stopping_oracle")
+    rows = veto_module.labelled_intervals(lambda seed: make_job(budget_steps=60, seed=seed, lr=1e-2))
+    curve = run_job(make_job(budget_steps=60, lr=1e-2), "uniform").curve
+    stopped = oracle.stopped_objectives(curve, Objective())
+    layout = ObservationLayout(make_job().spec)
+    # one row after each interval but the last, whose observation no controller sees
+    assert len(rows) == len(curve) - 2
+    for k, (features, continuing_pays, stake) in enumerate(rows, start=1):
+        assert features[layout.global_index("budget_used")] == pytest.approx(curve[k][0], abs=1e-6)
+        assert continuing_pays == (min(stopped[k + 1 :]) < stopped[k])
+        assert stake == pytest.approx(abs(min(stopped[k + 1 :]) - stopped[k]))
+    # the full run is a later stop: on this steadily learning job it is the best one
+    assert stopped[-1] == min(stopped[1:]) and all(continuing_pays for _, continuing_pays, _ in rows)
+
+
+def _veto(intercept: float, budget_weight: float = 0.0) -> dict:
+    """A veto that says continuing pays while intercept + budget_weight * budget_used > 0."""
+    from allocator.stats import GLOBAL_FEATURES
+
+    weights = [budget_weight if name == "budget_used" else 0.0 for name in GLOBAL_FEATURES]
+    zeros, ones = [0.0] * len(GLOBAL_FEATURES), [1.0] * len(GLOBAL_FEATURES)
+    return {"features": list(GLOBAL_FEATURES), "mean": zeros, "scale": ones, "weights": weights, "intercept": intercept}
+
+
+def test_a_vetoed_policy_repeats_its_last_interval_where_continuing_pays_and_stops_elsewhere():
+    from allocator.allocation import Allocation
+
+    veto_module = load_script("stop_veto")
+    first = Allocation((0.4, 0.3, 0.2, 0.1), 0.5, (1.0, 1.0, 1.0, 1.0), 5)
+
+    class StopAfterOneInterval:
+        name, spec = "stops after one interval", make_job().spec
+
+        def reset(self, job):
+            self.acted = 0
+
+        def act(self, observation):
+            self.acted += 1
+            return first if self.acted == 1 else dataclasses.replace(first, steps=0)
+
+    def trained(result):
+        return [i for i in result.intervals if i["steps"] > 0]
+
+    alone = run_job(make_job(budget_steps=60), StopAfterOneInterval())
+    never = run_job(make_job(budget_steps=60), veto_module.VetoedPolicy(StopAfterOneInterval(), _veto(-1.0)))
+    assert len(trained(never)) == len(trained(alone)) == 1  # the veto never says continue: the stop stands
+    assert never.objective == alone.objective
+    # continuing pays until half the budget: the policy's last interval runs again until then
+    vetoed = veto_module.VetoedPolicy(StopAfterOneInterval(), _veto(0.5, budget_weight=-1.0))
+    result = run_job(make_job(budget_steps=60), vetoed)
+    assert 0.5 <= result.compute_fraction < 0.5 + alone.compute_fraction
+    assert len(trained(result)) > 2 and vetoed.vetoes == len(trained(result)) - 1
+    assert {tuple(i["allocation"]["sample_shares"]) for i in trained(result)} == {first.sample_shares}
+    assert {i["allocation"]["steps"] for i in trained(result)} == {5}
+
+
+def test_train_check_refuses_a_stop_veto_it_cannot_read_before_any_run(tmp_path, capsys):
+    check = load_script("train_check")
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--stop-veto", str(tmp_path / "missing.json"), str(BENCHMARKS / "heldout-quick" / "policy")])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "--stop-veto" in captured.err and "missing.json" in captured.err and not captured.out
