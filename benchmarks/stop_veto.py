@@ -58,7 +58,7 @@ import torch
 from allocator import AllocatorPolicy
 from allocator.allocation import Allocation
 from allocator.baselines import make as make_baseline
-from allocator.evaluation import add_policy_rule_arguments
+from allocator.evaluation import add_policy_rule_arguments, add_threads_argument, use_threads
 from allocator.jobs import JobDistribution, names
 from allocator.objective import Objective
 from allocator.runner import run_job
@@ -200,6 +200,7 @@ def evaluate_vetoed(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         policy = evaluation.load_policy(evaluation.policy_with_rules(args))
     except (OSError, ValueError) as error:
         parser.error(str(error))
+    use_threads(args.threads)
     vetoed = VetoedPolicy(policy, veto)
     vetoed.name = f"{args.policy}@veto"
     original = evaluation.load_policy
@@ -235,6 +236,7 @@ def main(argv=None) -> int:
     evaluating.add_argument("--baselines", default="uniform", help="comma-separated baseline names")
     evaluating.add_argument("--out", type=Path, required=True, help="where results.csv, results.md, curves.png go")
     add_policy_rule_arguments(evaluating)
+    add_threads_argument(evaluating, default=1, why="As compute-allocator evaluate: the same arithmetic as its runs")
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         return evaluate_vetoed(parser, args)
