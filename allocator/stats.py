@@ -3,7 +3,7 @@
 The observation is a float32 vector of scale-free features, the same size for
 every model and dataset, so one policy serves any job. Its layout is::
 
-    [ global (17) | K x per-sample-group (4) | G x per-layer-group (4) ]
+    [ global (16) | K x per-sample-group (4) | G x per-layer-group (4) ]
 
 Global features (``GLOBAL_FEATURES``):
 
@@ -24,8 +24,6 @@ Global features (``GLOBAL_FEATURES``):
 13  val_loss_trend          running mean of val_loss_slope (half-life 1 interval)
 14  budget_since_best       budget share spent since the best val loss so far
 15  selection_alignment     cosine of top-third and whole-batch gradients
-16  val_loss_long_slope     least-squares slope of log_val_loss per budget share
-                            over the last LONG_SLOPE_WINDOW of the budget
 ==  ======================  ====================================================
 
 Features 12 to 14 are what a stopping decision needs. Under J, one more interval
@@ -33,17 +31,6 @@ of budget share ``c`` pays off when the relative loss falls faster than about
 ``0.2 / (1 + 0.8 U)`` per unit of budget (``s = 0.2``, ``U`` unused), so
 ``val_loss_slope`` is in those units: about -0.2 is where training stops
 paying. It is noisy (the validation set is finite); ``val_loss_trend`` smooths it.
-
-``val_loss_long_slope`` remembers more of the curve than that trend, whose
-half-life is one interval: it fits a line to ``log_val_loss`` against
-``budget_used`` through every interval's end within the last
-:data:`LONG_SLOPE_WINDOW` of the budget, plus the last point before that span
-(the start of training counts as a point at (0, 0)). A slow learner's loss
-keeps falling over such a span while a job that has stopped improving
-flattens or turns up, though one interval of each can look alike. Traps: it
-reads the curve of whatever allocation ran (the intervals of a stop-and-go
-policy count like any other), early in a run the span includes the first
-steep drop, and an interval that spent no budget keeps the last value.
 
 ``selection_alignment`` is what selective backprop needs, and what the
 job's selection gate reads (:attr:`TrainingJob.selection_gate`): on the first
@@ -105,10 +92,7 @@ GLOBAL_FEATURES = (
     "val_loss_trend",
     "budget_since_best",
     "selection_alignment",
-    "val_loss_long_slope",
 )
-LONG_SLOPE_WINDOW = 0.3
-"""Budget share over which ``val_loss_long_slope`` fits its line (about three intervals of 20 steps)."""
 SELECTION_PROBE_FRACTION = 1 / 3
 """Share of the probed batch, highest loss first, whose gradient ``selection_alignment``
 compares with the whole batch's: the middle of the keep fractions selection can ask for."""
@@ -323,8 +307,6 @@ class ObservationBuilder:
         self._layer_ratio = np.zeros(spec.layer_groups)
         self._layer_coherence = np.ones(spec.layer_groups)
         self._alignment = 1.0
-        self._curve: list[tuple[float, float]] = [(0.0, 0.0)]  # (budget_used, log_val_loss), from the start
-        self._long_slope = 0.0
 
     def _relative_log(self, loss: float) -> float:
         if not np.isfinite(loss) or loss <= 0:
@@ -371,7 +353,6 @@ class ObservationBuilder:
 
         if np.isfinite(stats.selection_alignment):  # an interval without a probe keeps the last one
             self._alignment = float(stats.selection_alignment)
-        self._update_long_slope(stats.budget_used, log_val)
 
         global_part = np.zeros(layout.global_size)
         values = {
@@ -389,7 +370,6 @@ class ObservationBuilder:
             "val_loss_trend": self._trend,
             "budget_since_best": stats.budget_used - self._budget_at_best,
             "selection_alignment": self._alignment,
-            "val_loss_long_slope": self._long_slope,
         }
         for name, value in values.items():
             global_part[layout.global_index(name)] = value
@@ -415,18 +395,6 @@ class ObservationBuilder:
             axis=1,
         )
         return self._assemble(global_part, samples, layers, allocation)
-
-    def _update_long_slope(self, budget_used: float, log_val: float) -> None:
-        """Least-squares slope of the curve's points in the last LONG_SLOPE_WINDOW, plus the one before."""
-        if budget_used - self._curve[-1][0] <= 1e-6:
-            return  # no budget spent, no new point: the slope stands
-        self._curve.append((budget_used, log_val))
-        first_inside = next(i for i, (b, _) in enumerate(self._curve) if b >= budget_used - LONG_SLOPE_WINDOW)
-        del self._curve[: max(first_inside - 1, 0)]  # older points never enter a window again
-        budget, loss = np.array(self._curve).T
-        centred = budget - budget.mean()
-        slope = float(np.dot(centred, loss - loss.mean()) / np.dot(centred, centred))
-        self._long_slope = float(np.clip(slope, -OBSERVATION_CLIP, OBSERVATION_CLIP))
 
     def _assemble(self, global_part, samples, layers, allocation) -> np.ndarray:
         layout = self.layout

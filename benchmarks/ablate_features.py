@@ -35,7 +35,6 @@ FEATURE_GROUPS = {
     ],
     "budget used": ["budget_used"],
     "selection alignment": ["selection_alignment"],
-    "long slope": ["val_loss_long_slope"],
     "data (unseen, epochs, budget epochs)": ["unseen_fraction", "log_epochs", "log_budget_epochs"],
     # gradient_coherence names the global entry and the per-layer-group ones
     "gradients (coherence, per-layer grad/weight, change)": [

@@ -53,7 +53,7 @@ class ComputeAllocationEnv(gym.Env):
 
     ## Observation space
 
-    ``Box(-10, 10, (17 + 4 K + 4 G,), float32)``: scale-free loss and gradient
+    ``Box(-10, 10, (16 + 4 K + 4 G,), float32)``: scale-free loss and gradient
     statistics laid out as ``[global | K x per-sample-group | G x
     per-layer-group]``; :mod:`allocator.stats` documents every feature and
     :class:`~allocator.ObservationLayout` reads them group by group.

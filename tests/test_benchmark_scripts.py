@@ -163,10 +163,9 @@ def test_published_policies_load_and_fit_todays_observation(preset):
 
     policy = AllocatorPolicy.load(BENCHMARKS / f"heldout-{preset}" / "policy")
     assert policy.kind == "attention"
-    # they were trained before selection_alignment and val_loss_long_slope existed and read the
-    # rest by name
-    assert not {"selection_alignment", "val_loss_long_slope"} & set(policy.layout.global_names)
-    assert policy.observation_size == ObservationLayout(policy.spec).size - 2
+    # they were trained before selection_alignment existed and read the rest by name
+    assert "selection_alignment" not in policy.layout.global_names
+    assert policy.observation_size == ObservationLayout(policy.spec).size - 1
     assert policy.job_observation_size == ObservationLayout(policy.spec).size
     result = run_job(make_job(budget_steps=40), policy)
     assert np.isfinite(result.objective)
@@ -178,7 +177,7 @@ def test_a_published_policy_reads_its_features_by_name_and_ignores_newer_ones():
     policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick-v1" / "policy")
     today = ObservationLayout(policy.spec)
     observation = np.random.default_rng(0).normal(size=today.size)
-    newer = today.positions(["selection_alignment", "val_loss_long_slope"])
+    newer = today.positions(["selection_alignment"])
     moved = observation.copy()
     moved[newer] += 5.0
     assert np.array_equal(policy.action(observation), policy.action(moved))

@@ -42,7 +42,7 @@ def test_the_student_is_an_ordinary_policy_directory(distilled, tmp_path):
     assert config["normalization"]["observation"] is True
     assert config["extra"]["distilled_from"] == AllocatorPolicy.load(QUICK).name
     # its teacher predates selection_alignment; the student learnt from today's observations
-    assert config["observation"]["features"]["global"][-2:] == ["selection_alignment", "val_loss_long_slope"]
+    assert config["observation"]["features"]["global"][-1] == "selection_alignment"
     assert [r["actor"] for r in config["extra"]["distillation"]["rounds_report"]] == ["teacher", "student"]
     assert set(load_file(str(directory / "policy.safetensors"))) == set(student.tensors())
     loaded = AllocatorPolicy.load(directory)
@@ -60,7 +60,7 @@ def test_an_older_policy_and_a_student_of_todays_observation_make_one_ensemble(d
     seen = np.stack(observations(student, count=3))
     expected = (older.action(seen) + student.action(seen)) / 2
     np.testing.assert_allclose(ensemble.action(seen), expected, rtol=1e-6)
-    assert ensemble.metadata["observation"]["features"]["global"][-1] == "val_loss_long_slope"
+    assert ensemble.metadata["observation"]["features"]["global"][-1] == "selection_alignment"
 
 
 def test_each_round_reports_who_acted_and_how_closely_the_student_imitates(distilled):

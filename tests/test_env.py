@@ -50,7 +50,7 @@ def test_gymnasium_and_sb3_env_checkers_pass_without_warnings():
 def test_spaces_follow_the_allocation_spec():
     env = make_env(sample_groups=3, layer_groups=2, max_steps=5)
     assert env.action_space.shape == (3 + 1 + 2 + 1,)
-    assert env.observation_space.shape == (17 + 4 * 3 + 4 * 2,)
+    assert env.observation_space.shape == (16 + 4 * 3 + 4 * 2,)
     assert env.action_space.dtype == np.float32 and env.observation_space.dtype == np.float32
     observation, _ = env.reset(seed=0)
     assert env.observation_space.contains(observation)

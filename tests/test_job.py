@@ -317,7 +317,7 @@ def test_a_cuda_job_without_a_gpu_is_a_clear_error():
 def test_use_spec_changes_the_groups_before_the_first_interval_only():
     job = make_job()
     job.use_spec(AllocationSpec(sample_groups=2, layer_groups=2, max_steps=5))
-    assert len(job.observation()) == 17 + 4 * 2 + 4 * 2
+    assert len(job.observation()) == 16 + 4 * 2 + 4 * 2
     assert len(job.layer_groups) == 2
     job.advance(Allocation((0.5, 0.5), 1.0, (1.0, 1.0), 5))
     with pytest.raises(RuntimeError):

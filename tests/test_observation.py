@@ -84,47 +84,15 @@ def test_selection_alignment_is_the_last_probe_and_starts_at_one():
     assert features(builder, unprobed, "selection_alignment") == [pytest.approx(0.4)]
 
 
-def test_long_slope_fits_the_curve_so_one_flat_interval_does_not_hide_a_slow_learner():
-    """What tells a slow learner from a job that has stopped improving: more than one interval."""
-    builder = ObservationBuilder(SPEC, initial_val_loss=1.0)
-    start = builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
-    assert features(builder, start, "val_loss_long_slope") == [0.0]
-    first = builder.update(interval(0.125, math.exp(-0.5 * 0.125)), UNIFORM)
-    # the start of training is a point of the curve: one interval's slope from (0, 0)
-    assert features(builder, first, "val_loss_long_slope") == [pytest.approx(-0.5, rel=1e-5)]
-    for budget in (0.25, 0.375, 0.5):  # log loss falls 0.5 per unit of budget
-        steady = builder.update(interval(budget, math.exp(-0.5 * budget)), UNIFORM)
-    assert features(builder, steady, "val_loss_long_slope") == [pytest.approx(-0.5, rel=1e-5)]
-    flat = builder.update(interval(0.625, math.exp(-0.5 * 0.5)), UNIFORM)  # one interval without progress
-    slope, long_slope = features(builder, flat, "val_loss_slope", "val_loss_long_slope")
-    assert slope == pytest.approx(0.0, abs=1e-6)
-    assert long_slope < -0.2  # the line through the last 0.3 of the budget still falls
-
-
-def test_long_slope_forgets_points_before_its_window_and_the_one_just_before_it():
-    builder = ObservationBuilder(SPEC, initial_val_loss=1.0)
-    builder.initial(budget_samples=5000, training_set_size=1000, allocation=UNIFORM)
-    curve = {0.125: 0.8, 0.25: 0.6, 0.375: 0.5, 0.5: 0.5, 0.625: 0.5, 0.75: 0.5}  # flat from 0.375 on
-    readings = {b: features(builder, builder.update(interval(b, loss), UNIFORM), "val_loss_long_slope")[0] for b, loss in curve.items()}
-    # at 0.625 the window starts at 0.325: its first point is 0.375, the one before it 0.25 (loss 0.6)
-    assert readings[0.625] < 0
-    # at 0.75 the window starts at 0.45: 0.375 is the point before it, and the curve there is flat
-    assert readings[0.75] == pytest.approx(0.0, abs=1e-6)
-    # an interval that spent no budget adds no point: the slope stands
-    again = builder.update(interval(0.75, 0.9), UNIFORM)
-    assert features(builder, again, "val_loss_long_slope") == [pytest.approx(0.0, abs=1e-6)]
-
-
-def test_layout_documents_seventeen_global_features():
+def test_layout_documents_sixteen_global_features():
     layout = ObservationLayout(SPEC)
-    assert layout.global_size == 17
-    assert layout.size == 17 + 2 * 4 + 2 * 4
-    assert layout.to_dict()["global"][-5:] == [
+    assert layout.global_size == 16
+    assert layout.size == 16 + 2 * 4 + 2 * 4
+    assert layout.to_dict()["global"][-4:] == [
         "val_loss_slope",
         "val_loss_trend",
         "budget_since_best",
         "selection_alignment",
-        "val_loss_long_slope",
     ]
 
 
@@ -145,17 +113,16 @@ def test_an_unknown_feature_name_is_refused_with_the_known_names():
 
 
 def test_an_older_layout_reads_its_own_features_out_of_todays_observation_by_name():
-    """A policy trained before selection_alignment and val_loss_long_slope existed lists its
-    features in policy.json."""
+    """A policy trained before selection_alignment existed lists its features in policy.json."""
     today = ObservationLayout(SPEC)
     names = today.to_dict()
-    names["global"] = [n for n in names["global"] if n not in ("selection_alignment", "val_loss_long_slope")]
+    names["global"] = [n for n in names["global"] if n != "selection_alignment"]
     older = ObservationLayout.from_names(SPEC, names)
     assert not older.is_current and today.is_current
-    assert older.size == today.size - 2
+    assert older.size == today.size - 1
     observation = np.arange(today.size, dtype=float)
     selected = observation[older.positions_in(today)]
-    assert np.array_equal(older.global_features(selected), today.global_features(observation)[:-2])
+    assert np.array_equal(older.global_features(selected), today.global_features(observation)[:-1])
     assert np.array_equal(older.sample_group_features(selected), today.sample_group_features(observation))
     assert np.array_equal(older.layer_group_features(selected), today.layer_group_features(observation))
 
