@@ -74,7 +74,10 @@ S, W = 0.2, 1.0  # J's defaults
 
 
 class VetoedPolicy:
-    """``policy`` whose stops are refused where ``veto`` (the JSON of ``fit``) says continuing pays."""
+    """``policy`` whose stops are refused where ``veto`` (the JSON of ``fit``) says continuing pays.
+
+    A refused stop runs the policy's last interval once more; a stop before any interval stands.
+    """
 
     def __init__(self, policy, veto: dict) -> None:
         self.policy, self.veto = policy, veto
@@ -103,7 +106,15 @@ class VetoedPolicy:
 
 
 def load(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """The veto of ``fit``; ``ValueError`` when it names a feature today's observation lacks
+    (a veto fitted on another version of the observation) or its lists differ in length."""
+    veto = json.loads(Path(path).read_text())
+    missing = [name for name in veto["features"] if name not in GLOBAL_FEATURES]
+    if missing:
+        raise ValueError(f"{path} reads feature(s) {missing} that this version's observation lacks")
+    if not len(veto["features"]) == len(veto["mean"]) == len(veto["scale"]) == len(veto["weights"]):
+        raise ValueError(f"{path}: features, mean, scale and weights differ in length")
+    return veto
 
 
 class _Recorder:

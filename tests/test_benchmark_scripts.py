@@ -933,6 +933,20 @@ def test_a_vetoed_policy_repeats_its_last_interval_where_continuing_pays_and_sto
     assert {i["allocation"]["steps"] for i in trained(result)} == {5}
 
 
+def test_a_stop_veto_fitted_on_another_observation_is_refused_by_name(tmp_path):
+    import json
+
+    veto_module = load_script("stop_veto")
+    veto = _veto(0.5)
+    veto["features"][-1] = "a_feature_of_another_version"
+    path = tmp_path / "veto.json"
+    path.write_text(json.dumps(veto))
+    with pytest.raises(ValueError, match="a_feature_of_another_version"):
+        veto_module.load(path)
+    path.write_text(json.dumps(_veto(0.5)))
+    assert veto_module.load(path) == _veto(0.5)
+
+
 def test_train_check_refuses_a_stop_veto_it_cannot_read_before_any_run(tmp_path, capsys):
     check = load_script("train_check")
     with pytest.raises(SystemExit) as exit_info:
