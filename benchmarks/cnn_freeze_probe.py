@@ -113,12 +113,9 @@ def main(argv=None) -> int:
         FixedAllocation("keep 1, even shares, first frozen", frozen=(0,)),
     ]
     if args.stop_veto:
-        from stop_veto import VetoedPolicy, load
+        from stop_veto import VetoedPolicy, load_or_exit
 
-        try:
-            contenders.append(VetoedPolicy(contenders[0], load(args.stop_veto)))
-        except (OSError, ValueError) as error:
-            parser.error(f"--stop-veto: {error}")
+        contenders.append(VetoedPolicy(contenders[0], load_or_exit(parser, args.stop_veto)))
     rows = measure(pairs_of(args.set, args.seeds), args.workers, contenders, policy.spec.max_steps)
     print()
     print(summary(rows))

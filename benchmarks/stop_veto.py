@@ -72,16 +72,18 @@ from stopping_oracle import stopped_objectives  # noqa: E402
 from train_check import job_sets  # noqa: E402
 
 VETO_JOB_SEED = 4141  # apart from the check's and the probe's draws
-S, W = 0.2, 1.0  # J's defaults
 
 
-class VetoedPolicy:
+class VetoedPolicy(AllocatorPolicy):
     """``policy`` whose stops are refused where ``veto`` (the JSON of ``fit``) says continuing pays.
 
     A refused stop runs the policy's last interval once more; a stop before any interval stands.
+    An ``AllocatorPolicy`` as ``ablate_features.AblatedPolicy`` is (the policy's attributes, for
+    ``evaluate`` and the checks), whose ``reset`` and ``act`` are the wrapped policy's and the veto's.
     """
 
     def __init__(self, policy, veto: dict) -> None:
+        self.__dict__.update(policy.__dict__)
         self.policy, self.veto = policy, veto
         self.spec = policy.spec
         self.name = f"{policy.name}@veto"
@@ -105,6 +107,14 @@ class VetoedPolicy:
             allocation = self._last
         self._last = allocation
         return allocation
+
+
+def load_or_exit(parser: argparse.ArgumentParser, path: str | Path, option: str = "--stop-veto") -> dict:
+    """:func:`load`, a file it cannot read a one-line error of ``parser`` naming ``option``."""
+    try:
+        return load(path)
+    except (OSError, ValueError) as error:
+        parser.error(f"{option}: {error}")
 
 
 def load(path: str | Path) -> dict:
@@ -147,7 +157,7 @@ def labelled_intervals(build, spec=None, policy=None) -> list[tuple[np.ndarray, 
     if spec is not None:
         job.use_spec(spec)
     result = run_job(job, recorder)
-    stop_j = stopped_objectives(result.curve, Objective(s=S, w=W))  # [k]: J stopped after interval k
+    stop_j = stopped_objectives(result.curve, Objective())  # [k]: J (at its defaults) stopped after interval k
     rows = []
     # observations[k] is what the controller saw after interval k (observations[0]: before any)
     for k, observation in enumerate(recorder.observations[1:], start=1):
@@ -208,23 +218,17 @@ def fit(policy, jobs: int, workers: int, only_its_stops: bool = False) -> dict:
 def evaluate_vetoed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from allocator import evaluation
 
+    veto = load_or_exit(parser, args.veto, "--veto")
     try:
-        veto = load(args.veto)
         policy = evaluation.load_policy(evaluation.policy_with_rules(args))
     except (OSError, ValueError) as error:
         parser.error(str(error))
     use_threads(args.threads)
     vetoed = VetoedPolicy(policy, veto)
     vetoed.name = f"{args.policy}@veto"
-    original = evaluation.load_policy
-    # evaluate's lineup takes a directory or an AllocatorPolicy; the vetoed policy is neither
-    evaluation.load_policy = lambda p: p if p is vetoed else original(p)
-    try:
-        report = evaluation.evaluate(
-            vetoed, split=args.split, seeds=args.seeds, baselines=args.baselines.split(","), out_dir=args.out, device="cpu"
-        )
-    finally:
-        evaluation.load_policy = original
+    report = evaluation.evaluate(
+        vetoed, split=args.split, seeds=args.seeds, baselines=args.baselines.split(","), out_dir=args.out, device="cpu"
+    )
     print(report.to_markdown())
     print(f"{vetoed.vetoes} stops vetoed; written to {args.out}")
     return 0

@@ -261,12 +261,9 @@ def main(argv=None) -> int:
         for path, policy in list(POLICIES.items()):
             POLICIES[f"{path}@gate{args.selection_gate:g}"] = GatedPolicy(policy, args.selection_gate)
     if args.stop_veto is not None:
-        from stop_veto import VetoedPolicy, load  # noqa: PLC0415 (stop_veto imports this module)
+        from stop_veto import VetoedPolicy, load_or_exit  # noqa: PLC0415 (stop_veto imports this module)
 
-        try:
-            veto = load(args.stop_veto)
-        except (OSError, ValueError) as error:
-            parser.error(f"--stop-veto: {error}")
+        veto = load_or_exit(parser, args.stop_veto)
         for path, policy in list(POLICIES.items()):
             POLICIES[f"{path}@veto"] = VetoedPolicy(policy, veto)
     for name in args.baseline:  # after the policies: the pairs run under the first policy's spec
