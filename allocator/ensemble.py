@@ -50,6 +50,7 @@ from allocator.policy import (
     WEIGHTS_FILE,
     AllocatorPolicy,
     _read_safetensors,
+    stop_veto_of,
 )
 
 MEMBER_PREFIX = "members"
@@ -170,6 +171,13 @@ class PolicyEnsemble(AllocatorPolicy):
                     f"{member.name} reads {member.job_observation_size} observation features, {first.name} reads "
                     f"{first.job_observation_size}: the members were trained on different observations"
                 )
+        vetoed = [member.name for member in members if member.stop_veto is not None]
+        if vetoed:
+            raise ValueError(
+                f"{', '.join(vetoed)} carr{'ies' if len(vetoed) == 1 else 'y'} a stop veto, which an ensemble "
+                "would not run (it acts on the combined action): ensemble the policies without it and "
+                "give the ensemble a veto of its own"
+            )
         self.members = members
         self.combine = combine
         self.spec = first.spec
@@ -178,6 +186,7 @@ class PolicyEnsemble(AllocatorPolicy):
         self.selection_gate = first.selection_gate
         self.name = name
         self.metadata = metadata if metadata is not None else self._policy_json()
+        self.stop_veto = stop_veto_of(self.metadata, name)
 
     @property
     def normalizes_observation(self) -> bool:

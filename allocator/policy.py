@@ -20,6 +20,7 @@ files that are all a user needs to apply a trained policy:
                "share_prior": "loss" (absent unless set: "uniform"),
                "token_dropping": {"keep": k, "until": u} (absent unless set: off)},
       "selection_gate": T,                                   # optional: absent means off
+      "stop_veto": {...},                                    # optional: absent means none
       "observation": {"size": N, "global": n_g, "per_sample_group": n_s,
                       "per_layer_group": n_l, "features": {...names, optional...},
                       "ignored_features": [names, optional]},
@@ -43,6 +44,8 @@ files that are all a user needs to apply a trained policy:
   is the alignment threshold of the jobs' selection gate the agent was
   trained with (``TrainingJob.selection_gate``); the policy sets it on every
   job in ``reset(job)``, so a job runs under the rule it was trained under.
+  ``stop_veto`` is a regression that refuses the policy's stops where
+  continuing pays (:mod:`allocator.stop_veto`); ``act`` consults it.
 
 Tensor names: ``actor.hidden.{i}.weight/bias`` and ``actor.output.weight/bias``
 for ``"mlp"`` (SB3's ``mlp_extractor.policy_net`` and ``action_net``); the
@@ -72,6 +75,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from allocator.allocation import Allocation, AllocationSpec, check_selection_gate
+from allocator.stop_veto import STOP_VETO_KEY, StopVeto
 from allocator.token_dropping import TokenDropping
 
 FORMAT_NAME = "compute-allocator-policy"
@@ -414,6 +418,7 @@ class AllocatorPolicy:
             it reads (``None`` for a file without names that fits no job).
         metadata: the parsed ``policy.json`` (free-form extras under ``"extra"``).
         name: ``"policy:<directory name>"``.
+        stop_veto: the :class:`~allocator.stop_veto.StopVeto` policy.json carries, or ``None``.
 
     .. warning:: The observation must come from a job with the **same spec** as
        the policy (same K, G and max steps): the layout of the observation, and
@@ -447,6 +452,7 @@ class AllocatorPolicy:
         self._epsilon = float(epsilon)
         self.metadata = metadata
         self.name = name
+        self.stop_veto = stop_veto_of(metadata, name)
         self._ignored_positions = list(ignored_positions)
         self.selection_gate = check_selection_gate(metadata.get("selection_gate"))
         from allocator.stats import ObservationLayout
@@ -487,6 +493,22 @@ class AllocatorPolicy:
         if not isinstance(frozen, (bool, np.bool_)):
             raise ValueError(f"frozen must be true or false, got {frozen!r}")
         return self._with_spec(freeze_cnn_first_group=bool(frozen))
+
+    def with_stop_veto(self, veto: StopVeto | None) -> AllocatorPolicy:
+        """This policy with its stops refused where ``veto`` says continuing pays (``None``: no veto).
+
+        A new policy sharing this one's network and statistics. Its ``metadata``
+        carries the veto, so :meth:`save` writes a policy directory that loads
+        with it. See :meth:`act` for what a refused stop runs.
+        """
+        if veto is not None and not isinstance(veto, StopVeto):
+            raise ValueError(f"veto must be a StopVeto or None, got {type(veto).__name__}")
+        policy = copy.copy(self)
+        policy.stop_veto = veto
+        policy.metadata = {key: value for key, value in self.metadata.items() if key != STOP_VETO_KEY}
+        if veto is not None:
+            policy.metadata[STOP_VETO_KEY] = veto.to_dict()
+        return policy
 
     def _with_spec(self, **changes) -> AllocatorPolicy:
         """A copy sharing the network, with the spec's rules ``changes`` (``token_dropping``, ...) replaced."""
@@ -726,7 +748,13 @@ class AllocatorPolicy:
         return np.clip(mean, -1.0, 1.0).astype(np.float32)
 
     def act(self, observation: Any) -> Allocation:
-        """The allocation for the next interval, given the job's raw observation."""
+        """The allocation for the next interval, given the job's raw observation.
+
+        With a ``stop_veto``, a stop the veto refuses becomes the allocation the
+        policy asked for (its shares, keep fraction and gates) run for the
+        spec's full ``max_steps``: the veto was fitted on intervals of that
+        length, and the policy's last interval before a stop is often short.
+        """
         obs = np.asarray(
             observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation
         )
@@ -734,13 +762,32 @@ class AllocatorPolicy:
             raise ValueError(
                 f"act takes one observation of shape ({self.observation_size},), got {obs.shape}"
             )
-        return self.spec.to_allocation(self.action(obs))
+        allocation = self.spec.to_allocation(self.action(obs))
+        if allocation.steps == 0 and self.stop_veto is not None:
+            if obs.shape[0] != self.job_observation_size:
+                raise ValueError(
+                    f"{self.name} carries a stop veto, which reads a job's observation of this version "
+                    f"({self.job_observation_size} features), got {obs.shape[0]}"
+                )
+            if self.stop_veto.continue_pays(obs):
+                allocation = dataclasses.replace(allocation, steps=self.spec.max_steps)
+        return allocation
 
     def __repr__(self) -> str:
         return (
             f"AllocatorPolicy(name={self.name!r}, kind={self.kind!r}, spec={self.spec}, "
             f"observation_size={self.observation_size})"
         )
+
+
+def stop_veto_of(metadata: dict, name: str) -> StopVeto | None:
+    """The veto policy.json's ``metadata`` carries, or ``None``; ``ValueError`` naming ``name`` for a bad one."""
+    if STOP_VETO_KEY not in metadata:
+        return None
+    try:
+        return StopVeto.from_dict(metadata[STOP_VETO_KEY])
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def _another_observation_version(who: str, reads: Any, gives: int) -> str:

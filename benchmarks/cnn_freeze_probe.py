@@ -99,9 +99,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each named job (default: 3)")
     parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default: 2)")
     parser.add_argument("--out", default=None, help="also write every run's row to this CSV file")
-    parser.add_argument(
-        "--stop-veto", metavar="FILE", help="also run the policy with its stops vetoed by this stop_veto.py fit"
-    )
     args = parser.parse_args(argv)
     try:
         policy = AllocatorPolicy.load(args.policy)
@@ -112,10 +109,6 @@ def main(argv=None) -> int:
         *with_and_without_the_rule(policy),
         FixedAllocation("keep 1, even shares, first frozen", frozen=(0,)),
     ]
-    if args.stop_veto:
-        from stop_veto import VetoedPolicy, load_or_exit
-
-        contenders.append(VetoedPolicy(contenders[0], load_or_exit(parser, args.stop_veto)))
     rows = measure(pairs_of(args.set, args.seeds), args.workers, contenders, policy.spec.max_steps)
     print()
     print(summary(rows))

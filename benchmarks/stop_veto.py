@@ -1,46 +1,28 @@
-"""A stop veto learned from hindsight: does it win back the slow learners a policy stops early?
+"""Fit a stop veto for a policy from hindsight, and write the policy with it.
 
-BENCHMARKS.md section 5, forty-first round. On uniform's own curves of the
-train check's jobs, the published policies ask to stop where a later stop
-would give a lower J far more often on the slow learners than a logistic
-regression reading the same global features does. This script tests the
-regression as a veto on a trained policy's stops. Measured there, fitted
-at the published learned freeze's interval length: it runs the slow
-learners on (8 of 15 stopped before 0.9 of the budget instead of 12, at a
-J below uniform's), keeps the right stops on the data-bound named jobs
-(named mean J 0.7964 against 0.7917), and on held-out improves 6 of 21
-pairs and worsens none (mean J 0.9703 against 0.9719). Fitted on 10-step
-intervals, shorter than the policy's 20, it delayed those named stops
-(named mean J 0.8161).
+BENCHMARKS.md section 5, forty-first and forty-second rounds. On uniform's
+own curves of the train check's jobs, the published policies ask to stop
+where a later stop would give a lower J far more often on the slow
+learners than a logistic regression reading the same global features
+does. This script fits that regression as a veto on a trained policy's
+stops (:mod:`allocator.stop_veto`) and writes the policy with the veto in
+its policy.json, as a new policy directory that ``compute-allocator apply``
+and ``evaluate``, ``train_check.py`` and ``cnn_freeze_probe.py`` run like
+any other:
 
-* ``fit``: runs uniform on ``--jobs`` distinct jobs drawn from the train
-  split's distribution (``many_epoch_share`` 0.5, as the recipes train),
-  none of them a job of ``train_check.py`` or ``cnn_freeze_probe.py``.
-  Every interval but the first and the last is labelled "continuing pays"
-  when some later stop on the same curve gives a lower J (s = 0.2, w = 1),
-  weighted by the J at stake, and a standardised logistic regression on the
-  observation's global features is fitted to the labels. The veto is
-  written as JSON (features by name, mean, scale, weights, intercept):
+    python benchmarks/stop_veto.py fit --policy P --jobs 64 --out runs/r42/P-vetoed
 
-      python benchmarks/stop_veto.py fit --policy P --jobs 64 --out runs/r41/veto.json
-
-  The jobs run with the policy's spec (its interval length); with
-  ``--only-its-stops`` the regression is fitted only on the intervals
-  after which the policy asks to stop, where a veto acts.
-
-* ``VetoedPolicy(policy, veto)``: the policy, except that when it asks to
-  stop and the regression says continuing pays (probability above 1/2),
-  the job runs the interval the policy ran last once more. ``train_check.py
-  --stop-veto FILE`` and ``cnn_freeze_probe.py --stop-veto FILE`` add the
-  vetoed policy as a row of its own (``NAME@veto``).
-
-* ``evaluate``: ``compute-allocator evaluate`` for the vetoed policy (the
-  command takes a policy directory; the veto is not part of one):
-
-      python benchmarks/stop_veto.py evaluate --policy P --veto runs/r41/veto.json \
-          --split heldout --seeds 3 --token-dropping 0.5,0.5 \
-          --baselines uniform,stop-before-budget,selective-backprop,freezeout,loss-sampling,random \
-          --out runs/r41/heldout
+``fit`` runs uniform, with the policy's spec (its interval length), on
+``--jobs`` distinct jobs drawn from the train split's distribution
+(``many_epoch_share`` 0.5, as the recipes train), none of them a job of
+``train_check.py`` or ``cnn_freeze_probe.py``. Every interval but the first
+and the last is labelled "continuing pays" when some later stop on the same
+curve, the full run included, gives a lower J (at ``Objective()``'s
+defaults), weighted by the J at stake, and a standardised logistic
+regression on the observation's global features is fitted to the labels;
+its threshold is its own (probability 1/2). With ``--only-its-stops`` it is
+fitted only on the intervals after which the policy asks to stop, where a
+veto acts. A veto the policy already carries is replaced.
 
 Trap: the labels come from uniform's curves; under a policy the curve is
 its own (selection, a frozen stem), read through the same features.
@@ -49,7 +31,6 @@ its own (selection, a frozen stem), read through the same features.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import sys
 from pathlib import Path
@@ -58,13 +39,13 @@ import numpy as np
 import torch
 
 from allocator import AllocatorPolicy
-from allocator.allocation import Allocation
 from allocator.baselines import make as make_baseline
-from allocator.evaluation import add_policy_rule_arguments, add_threads_argument, use_threads
 from allocator.jobs import JobDistribution, names
 from allocator.objective import Objective
+from allocator.policy import CONFIG_FILE, WEIGHTS_FILE
 from allocator.runner import run_job
 from allocator.stats import GLOBAL_FEATURES, ObservationLayout
+from allocator.stop_veto import StopVeto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from family_transfer import distinct_recipes  # noqa: E402
@@ -72,61 +53,6 @@ from stopping_oracle import stopped_objectives  # noqa: E402
 from train_check import job_sets  # noqa: E402
 
 VETO_JOB_SEED = 4141  # apart from the check's and the probe's draws
-
-
-class VetoedPolicy(AllocatorPolicy):
-    """``policy`` whose stops are refused where ``veto`` (the JSON of ``fit``) says continuing pays.
-
-    A refused stop runs the policy's last interval once more; a stop before any interval stands.
-    An ``AllocatorPolicy`` as ``ablate_features.AblatedPolicy`` is (the policy's attributes, for
-    ``evaluate`` and the checks), whose ``reset`` and ``act`` are the wrapped policy's and the veto's.
-    """
-
-    def __init__(self, policy, veto: dict) -> None:
-        self.__dict__.update(policy.__dict__)
-        self.policy, self.veto = policy, veto
-        self.spec = policy.spec
-        self.name = f"{policy.name}@veto"
-        self._last: Allocation | None = None
-        self.vetoes = 0
-
-    def reset(self, job) -> None:
-        self.policy.reset(job)
-        self.layout = ObservationLayout(job.spec)
-        self._last = None
-
-    def continue_pays(self, observation) -> bool:
-        features = np.array([observation[self.layout.global_index(n)] for n in self.veto["features"]])
-        z = (features - np.array(self.veto["mean"])) / np.array(self.veto["scale"])
-        return float(np.dot(z, self.veto["weights"]) + self.veto["intercept"]) > 0.0
-
-    def act(self, observation) -> Allocation:
-        allocation = self.policy.act(observation)
-        if allocation.steps == 0 and self._last is not None and self.continue_pays(np.asarray(observation)):
-            self.vetoes += 1
-            allocation = self._last
-        self._last = allocation
-        return allocation
-
-
-def load_or_exit(parser: argparse.ArgumentParser, path: str | Path, option: str = "--stop-veto") -> dict:
-    """:func:`load`, a file it cannot read a one-line error of ``parser`` naming ``option``."""
-    try:
-        return load(path)
-    except (OSError, ValueError) as error:
-        parser.error(f"{option}: {error}")
-
-
-def load(path: str | Path) -> dict:
-    """The veto of ``fit``; ``ValueError`` when it names a feature today's observation lacks
-    (a veto fitted on another version of the observation) or its lists differ in length."""
-    veto = json.loads(Path(path).read_text())
-    missing = [name for name in veto["features"] if name not in GLOBAL_FEATURES]
-    if missing:
-        raise ValueError(f"{path} reads feature(s) {missing} that this version's observation lacks")
-    if not len(veto["features"]) == len(veto["mean"]) == len(veto["scale"]) == len(veto["weights"]):
-        raise ValueError(f"{path}: features, mean, scale and weights differ in length")
-    return veto
 
 
 class _Recorder:
@@ -200,38 +126,22 @@ def fit(policy, jobs: int, workers: int, only_its_stops: bool = False) -> dict:
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-8] = 1.0  # a feature constant on these jobs carries no weight
     model = LogisticRegression(max_iter=5000).fit((x - mean) / scale, y, sample_weight=weight / weight.mean())
-    return {
-        "features": list(GLOBAL_FEATURES),
-        "mean": mean.tolist(),
-        "scale": scale.tolist(),
-        "weights": model.coef_[0].tolist(),
-        "intercept": float(model.intercept_[0]),
-        "policy": policy.name,
-        "only_its_stops": only_its_stops,
-        "jobs": sorted(data),
-        "intervals": len(rows),
-        "continue_pays": int(y.sum()),
-        "training_accuracy": float(model.score((x - mean) / scale, y)),
-    }
-
-
-def evaluate_vetoed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from allocator import evaluation
-
-    veto = load_or_exit(parser, args.veto, "--veto")
-    try:
-        policy = evaluation.load_policy(evaluation.policy_with_rules(args))
-    except (OSError, ValueError) as error:
-        parser.error(str(error))
-    use_threads(args.threads)
-    vetoed = VetoedPolicy(policy, veto)
-    vetoed.name = f"{args.policy}@veto"
-    report = evaluation.evaluate(
-        vetoed, split=args.split, seeds=args.seeds, baselines=args.baselines.split(","), out_dir=args.out, device="cpu"
+    return StopVeto(
+        features=GLOBAL_FEATURES,
+        mean=tuple(mean.tolist()),
+        scale=tuple(scale.tolist()),
+        weights=tuple(model.coef_[0].tolist()),
+        intercept=float(model.intercept_[0]),
+        extra={
+            "fitted_for": policy.name,
+            "only_its_stops": only_its_stops,
+            "job_seed": VETO_JOB_SEED,
+            "jobs": sorted(data),
+            "intervals": len(rows),
+            "continue_pays": int(y.sum()),
+            "training_accuracy": float(model.score((x - mean) / scale, y)),
+        },
     )
-    print(report.to_markdown())
-    print(f"{vetoed.vetoes} stops vetoed; written to {args.out}")
-    return 0
 
 
 def main(argv=None) -> int:
@@ -244,33 +154,27 @@ def main(argv=None) -> int:
     )
     fitting.add_argument("--jobs", type=int, default=64, help="distinct drawn jobs (default: 64)")
     fitting.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
-    fitting.add_argument("--out", type=Path, required=True, help="the veto's JSON file")
-    evaluating = sub.add_parser("evaluate", help="compute-allocator evaluate with the policy's stops vetoed")
-    evaluating.add_argument("--policy", required=True, help="a policy directory (an ensemble is fine)")
-    evaluating.add_argument("--veto", type=Path, required=True, help="the JSON file of fit")
-    evaluating.add_argument("--split", default="heldout", choices=("train", "heldout"))
-    evaluating.add_argument("--seeds", type=int, default=3, help="job seeds 0 .. N-1 (default: 3)")
-    evaluating.add_argument("--baselines", default="uniform", help="comma-separated baseline names")
-    evaluating.add_argument("--out", type=Path, required=True, help="where results.csv, results.md, curves.png go")
-    add_policy_rule_arguments(evaluating)
-    add_threads_argument(evaluating, default=1, why="As compute-allocator evaluate: the same arithmetic as its runs")
+    fitting.add_argument(
+        "--out", type=Path, required=True, help="a new policy directory: the policy with its veto in policy.json"
+    )
     args = parser.parse_args(argv)
-    if args.command == "evaluate":
-        return evaluate_vetoed(parser, args)
     if args.jobs < 1 or args.workers < 1:
         parser.error("--jobs and --workers must be >= 1")
+    if (args.out / CONFIG_FILE).exists() or (args.out / WEIGHTS_FILE).exists():
+        parser.error(f"{str(args.out)!r} already holds a policy; choose a new --out")  # before the fit, not after
     try:
-        policy = AllocatorPolicy.load(args.policy)
+        policy = AllocatorPolicy.load(args.policy).with_stop_veto(None)  # a veto it carries is refitted
     except (OSError, ValueError) as error:
         parser.error(str(error))
     veto = fit(policy, args.jobs, args.workers, args.only_its_stops)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(veto, indent=1) + "\n")
+    policy.with_stop_veto(veto).save(args.out)
+    notes = veto.extra
+    largest = sorted(zip(veto.features, veto.weights), key=lambda pair: -abs(pair[1]))[:6]
     print(
-        f"{len(veto['jobs'])} jobs, {veto['intervals']} intervals, continuing pays on {veto['continue_pays']}; "
-        f"training accuracy {veto['training_accuracy']:.3f}; weights "
-        + ", ".join(f"{n} {w:+.2f}" for n, w in sorted(zip(veto["features"], veto["weights"]), key=lambda p: -abs(p[1]))[:6])
-        + f"; written to {args.out}"
+        f"{len(notes['jobs'])} jobs, {notes['intervals']} intervals, continuing pays on {notes['continue_pays']}; "
+        f"training accuracy {notes['training_accuracy']:.3f}; weights "
+        + ", ".join(f"{name} {weight:+.2f}" for name, weight in largest)
+        + f"; the vetoed policy written to {args.out}"
     )
     return 0
 

@@ -234,12 +234,6 @@ def main(argv=None) -> int:
         metavar="NAME",
         help="also run this baseline (allocator.baselines) under the policies' spec, as a row; repeatable",
     )
-    parser.add_argument(
-        "--stop-veto",
-        type=Path,
-        metavar="FILE",
-        help="also run each policy with its stops vetoed by this stop_veto.py fit (rows NAME@veto)",
-    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.baseline if name not in BASELINES]
     if unknown:
@@ -260,12 +254,6 @@ def main(argv=None) -> int:
     if args.selection_gate is not None:
         for path, policy in list(POLICIES.items()):
             POLICIES[f"{path}@gate{args.selection_gate:g}"] = GatedPolicy(policy, args.selection_gate)
-    if args.stop_veto is not None:
-        from stop_veto import VetoedPolicy, load_or_exit  # noqa: PLC0415 (stop_veto imports this module)
-
-        veto = load_or_exit(parser, args.stop_veto)
-        for path, policy in list(POLICIES.items()):
-            POLICIES[f"{path}@veto"] = VetoedPolicy(policy, veto)
     for name in args.baseline:  # after the policies: the pairs run under the first policy's spec
         POLICIES[name] = make_baseline(name)
     SETS.update(job_sets(args.cnn_jobs, args.named_seeds, args.cnn_seeds, args.slow_learner_jobs))
