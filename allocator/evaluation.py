@@ -190,7 +190,7 @@ def load_policy(policy):
 def describe_policy(policy) -> list[str]:
     """What changes how a loaded policy acts beyond its network, in words: an ensemble's size and
     combine rule, and its spec's rules (token dropping, the first layer group frozen on CNNs, the
-    layer lever on CNNs only, all-or-nothing layer gates).
+    layer lever on CNNs only, all-or-nothing layer gates) and its stop veto.
     Empty for a single policy without rules."""
     parts = []
     members = getattr(policy, "members", None)
@@ -210,6 +210,8 @@ def describe_policy(policy) -> list[str]:
         parts.append("layer gates freeze a group for the interval or train it at every step")
     if getattr(spec, "gate_decision", "interval") == "job":
         parts.append("layer gates decided once per job, on its first interval")
+    if getattr(policy, "stop_veto", None) is not None:
+        parts.append("stops vetoed where continuing pays")
     return parts
 
 

@@ -1,7 +1,6 @@
 """The analysis scripts behind BENCHMARKS.md section 5 compute what they claim."""
 
 import csv
-import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from allocator import AllocatorPolicy
 from allocator.allocation import AllocationSpec
 from allocator.objective import Objective
 from allocator.runner import run_job
@@ -892,65 +892,21 @@ def test_stop_veto_labels_each_interval_against_every_later_stop_the_full_run_in
     assert stopped[-1] == min(stopped[1:]) and all(continuing_pays for _, continuing_pays, _ in rows)
 
 
-def _veto(intercept: float, budget_weight: float = 0.0) -> dict:
-    """A veto that says continuing pays while intercept + budget_weight * budget_used > 0."""
+def test_stop_veto_fit_writes_the_policy_with_its_veto_as_a_new_policy_directory(tmp_path, capsys):
     from allocator.stats import GLOBAL_FEATURES
 
-    weights = [budget_weight if name == "budget_used" else 0.0 for name in GLOBAL_FEATURES]
-    zeros, ones = [0.0] * len(GLOBAL_FEATURES), [1.0] * len(GLOBAL_FEATURES)
-    return {"features": list(GLOBAL_FEATURES), "mean": zeros, "scale": ones, "weights": weights, "intercept": intercept}
-
-
-def test_a_vetoed_policy_repeats_its_last_interval_where_continuing_pays_and_stops_elsewhere():
-    from allocator.allocation import Allocation
-
     veto_module = load_script("stop_veto")
-    first = Allocation((0.4, 0.3, 0.2, 0.1), 0.5, (1.0, 1.0, 1.0, 1.0), 5)
-
-    class StopAfterOneInterval:
-        name, spec = "stops after one interval", make_job().spec
-
-        def reset(self, job):
-            self.acted = 0
-
-        def act(self, observation):
-            self.acted += 1
-            return first if self.acted == 1 else dataclasses.replace(first, steps=0)
-
-    def trained(result):
-        return [i for i in result.intervals if i["steps"] > 0]
-
-    alone = run_job(make_job(budget_steps=60), StopAfterOneInterval())
-    never = run_job(make_job(budget_steps=60), veto_module.VetoedPolicy(StopAfterOneInterval(), _veto(-1.0)))
-    assert len(trained(never)) == len(trained(alone)) == 1  # the veto never says continue: the stop stands
-    assert never.objective == alone.objective
-    # continuing pays until half the budget: the policy's last interval runs again until then
-    vetoed = veto_module.VetoedPolicy(StopAfterOneInterval(), _veto(0.5, budget_weight=-1.0))
-    result = run_job(make_job(budget_steps=60), vetoed)
-    assert 0.5 <= result.compute_fraction < 0.5 + alone.compute_fraction
-    assert len(trained(result)) > 2 and vetoed.vetoes == len(trained(result)) - 1
-    assert {tuple(i["allocation"]["sample_shares"]) for i in trained(result)} == {first.sample_shares}
-    assert {i["allocation"]["steps"] for i in trained(result)} == {5}
-
-
-def test_a_stop_veto_fitted_on_another_observation_is_refused_by_name(tmp_path):
-    import json
-
-    veto_module = load_script("stop_veto")
-    veto = _veto(0.5)
-    veto["features"][-1] = "a_feature_of_another_version"
-    path = tmp_path / "veto.json"
-    path.write_text(json.dumps(veto))
-    with pytest.raises(ValueError, match="a_feature_of_another_version"):
-        veto_module.load(path)
-    path.write_text(json.dumps(_veto(0.5)))
-    assert veto_module.load(path) == _veto(0.5)
-
-
-def test_train_check_refuses_a_stop_veto_it_cannot_read_before_any_run(tmp_path, capsys):
-    check = load_script("train_check")
+    quick = BENCHMARKS / "heldout-quick" / "policy"
+    out = tmp_path / "quick-vetoed"
+    assert veto_module.main(["fit", "--policy", str(quick), "--jobs", "2", "--workers", "1", "--out", str(out)]) == 0
+    assert "the vetoed policy written to" in capsys.readouterr().out
+    vetoed, published = AllocatorPolicy.load(out), AllocatorPolicy.load(quick)
+    assert vetoed.spec == published.spec and published.stop_veto is None
+    assert vetoed.stop_veto.features == GLOBAL_FEATURES
+    fitted_on = vetoed.stop_veto.extra["jobs"]
+    checked = {job for _, builders in load_script("train_check").job_sets(slow_learner_jobs=16).values() for job in builders}
+    assert len(fitted_on) == 2 and not checked & set(fitted_on)  # drawn jobs, none a check job
+    # an --out that already holds a policy is refused before anything is fitted
     with pytest.raises(SystemExit) as exit_info:
-        check.main(["--stop-veto", str(tmp_path / "missing.json"), str(BENCHMARKS / "heldout-quick" / "policy")])
-    assert exit_info.value.code == 2
-    captured = capsys.readouterr()
-    assert "--stop-veto" in captured.err and "missing.json" in captured.err and not captured.out
+        veto_module.main(["fit", "--policy", str(quick), "--out", str(out)])
+    assert exit_info.value.code == 2 and "already holds a policy" in capsys.readouterr().err

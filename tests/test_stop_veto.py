@@ -1,0 +1,127 @@
+"""A stop veto travels in policy.json and refuses a policy's stops where its regression says continuing pays."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from allocator import AllocatorPolicy, run_job
+from allocator.cli import main
+from allocator.ensemble import PolicyEnsemble
+from allocator.evaluation import describe_policy
+from allocator.stats import GLOBAL_FEATURES
+from allocator.stop_veto import StopVeto
+from tests.conftest import make_job
+from tests.test_ensemble import DEFAULT, QUICK, always_stopping
+
+
+def veto_until(budget_used: float) -> StopVeto:
+    """A veto that says continuing pays while the job has used less than ``budget_used`` of its budget."""
+    return StopVeto(features=("budget_used",), mean=(budget_used,), scale=(1.0,), weights=(-1.0,), intercept=0.0)
+
+
+def trained(result) -> list[dict]:
+    return [interval for interval in result.intervals if interval["steps"] > 0]
+
+
+def test_a_refused_stop_runs_what_the_policy_asked_for_at_full_length_until_the_veto_lets_it_stand():
+    stopper = always_stopping(AllocatorPolicy.load(QUICK))
+    alone = run_job(make_job(budget_steps=200), stopper)
+    assert trained(alone) == []  # it stops every job at once
+    never = run_job(make_job(budget_steps=200), stopper.with_stop_veto(veto_until(-1.0)))
+    assert trained(never) == [] and never.objective == alone.objective
+
+    vetoed = stopper.with_stop_veto(veto_until(0.5))
+    job = make_job(budget_steps=200)
+    vetoed.reset(job)
+    allocations = []
+    while not job.done:
+        observation = job.observation()
+        asked, allocation = stopper.act(observation), vetoed.act(observation)
+        assert asked.steps == 0
+        if allocation.steps == 0:
+            break
+        # the stop refused: the shares, keep fraction and gates it asked for, for the full interval
+        assert allocation == dataclasses.replace(asked, steps=stopper.spec.max_steps)
+        allocations.append(allocation)
+        job.advance(allocation)
+    assert len(allocations) > 1
+    assert 0.5 <= job.compute_fraction < 0.5 + stopper.spec.max_steps / 200 + 1e-9
+
+
+def test_a_veto_is_saved_in_policy_json_and_loads_to_act_the_same(tmp_path):
+    veto = dataclasses.replace(veto_until(0.5), extra={"fitted_for": "a test"})
+    vetoed = always_stopping(AllocatorPolicy.load(QUICK)).with_stop_veto(veto)
+    vetoed.save(tmp_path / "vetoed")
+    written = json.loads((tmp_path / "vetoed" / "policy.json").read_text())
+    assert written["stop_veto"] == {
+        "features": ["budget_used"], "mean": [0.5], "scale": [1.0], "weights": [-1.0], "intercept": 0.0,
+        "extra": {"fitted_for": "a test"},
+    }
+    loaded = AllocatorPolicy.load(tmp_path / "vetoed")
+    assert loaded.stop_veto == veto
+    runs = [run_job(make_job(budget_steps=200), policy) for policy in (loaded, vetoed)]
+    assert [i["allocation"] for i in runs[0].intervals] == [i["allocation"] for i in runs[1].intervals]
+    assert runs[0].objective == runs[1].objective and len(trained(runs[0])) > 1
+    assert "stops vetoed where continuing pays" in describe_policy(loaded)
+    # taken off again, the key goes with it
+    assert "stop_veto" not in loaded.with_stop_veto(None).metadata and loaded.with_stop_veto(None).stop_veto is None
+    assert describe_policy(AllocatorPolicy.load(QUICK)) == []
+
+
+def test_a_veto_fitted_on_another_observation_or_damaged_is_refused_at_load_saying_why(tmp_path, capsys):
+    AllocatorPolicy.load(QUICK).with_stop_veto(veto_until(0.5)).save(tmp_path / "vetoed")
+    config = tmp_path / "vetoed" / "policy.json"
+    good = json.loads(config.read_text())
+
+    def load_with(**changes):
+        config.write_text(json.dumps({**good, "stop_veto": {**good["stop_veto"], **changes}}))
+        return AllocatorPolicy.load(tmp_path / "vetoed")
+
+    with pytest.raises(ValueError, match=r"a_feature_of_another_version.*refit it"):
+        load_with(features=["a_feature_of_another_version"])
+    with pytest.raises(ValueError, match="weights has 2 entries for 1 features"):
+        load_with(weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="scale must be positive"):
+        load_with(scale=[0.0])
+    with pytest.raises(ValueError, match="intercept must be a number"):
+        load_with(intercept="high")
+    with pytest.raises(ValueError, match=r"unexpected key\(s\) \['threshold'\]"):
+        load_with(threshold=0.9)
+    assert load_with().stop_veto == veto_until(0.5)
+    # at the command line: one line, no traceback
+    config.write_text(json.dumps({**good, "stop_veto": {**good["stop_veto"], "features": ["gone"]}}))
+    assert main(["evaluate", "--policy", str(tmp_path / "vetoed"), "--seeds", "1", "--out", str(tmp_path / "eval")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "'gone'" in error[0] and "refit it" in error[0]
+    assert not (tmp_path / "eval").exists()  # refused before any run
+
+
+def test_an_ensemble_runs_a_veto_of_its_own_and_refuses_members_that_carry_one(tmp_path):
+    quick, default = AllocatorPolicy.load(QUICK), AllocatorPolicy.load(DEFAULT)
+    with pytest.raises(ValueError, match="carries a stop veto"):
+        PolicyEnsemble([quick.with_stop_veto(veto_until(0.5)), default])
+    stoppers = PolicyEnsemble([always_stopping(quick), always_stopping(default)])
+    stoppers.with_stop_veto(veto_until(0.5)).save(tmp_path / "ensemble")
+    loaded = AllocatorPolicy.load(tmp_path / "ensemble")
+    assert isinstance(loaded, PolicyEnsemble) and loaded.stop_veto == veto_until(0.5)
+    assert trained(run_job(make_job(budget_steps=200), stoppers)) == []
+    result = run_job(make_job(budget_steps=200), loaded)
+    assert {interval["steps"] for interval in trained(result)} == {loaded.spec.max_steps}
+    assert result.compute_fraction >= 0.5
+
+
+def test_a_veto_reads_its_features_by_name_from_a_jobs_raw_observation():
+    observation = np.zeros(len(GLOBAL_FEATURES) + 3)
+    veto = StopVeto(
+        features=("log_val_loss", "budget_used"), mean=(1.0, 0.0), scale=(2.0, 1.0), weights=(1.0, -4.0), intercept=0.0
+    )
+    observation[GLOBAL_FEATURES.index("log_val_loss")] = 3.0  # standardised: +1
+    observation[GLOBAL_FEATURES.index("budget_used")] = 0.2  # -0.8: 1 - 0.8 > 0
+    assert veto.continue_pays(observation)
+    observation[GLOBAL_FEATURES.index("budget_used")] = 0.3  # 1 - 1.2 < 0
+    assert not veto.continue_pays(observation)
+
