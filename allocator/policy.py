@@ -763,6 +763,8 @@ class AllocatorPolicy:
                 f"act takes one observation of shape ({self.observation_size},), got {obs.shape}"
             )
         allocation = self.spec.to_allocation(self.action(obs))
+        #: whether the last ``act`` refused a stop (``run_job`` records it with the interval)
+        self.stop_vetoed = False
         if allocation.steps == 0 and self.stop_veto is not None:
             if obs.shape[0] != self.job_observation_size:
                 raise ValueError(
@@ -771,6 +773,7 @@ class AllocatorPolicy:
                 )
             if self.stop_veto.continue_pays(obs):
                 allocation = dataclasses.replace(allocation, steps=self.spec.max_steps)
+                self.stop_vetoed = True
         return allocation
 
     def __repr__(self) -> str:

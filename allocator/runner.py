@@ -103,7 +103,8 @@ class TensorBoardRunLogger:
     """Writes one run's intervals as TensorBoard scalars (one directory per run).
 
     Tags: ``allocation/*`` (shares, keep fraction, gates, steps; ``token_share`` from the
-    first interval with token dropping on), ``compute/*``,
+    first interval with token dropping on; ``stop_vetoed``, 1 where a policy's stop veto
+    refused its stop, under a policy that carries one), ``compute/*``,
     ``loss/*``, ``objective/J``, and ``curve/val_loss_vs_compute`` whose step
     is the per-mille of the budget spent, so curves of runs overlay.
     """
@@ -121,7 +122,8 @@ class TensorBoardRunLogger:
         self.writer.add_scalar("loss/val", job.val_loss, 0)
         self.writer.add_scalar("curve/val_loss_vs_compute", job.val_loss, 0)
 
-    def log_interval(self, report: IntervalReport, objective_so_far: float) -> None:
+    def log_interval(self, report: IntervalReport, objective_so_far: float, stop_vetoed: bool | None = None) -> None:
+        """``stop_vetoed``: whether the controller's veto refused its stop (``None``: it has no veto)."""
         step = report.index
         allocation = report.allocation
         scalars = {
@@ -140,6 +142,8 @@ class TensorBoardRunLogger:
         self._token_dropping_seen = self._token_dropping_seen or report.token_share < 1.0
         if self._token_dropping_seen:
             scalars["allocation/token_share"] = report.token_share
+        if stop_vetoed is not None:
+            scalars["allocation/stop_vetoed"] = float(stop_vetoed)
         if math.isfinite(report.train_loss):
             scalars["loss/train"] = report.train_loss
         if report.val_accuracy is not None:
@@ -193,6 +197,7 @@ def run_job(
     eval_compute = 0
     steps = 0
     report = None
+    has_veto = getattr(controller, "stop_veto", None) is not None
     try:
         if logger:
             logger.log_start(job, label)
@@ -200,6 +205,7 @@ def run_job(
             allocation = controller.act(observation)
             if not isinstance(allocation, Allocation):
                 raise ValueError(f"controller {label!r} returned {type(allocation).__name__}, not an Allocation")
+            stop_vetoed = bool(getattr(controller, "stop_vetoed", False)) if has_veto else None
             report = job.advance(allocation)
             observation = report.observation
             steps += report.steps
@@ -223,10 +229,11 @@ def run_job(
                     "val_loss": report.val_loss,
                     "val_accuracy": report.val_accuracy,
                     "token_share": report.token_share,
+                    "stop_vetoed": stop_vetoed,  # None: the controller has no stop veto
                 }
             )
             if logger:
-                logger.log_interval(report, meter.value)
+                logger.log_interval(report, meter.value, stop_vetoed)
         meter.finish()
     finally:
         if logger:

@@ -45,10 +45,10 @@ def test_a_refused_stop_runs_what_the_policy_asked_for_at_full_length_until_the_
         if allocation.steps == 0:
             break
         # the stop refused: the shares, keep fraction and gates it asked for, for the full interval
-        assert allocation == dataclasses.replace(asked, steps=stopper.spec.max_steps)
+        assert allocation == dataclasses.replace(asked, steps=stopper.spec.max_steps) and vetoed.stop_vetoed
         allocations.append(allocation)
         job.advance(allocation)
-    assert len(allocations) > 1
+    assert len(allocations) > 1 and not vetoed.stop_vetoed  # the last stop stands
     assert 0.5 <= job.compute_fraction < 0.5 + stopper.spec.max_steps / 200 + 1e-9
 
 
@@ -125,3 +125,20 @@ def test_a_veto_reads_its_features_by_name_from_a_jobs_raw_observation():
     observation[GLOBAL_FEATURES.index("budget_used")] = 0.3  # 1 - 1.2 < 0
     assert not veto.continue_pays(observation)
 
+
+
+def test_each_interval_records_whether_the_veto_refused_a_stop_and_tensorboard_charts_it(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    stopper = always_stopping(AllocatorPolicy.load(QUICK))
+    result = run_job(make_job(budget_steps=200), stopper.with_stop_veto(veto_until(0.5)), tensorboard_dir=tmp_path / "tb")
+    flags = [interval["stop_vetoed"] for interval in result.intervals]
+    assert flags[-1] is False and len(flags) > 2 and all(flags[:-1])  # refused until half the budget, then it stands
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("allocation/stop_vetoed")] == [float(f) for f in flags]
+    plain = run_job(make_job(budget_steps=200), "uniform", tensorboard_dir=tmp_path / "plain")
+    assert {interval["stop_vetoed"] for interval in plain.intervals} == {None}  # no veto, nothing to say
+    events = EventAccumulator(str(tmp_path / "plain"))
+    events.Reload()
+    assert "allocation/stop_vetoed" not in events.Tags()["scalars"]
