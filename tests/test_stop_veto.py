@@ -15,7 +15,8 @@ from allocator.evaluation import describe_policy
 from allocator.stats import GLOBAL_FEATURES
 from allocator.stop_veto import StopVeto
 from tests.conftest import make_job
-from tests.test_ensemble import DEFAULT, QUICK, always_stopping
+from tests.test_ensemble import DEFAULT, QUICK, ROOT, always_stopping
+from tests.test_ensemble import observations as _observations
 
 
 def veto_until(budget_used: float) -> StopVeto:
@@ -142,3 +143,12 @@ def test_each_interval_records_whether_the_veto_refused_a_stop_and_tensorboard_c
     events = EventAccumulator(str(tmp_path / "plain"))
     events.Reload()
     assert "allocation/stop_vetoed" not in events.Tags()["scalars"]
+
+
+def test_the_published_learned_freeze_with_its_veto_is_the_learned_freeze_plus_a_veto_on_every_global_feature():
+    vetoed = AllocatorPolicy.load(ROOT / "benchmarks" / "heldout-learned-freeze-vetoed" / "policy")
+    plain = AllocatorPolicy.load(ROOT / "benchmarks" / "heldout-learned-freeze" / "policy")
+    assert plain.stop_veto is None and vetoed.stop_veto.features == GLOBAL_FEATURES
+    assert vetoed.spec == plain.spec
+    for observation in [np.asarray(o) for o in _observations(plain)]:
+        np.testing.assert_array_equal(vetoed.action(observation), plain.action(observation))
