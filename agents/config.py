@@ -465,6 +465,22 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # ---------------------------------------------------------------------- loading
 
 
+def recorded_config(policy) -> TrainConfig:
+    """The training configuration a policy (an ensemble's first member) recorded in its policy.json
+    (``extra.config``): the job distribution it was trained on.
+
+    ``ValueError`` when it records none (a policy exported by hand): pass ``--config`` then.
+    """
+    first = list(getattr(policy, "members", [policy]))[0]
+    recorded = first.metadata.get("extra", {}).get("config")
+    if not isinstance(recorded, dict):
+        raise ValueError(
+            f"{policy.name} records no training configuration (extra.config in policy.json); "
+            "pass --config with the job distribution to run on"
+        )
+    return TrainConfig().updated(recorded, f"{policy.name}'s extra.config").validate(policy.name)
+
+
 def available_presets() -> list[str]:
     """Names of the presets shipped in ``agents/presets``."""
     return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))

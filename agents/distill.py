@@ -105,23 +105,6 @@ class RoundReport:
 # ------------------------------------------------------------------ the teacher's job distribution
 
 
-def teacher_config(teacher: AllocatorPolicy):
-    """The training configuration the teacher (its first member) recorded: its job distribution.
-
-    ``ValueError`` when the policy records none (a policy exported by hand);
-    pass a configuration to :func:`distill` then.
-    """
-    from agents.config import TrainConfig
-
-    recorded = _members(teacher)[0].metadata.get("extra", {}).get("config")
-    if not isinstance(recorded, dict):
-        raise ValueError(
-            f"{teacher.name} records no training configuration (extra.config in policy.json); "
-            "pass --config with the job distribution to distil on"
-        )
-    return TrainConfig().updated(recorded, f"{teacher.name}'s extra.config").validate(teacher.name)
-
-
 def episode_env_kwargs(config) -> dict[str, Any]:
     """``gymnasium.make`` arguments for gathering: the config's env with the raw return and every feature.
 
@@ -305,7 +288,7 @@ def distill(
         teacher_path: a policy directory (an ensemble or a single policy).
         settings: rounds, episodes, fitting; :class:`DistillSettings` defaults.
         config: the :class:`agents.config.TrainConfig` whose env gives the jobs;
-            by default the teacher's own (:func:`teacher_config`).
+            by default the teacher's own (:func:`agents.config.recorded_config`).
         on_progress: called as ``on_progress(description, done, total)`` after
             each episode (for a progress bar).
 
@@ -315,8 +298,10 @@ def distill(
     settings = (settings or DistillSettings()).validate()
     teacher_path = str(Path(teacher_path))
     teacher = AllocatorPolicy.load(teacher_path)
-    config = config if config is not None else teacher_config(teacher)
+    from agents.config import recorded_config
     from agents.training import allocation_spec
+
+    config = config if config is not None else recorded_config(teacher)
 
     if allocation_spec(config) != teacher.spec:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""The ``compute-allocator`` command: train, apply, evaluate, ensemble, distill, jobs, bench.
+"""The ``compute-allocator`` command: train, apply, evaluate, ensemble, distill, stop-veto, jobs, bench.
 
 This is the composition root. Each subcommand lives in its own module that
 defines ``add_arguments(parser)`` and ``run(args) -> int``; the module is
@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": (
         "agents.distill_command",
         "train one actor to act as a policy (e.g. an ensemble) does, on its own training jobs",
+    ),
+    "stop-veto": (
+        "agents.stop_veto_command",
+        "fit a veto on a policy's stops from hindsight and write the policy with it",
     ),
     "jobs": ("allocator.jobs.command", "list the built-in training jobs, one a line"),
     "bench": ("allocator.bench", "measure the allocator's overhead against a plain PyTorch loop"),

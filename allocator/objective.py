@@ -65,6 +65,23 @@ class Objective:
         unused = min(max(unused_fraction, 0.0), 1.0)
         return unused * (1.0 - self.s) * final_relative_loss + self.w * final_relative_loss
 
+    def stopped_values(self, curve: list[tuple[float, float]]) -> list[float]:
+        """J of a run stopped after interval k, for k = 0 (stop at once) .. len(curve) - 1.
+
+        ``curve`` is a run's ``(compute fraction used, validation loss)`` after each
+        interval, starting with ``(0.0, initial validation loss)`` (``RunResult.curve``);
+        the last entry is the whole run's J. Used to label stops in hindsight.
+        """
+        initial = curve[0][1]
+        values = [self.final_cost(1.0, 1.0)]  # stop at once: all unused, at the initial loss
+        area = 0.0
+        for k in range(1, len(curve)):
+            spent = curve[k][0] - curve[k - 1][0]
+            loss = self.relative_loss(curve[k][1], initial, not math.isfinite(curve[k][1]))
+            area += self.interval_cost(spent, loss)
+            values.append(area + self.final_cost(1 - curve[k][0], loss))
+        return values
+
     def total(self, intervals: list[tuple[float, float]], final_relative_loss: float) -> float:
         """J of a whole run from ``(compute_fraction, relative_loss)`` per interval."""
         spent = sum(c for c, _ in intervals)

@@ -41,21 +41,9 @@ from allocator.jobs.distribution import MODEL_SIZES
 JOB_SEED = 2024
 
 
-def distinct_recipes(distribution: JobDistribution, count: int, job_seed: int, keep=None) -> dict:
-    """``{name: JobRecipe}``: the first ``count`` distinct recipes ``distribution`` draws from
-    ``job_seed`` (of those ``keep(recipe)`` accepts, if given), out of ``count * 4`` draws."""
-    recipes: dict = {}
-    for recipe in distribution.recipes(job_seed, count * 4):  # named jobs can repeat; keep distinct ones
-        if keep is None or keep(recipe):
-            recipes.setdefault(recipe.name, recipe)
-        if len(recipes) == count:
-            break
-    return recipes
-
-
 def transfer_recipes(split: str, families: list[str], count: int, job_seed: int = JOB_SEED) -> dict:
     """``{name: JobRecipe}``: ``count`` distinct recipes of ``split`` drawn from ``families`` only."""
-    return distinct_recipes(JobDistribution(split, families=families), count, job_seed)
+    return JobDistribution(split, families=families).distinct_recipes(count, job_seed)
 
 
 def as_model(recipes: dict, family: str) -> dict:

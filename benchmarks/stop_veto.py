@@ -1,21 +1,23 @@
-"""Fit a stop veto for a policy from hindsight, and write the policy with it.
+"""The stop veto of BENCHMARKS.md's forty-first and forty-second rounds, fitted as they fitted it.
 
 BENCHMARKS.md section 5, forty-first and forty-second rounds. On uniform's
 own curves of the train check's jobs, the published policies ask to stop
 where a later stop would give a lower J far more often on the slow
 learners than a logistic regression reading the same global features
 does. This script fits that regression as a veto on a trained policy's
-stops (:mod:`allocator.stop_veto`) and writes the policy with the veto in
-its policy.json, as a new policy directory that ``compute-allocator apply``
-and ``evaluate``, ``train_check.py`` and ``cnn_freeze_probe.py`` run like
-any other:
+stops with ``compute-allocator stop-veto``'s fit (:mod:`agents.stop_veto_fit`)
+on the jobs the rounds used, and writes the policy with the veto in its
+policy.json, as a new policy directory that ``compute-allocator apply`` and
+``evaluate``, ``train_check.py`` and ``cnn_freeze_probe.py`` run like any
+other (``benchmarks/heldout-learned-freeze-vetoed/policy`` was written so):
 
     python benchmarks/stop_veto.py fit --policy P --jobs 64 --out runs/r42/P-vetoed
 
 ``fit`` runs uniform, with the policy's spec (its interval length), on
 ``--jobs`` distinct jobs drawn from the train split's distribution
-(``many_epoch_share`` 0.5, as the recipes train), none of them a job of
-``train_check.py`` or ``cnn_freeze_probe.py``. Every interval but the first
+(``many_epoch_share`` 0.5, as the recipes train; job seed 4141), none of
+them a job of ``train_check.py`` or ``cnn_freeze_probe.py``, where the
+command draws from the policy's own training distribution. Every interval but the first
 and the last is labelled "continuing pays" when some later stop on the same
 curve, the full run included, gives a lower J (at ``Objective()``'s
 defaults), weighted by the J at stake, and a standardised logistic
@@ -31,117 +33,29 @@ its own (selection, a frozen stem), read through the same features.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from allocator import AllocatorPolicy
-from allocator.baselines import make as make_baseline
-from allocator.jobs import JobDistribution, names
-from allocator.objective import Objective
-from allocator.policy import CONFIG_FILE, WEIGHTS_FILE
-from allocator.runner import run_job
-from allocator.stats import GLOBAL_FEATURES, ObservationLayout
-from allocator.stop_veto import StopVeto
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from family_transfer import distinct_recipes  # noqa: E402
-from stopping_oracle import stopped_objectives  # noqa: E402
 from train_check import job_sets  # noqa: E402
+
+from agents.stop_veto_command import summary_line  # noqa: E402
+from agents.stop_veto_fit import fit_stop_veto  # noqa: E402
+from allocator import AllocatorPolicy  # noqa: E402
+from allocator.jobs import JobDistribution, names  # noqa: E402
+from allocator.policy import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
 
 VETO_JOB_SEED = 4141  # apart from the check's and the probe's draws
 
 
-class _Recorder:
-    """Uniform, recording every observation it is shown."""
-
-    name = "uniform"
-
-    def __init__(self) -> None:
-        self.inner = make_baseline("uniform")
-        self.observations: list[np.ndarray] = []
-
-    def reset(self, job) -> None:
-        self.inner.reset(job)
-        self.layout = ObservationLayout(job.spec)
-        self.observations = []
-
-    def act(self, observation):
-        self.observations.append(np.array(observation))
-        return self.inner.act(observation)
-
-
-def labelled_intervals(build, spec=None, policy=None) -> list[tuple[np.ndarray, bool, float]]:
-    """``[(global features, continuing pays, J at stake)]`` after each interval of uniform's run on
-    ``build(0)`` (set to ``spec``) but the last (nothing follows it); the full run is one of the
-    later stops. With ``policy``, only the intervals after which it asks to stop."""
-    recorder = _Recorder()
-    job = build(0)
-    if spec is not None:
-        job.use_spec(spec)
-    result = run_job(job, recorder)
-    stop_j = stopped_objectives(result.curve, Objective())  # [k]: J (at its defaults) stopped after interval k
-    rows = []
-    # observations[k] is what the controller saw after interval k (observations[0]: before any)
-    for k, observation in enumerate(recorder.observations[1:], start=1):
-        if policy is not None and policy.act(observation).steps > 0:
-            continue
-        later = min(stop_j[k + 1 :])
-        rows.append((observation[: recorder.layout.global_size], later < stop_j[k], abs(later - stop_j[k])))
-    return rows
-
-
-_FIT: dict = {}  # the policy and the restriction, inherited by forked workers
-
-
-def _fit_job(item):
-    torch.set_num_threads(1)
-    name, recipe = item
-    policy = _FIT["policy"]
-    return name, labelled_intervals(
-        lambda seed: recipe.build(seed=seed, device="cpu"), policy.spec, policy if _FIT["only_its_stops"] else None
-    )
-
-
-def fit(policy, jobs: int, workers: int, only_its_stops: bool = False) -> dict:
-    """The veto for ``policy``: uniform runs with its spec (its interval length), on ``jobs`` drawn
-    train-split jobs; with ``only_its_stops`` fitted only on the intervals where it asks to stop."""
-    from sklearn.linear_model import LogisticRegression
-
+def veto_recipes(jobs: int) -> dict:
+    """The rounds' jobs: ``jobs`` distinct train-split draws (``many_epoch_share`` 0.5, job seed
+    4141), none of them a named train job or a job of the train check or the CNN probe."""
     checked = set(names("train"))
     for _, builders in job_sets(slow_learner_jobs=16).values():
         checked |= set(builders)
     distribution = JobDistribution("train", many_epoch_share=0.5)
-    recipes = distinct_recipes(distribution, jobs, VETO_JOB_SEED, keep=lambda r: r.name not in checked)
-    _FIT.update(policy=policy, only_its_stops=only_its_stops)
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        data = dict(pool.imap_unordered(_fit_job, sorted(recipes.items())))
-    rows = [row for name in sorted(data) for row in data[name]]
-    x = np.stack([features for features, _, _ in rows]).astype(np.float64)
-    y = np.array([label for _, label, _ in rows])
-    weight = np.array([stake for _, _, stake in rows])
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-8] = 1.0  # a feature constant on these jobs carries no weight
-    model = LogisticRegression(max_iter=5000).fit((x - mean) / scale, y, sample_weight=weight / weight.mean())
-    return StopVeto(
-        features=GLOBAL_FEATURES,
-        mean=tuple(mean.tolist()),
-        scale=tuple(scale.tolist()),
-        weights=tuple(model.coef_[0].tolist()),
-        intercept=float(model.intercept_[0]),
-        extra={
-            "fitted_for": policy.name,
-            "only_its_stops": only_its_stops,
-            "job_seed": VETO_JOB_SEED,
-            "jobs": sorted(data),
-            "intervals": len(rows),
-            "continue_pays": int(y.sum()),
-            "training_accuracy": float(model.score((x - mean) / scale, y)),
-        },
-    )
+    return distribution.distinct_recipes(jobs, VETO_JOB_SEED, keep=lambda recipe: recipe.name not in checked)
 
 
 def main(argv=None) -> int:
@@ -163,19 +77,14 @@ def main(argv=None) -> int:
     if (args.out / CONFIG_FILE).exists() or (args.out / WEIGHTS_FILE).exists():
         parser.error(f"{str(args.out)!r} already holds a policy; choose a new --out")  # before the fit, not after
     try:
-        policy = AllocatorPolicy.load(args.policy).with_stop_veto(None)  # a veto it carries is refitted
+        policy = AllocatorPolicy.load(args.policy)
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    veto = fit(policy, args.jobs, args.workers, args.only_its_stops)
-    policy.with_stop_veto(veto).save(args.out)
-    notes = veto.extra
-    largest = sorted(zip(veto.features, veto.weights), key=lambda pair: -abs(pair[1]))[:6]
-    print(
-        f"{len(notes['jobs'])} jobs, {notes['intervals']} intervals, continuing pays on {notes['continue_pays']}; "
-        f"training accuracy {notes['training_accuracy']:.3f}; weights "
-        + ", ".join(f"{name} {weight:+.2f}" for name, weight in largest)
-        + f"; the vetoed policy written to {args.out}"
+    veto = fit_stop_veto(
+        args.policy, veto_recipes(args.jobs), args.workers, args.only_its_stops, notes={"job_seed": VETO_JOB_SEED}
     )
+    policy.with_stop_veto(veto).save(args.out)
+    print(summary_line(veto) + f"; the vetoed policy written to {args.out}")
     return 0
 
 

@@ -43,19 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_runs import regime  # noqa: E402
 
 
-def stopped_objectives(curve: list[tuple[float, float]], objective: Objective) -> list[float]:
-    """J of the run stopped after interval k, for k = 0 (stop at once) .. len(curve) - 1."""
-    initial = curve[0][1]
-    values = [objective.final_cost(1.0, 1.0)]  # stop at once: all unused, at the initial loss
-    area = 0.0
-    for k in range(1, len(curve)):
-        spent = curve[k][0] - curve[k - 1][0]
-        loss = objective.relative_loss(curve[k][1], initial, not math.isfinite(curve[k][1]))
-        area += objective.interval_cost(spent, loss)
-        values.append(area + objective.final_cost(1 - curve[k][0], loss))
-    return values
-
-
 def oracle_to_target(curve: list[tuple[float, float]], stop: int) -> float:
     """Compute to target of the run stopped after interval ``stop``: where it first reaches its best loss.
 
@@ -102,7 +89,7 @@ def main(argv=None) -> int:
     for source in resolve_jobs(None, args.split, device="cpu"):
         for seed in range(args.seeds):
             result = run_job(build_job(source, seed, spec), "uniform")
-            values = stopped_objectives(result.curve, objective)
+            values = objective.stopped_values(result.curve)
             stop = rule_stop(result.curve, args.theta)
             uniform.append(values[-1])
             oracle.append(min(values))

@@ -67,7 +67,6 @@ from allocator.runner import run_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from family_transfer import (  # noqa: E402
-    distinct_recipes,
     job_builders,
     load_policies,
     report_names,
@@ -102,7 +101,7 @@ class GatedPolicy:
 def slow_learner_recipes(count: int) -> dict:
     """``{name: JobRecipe}``: ``count`` distinct many-epoch compute-bound recipes of the train split."""
     distribution = JobDistribution("train", named_share=0.0, many_epoch_share=1.0)
-    return distinct_recipes(distribution, count, SLOW_LEARNER_SEED, keep=lambda recipe: "-many-epochs-" in recipe.name)
+    return distribution.distinct_recipes(count, SLOW_LEARNER_SEED, keep=lambda recipe: "-many-epochs-" in recipe.name)
 
 
 def job_sets(

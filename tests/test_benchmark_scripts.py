@@ -11,7 +11,6 @@ import torch
 
 from allocator import AllocatorPolicy
 from allocator.allocation import AllocationSpec
-from allocator.objective import Objective
 from allocator.runner import run_job
 from allocator.stats import ObservationLayout
 from tests.conftest import make_job
@@ -25,17 +24,6 @@ def load_script(name: str):
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-def test_stopping_oracle_reproduces_the_runs_own_objective():
-    oracle = load_script("stopping_oracle")
-    result = run_job(make_job(budget_steps=40), "uniform")
-    values = oracle.stopped_objectives(result.curve, Objective())
-    assert values[-1] == pytest.approx(
-        result.objective, rel=1e-9
-    )  # stopping after the last interval = the run
-    assert values[0] == pytest.approx(1.8)  # stopping at once: (1 - s) + w
-    assert min(values) <= result.objective
 
 
 def test_the_oracle_stop_reaches_uniforms_best_only_when_it_stops_after_it():
@@ -126,18 +114,6 @@ def test_the_cnn_freeze_probe_compares_the_policy_with_and_without_the_rule_on_c
     table = probe.summary(rows).splitlines()
     assert table[2] == "| policy | 2 | 2 | 1 | 2 | 0.9700 | 2 | 0.75 |"
     assert table[3] == "| frozen | 1 | 1 | 1 | 1 | 0.9000 | 1 | 0.00 |"
-
-
-def test_stopping_before_the_budget_is_what_a_run_that_stops_there_scores():
-    """The oracle's "k intervals before the budget" row is a real run's J, not an extrapolation."""
-    oracle = load_script("stopping_oracle")
-    full = run_job(make_job(budget_steps=40), "uniform")
-    assert len(full.curve) - 1 >= 3  # intervals
-    stopped = run_job(make_job(budget_steps=40), "stop-before-budget")  # skips the last interval
-    values = oracle.stopped_objectives(full.curve, Objective())
-    assert stopped.curve == full.curve[:-1]  # the same run, one interval shorter
-    assert values[-2] == pytest.approx(stopped.objective, rel=1e-9)
-    assert values[-2] != pytest.approx(values[-1], rel=1e-6)
 
 
 def test_ablation_holds_the_chosen_features_at_their_training_mean():
@@ -873,23 +849,6 @@ def test_input_size_probe_heldout_runs_name_the_variant_on_every_job_and_apply_i
     assert [label for label, _, _ in runs["digits-cnn"]] == ["uniform", "quick", "quick + input 0.25 until 0.5"]
     assert runs["digits-cnn"][-1][2] is None  # the policy alone where the model has no tokens
     assert runs["digits-transformer"][-1][2] == variant
-
-
-def test_stop_veto_labels_each_interval_against_every_later_stop_the_full_run_included():
-    veto_module = load_script("stop_veto")
-    oracle = load_script("stopping_oracle")
-    rows = veto_module.labelled_intervals(lambda seed: make_job(budget_steps=60, seed=seed, lr=1e-2))
-    curve = run_job(make_job(budget_steps=60, lr=1e-2), "uniform").curve
-    stopped = oracle.stopped_objectives(curve, Objective())
-    layout = ObservationLayout(make_job().spec)
-    # one row after each interval but the last, whose observation no controller sees
-    assert len(rows) == len(curve) - 2
-    for k, (features, continuing_pays, stake) in enumerate(rows, start=1):
-        assert features[layout.global_index("budget_used")] == pytest.approx(curve[k][0], abs=1e-6)
-        assert continuing_pays == (min(stopped[k + 1 :]) < stopped[k])
-        assert stake == pytest.approx(abs(min(stopped[k + 1 :]) - stopped[k]))
-    # the full run is a later stop: on this steadily learning job it is the best one
-    assert stopped[-1] == min(stopped[1:]) and all(continuing_pays for _, continuing_pays, _ in rows)
 
 
 def test_stop_veto_fit_writes_the_policy_with_its_veto_as_a_new_policy_directory(tmp_path, capsys):

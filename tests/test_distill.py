@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from agents.distill import DistillSettings, distill, episode_env_kwargs, run_episode, teacher_config
+from agents.config import recorded_config
+from agents.distill import DistillSettings, distill, episode_env_kwargs, run_episode
 from allocator import AllocatorPolicy
 from allocator.cli import main
 from allocator.ensemble import PolicyEnsemble
@@ -27,7 +28,7 @@ def distilled():
 def test_the_student_acts_as_the_teacher_on_a_job_it_never_saw(distilled):
     student, _ = distilled
     teacher = AllocatorPolicy.load(QUICK)
-    kwargs = episode_env_kwargs(teacher_config(teacher))
+    kwargs = episode_env_kwargs(recorded_config(teacher))
     unseen = run_episode((kwargs, 0, 10_000, str(QUICK), None))  # a seed no round drew: new job, new data
     labels = unseen.teacher_actions
     error = np.mean((student.action(unseen.observations) - labels) ** 2)
@@ -90,14 +91,14 @@ def test_an_ensemble_teacher_gives_a_single_actor_of_its_members_architecture(tm
 
 def test_the_teacher_must_record_its_jobs_or_be_given_them():
     teacher = AllocatorPolicy.load(QUICK)
-    assert teacher_config(teacher).env.split == "train"
+    assert recorded_config(teacher).env.split == "train"
     teacher.metadata["extra"].pop("config")
     with pytest.raises(ValueError, match="pass --config"):
-        teacher_config(teacher)
+        recorded_config(teacher)
 
 
 def test_a_job_distribution_of_another_spec_is_refused():
-    config = teacher_config(AllocatorPolicy.load(QUICK))
+    config = recorded_config(AllocatorPolicy.load(QUICK))
     config.env.max_steps = 7
     with pytest.raises(ValueError, match="differs from the teacher's"):
         distill(QUICK, FEW, config=config)
@@ -152,7 +153,7 @@ def test_a_later_distillation_in_the_same_process_runs_its_own_jobs():
     """With one worker the episodes run in the caller's process: an env of other jobs is never reused."""
     from agents.distill import _env
 
-    kwargs = episode_env_kwargs(teacher_config(AllocatorPolicy.load(QUICK)))
+    kwargs = episode_env_kwargs(recorded_config(AllocatorPolicy.load(QUICK)))
     cnn_only = {**kwargs, "families": ["cnn1d"]}
     assert _env(kwargs, 0) is _env(dict(kwargs), 0)
     assert _env(cnn_only, 0) is not _env(kwargs, 0)

@@ -37,10 +37,15 @@ def observations(policy: AllocatorPolicy, count: int = 4) -> list[np.ndarray]:
 
 def always_stopping(policy: AllocatorPolicy) -> AllocatorPolicy:
     """``policy`` with its steps output pinned deep in the stop region: it stops every job at once."""
+    return pinned_steps(policy, -10.0, name="stopper")
+
+
+def pinned_steps(policy: AllocatorPolicy, bias: float, name: str = "pinned") -> AllocatorPolicy:
+    """``policy`` (an attention actor) with its steps output pinned at ``bias``: -10 always stops, +10 never."""
     tensors = policy.tensors()
     tensors["actor.global_output.weight"][1] = 0.0
-    tensors["actor.global_output.bias"][1] = -10.0
-    return AllocatorPolicy.from_parts(policy.metadata, tensors, where="test", weights="test", name="stopper")
+    tensors["actor.global_output.bias"][1] = bias
+    return AllocatorPolicy.from_parts(policy.metadata, tensors, where="test", weights="test", name=name)
 
 
 def test_an_ensemble_acts_with_the_mean_of_its_members_actions():

@@ -45,3 +45,29 @@ def test_divergence_is_charged_worse_than_stopping_at_once():
 def test_invalid_parameters_raise(kwargs):
     with pytest.raises(ValueError):
         Objective(**kwargs)
+
+
+def test_j_of_a_curve_stopped_after_each_interval_ends_at_the_runs_own_j():
+    from allocator import run_job
+    from tests.conftest import make_job
+
+    result = run_job(make_job(budget_steps=40), "uniform")
+    values = Objective().stopped_values(result.curve)
+    assert len(values) == len(result.curve)
+    assert values[-1] == pytest.approx(result.objective, rel=1e-9)  # stopped after the last interval: the run
+    assert values[0] == pytest.approx(1.8)  # stopped at once: (1 - s) + w
+    assert min(values) <= result.objective
+
+
+def test_j_stopped_one_interval_early_is_what_a_run_that_stops_there_scores():
+    """Not an extrapolation: a real run that skips the last interval scores the same."""
+    from allocator import run_job
+    from tests.conftest import make_job
+
+    full = run_job(make_job(budget_steps=40), "uniform")
+    assert len(full.curve) - 1 >= 3  # intervals
+    stopped = run_job(make_job(budget_steps=40), "stop-before-budget")  # skips the last interval
+    values = Objective().stopped_values(full.curve)
+    assert stopped.curve == full.curve[:-1]  # the same run, one interval shorter
+    assert values[-2] == pytest.approx(stopped.objective, rel=1e-9)
+    assert values[-2] != pytest.approx(values[-1], rel=1e-6)

@@ -8,14 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from allocator import AllocatorPolicy, run_job
+from agents.stop_veto_fit import labelled_intervals
+from allocator import AllocatorPolicy, Objective, run_job
 from allocator.cli import main
 from allocator.ensemble import PolicyEnsemble
 from allocator.evaluation import describe_policy
-from allocator.stats import GLOBAL_FEATURES
+from allocator.stats import GLOBAL_FEATURES, ObservationLayout
 from allocator.stop_veto import StopVeto
 from tests.conftest import make_job
-from tests.test_ensemble import DEFAULT, QUICK, ROOT, always_stopping
+from tests.test_ensemble import DEFAULT, QUICK, ROOT, always_stopping, pinned_steps
 from tests.test_ensemble import observations as _observations
 
 
@@ -152,3 +153,59 @@ def test_the_published_learned_freeze_with_its_veto_is_the_learned_freeze_plus_a
     assert vetoed.spec == plain.spec
     for observation in [np.asarray(o) for o in _observations(plain)]:
         np.testing.assert_array_equal(vetoed.action(observation), plain.action(observation))
+
+
+def test_the_fit_labels_each_interval_against_every_later_stop_the_full_run_included():
+    rows = labelled_intervals(make_job(budget_steps=60, lr=1e-2))
+    curve = run_job(make_job(budget_steps=60, lr=1e-2), "uniform").curve
+    stopped = Objective().stopped_values(curve)
+    layout = ObservationLayout(make_job().spec)
+    # one row after each interval but the last, whose observation no controller sees
+    assert len(rows) == len(curve) - 2
+    for k, (features, continuing_pays, stake) in enumerate(rows, start=1):
+        assert features[layout.global_index("budget_used")] == pytest.approx(curve[k][0], abs=1e-6)
+        assert continuing_pays == (min(stopped[k + 1 :]) < stopped[k])
+        assert stake == pytest.approx(abs(min(stopped[k + 1 :]) - stopped[k]))
+    # the full run is a later stop: on this steadily learning job it is the best one
+    assert stopped[-1] == min(stopped[1:]) and all(continuing_pays for _, continuing_pays, _ in rows)
+    # with a policy, only the intervals after which it asks to stop
+    quick = AllocatorPolicy.load(QUICK)
+    assert len(labelled_intervals(job_with_spec(quick.spec), always_stopping(quick))) == len(
+        labelled_intervals(job_with_spec(quick.spec))
+    )
+    assert labelled_intervals(job_with_spec(quick.spec), pinned_steps(quick, +10.0)) == []
+
+
+def job_with_spec(spec):
+    job = make_job(budget_steps=60, lr=1e-2)
+    job.use_spec(spec)
+    return job
+
+
+
+def test_the_stop_veto_command_fits_on_the_policys_own_jobs_and_writes_the_vetoed_policy(tmp_path, capsys):
+    published = ROOT / "benchmarks" / "heldout-quick" / "policy"
+    out = tmp_path / "vetoed"
+    argv = ["stop-veto", "--policy", str(published), "--out", str(out), "--jobs", "2", "--workers", "1"]
+    assert main([*argv, "--no-progress-bar"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 jobs" in printed and f"wrote {out}" in printed
+    vetoed = AllocatorPolicy.load(out)
+    assert vetoed.spec == AllocatorPolicy.load(published).spec and vetoed.stop_veto.features == GLOBAL_FEATURES
+    notes = vetoed.stop_veto.extra
+    assert len(notes["jobs"]) == 2 and notes["job_seed"] == 0 and notes["distribution"]["split"] == "train"
+    # refused in one line, before anything runs: an --out in use, a bad count, a policy recording no jobs
+    for bad, expected in [
+        (argv, "is not empty"),
+        ([*argv[:4], str(tmp_path / "other"), "--jobs", "0"], "--jobs must be >= 1"),
+    ]:
+        assert main(bad) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and expected in error[0]
+    unrecorded = tmp_path / "unrecorded"
+    policy = AllocatorPolicy.load(published)
+    policy.metadata = {**policy.metadata, "extra": {}}
+    policy.save(unrecorded)
+    assert main(["stop-veto", "--policy", str(unrecorded), "--out", str(tmp_path / "third")]) == 2
+    assert "pass --config" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists() and not (tmp_path / "third").exists()

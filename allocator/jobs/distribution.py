@@ -505,6 +505,18 @@ class JobDistribution:
         rng = np.random.default_rng(rng)
         return [self.sample_recipe(rng) for _ in range(count)]
 
+    def distinct_recipes(self, count: int, job_seed: int, keep=None) -> dict[str, JobRecipe]:
+        """``{name: JobRecipe}``: the first ``count`` distinct recipes drawn from ``job_seed``
+        (of those ``keep(recipe)`` accepts, if given), out of ``count * 4`` draws; fewer when the
+        draws hold fewer (named jobs repeat)."""
+        recipes: dict[str, JobRecipe] = {}
+        for recipe in self.recipes(job_seed, count * 4):
+            if keep is None or keep(recipe):
+                recipes.setdefault(recipe.name, recipe)
+            if len(recipes) == count:
+                break
+        return recipes
+
     def sample_recipe(self, rng: np.random.Generator | int | None = None) -> JobRecipe:
         """Draw one :class:`JobRecipe` of this split from ``rng`` (nothing is built)."""
         rng = np.random.default_rng(rng)
