@@ -292,8 +292,9 @@ def distill(
         on_progress: called as ``on_progress(description, done, total)`` after
             each episode (for a progress bar).
 
-    The student has the architecture of the teacher's (first) member. Save it
-    with ``student.save(DIR)``.
+    The student has the architecture of the teacher's (first) member, and the
+    teacher's stop veto if it carries one (the labels are the teacher's actions
+    without it). Save it with ``student.save(DIR)``.
     """
     settings = (settings or DistillSettings()).validate()
     teacher_path = str(Path(teacher_path))
@@ -365,7 +366,8 @@ def distill(
         {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in asdict(r).items()}
         for r in reports
     ]
-    return student, reports
+    # a veto acts on the stops whatever network asks for them (it reads the job's observation)
+    return student.with_stop_veto(teacher.stop_veto), reports
 
 
 def _new_actor(metadata: dict, spec, seed: int) -> torch.nn.Module:

@@ -81,12 +81,19 @@ def test_the_same_seed_gives_the_same_student_with_one_worker_or_two():
         np.testing.assert_array_equal(one[key].numpy(), two[key].numpy(), err_msg=key)
 
 
-def test_an_ensemble_teacher_gives_a_single_actor_of_its_members_architecture(tmp_path):
-    teacher = PolicyEnsemble.from_directories([QUICK, DEFAULT]).save(tmp_path / "ensemble")
+def test_an_ensemble_teacher_gives_a_single_actor_of_its_members_architecture_and_its_stop_veto(tmp_path):
+    from allocator.stop_veto import StopVeto
+
+    veto = StopVeto(features=("budget_used",), mean=(0.5,), scale=(1.0,), weights=(-1.0,), intercept=0.0)
+    teacher = PolicyEnsemble.from_directories([QUICK, DEFAULT]).with_stop_veto(veto).save(tmp_path / "ensemble")
     student, _ = distill(teacher, DistillSettings(rounds=1, episodes=1, epochs=5, workers=1))
     assert not isinstance(student, PolicyEnsemble)
     assert student.metadata["network"] == AllocatorPolicy.load(QUICK).metadata["network"]
     assert len(student.metadata["extra"]["teacher"]["members"]) == 2
+    # the veto acts on the stops, whatever network asks for them: the student carries it as it is
+    assert student.stop_veto == veto and student.save(tmp_path / "student") and AllocatorPolicy.load(
+        tmp_path / "student"
+    ).stop_veto == veto
 
 
 def test_the_teacher_must_record_its_jobs_or_be_given_them():
