@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.processes import run_in_processes
 from allocator.allocation import STOP_BELOW
 from allocator.policy import (
     OBSERVATION_MEAN,
@@ -186,30 +186,6 @@ def run_episode(task: tuple) -> _Episode:
     )
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C is for the main process, which then terminates the pool (no traceback per worker)
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _gather(tasks: list[tuple], workers: int, on_episode: Callable[[int], None]) -> list[_Episode]:
-    """Run the tasks' episodes in order; ``on_episode(done)`` after each."""
-    episodes = []
-    if workers == 1 or len(tasks) == 1:
-        for task in tasks:
-            episodes.append(run_episode(task))
-            on_episode(len(episodes))
-        return episodes
-    # spawn, not fork: the parent has run torch's thread pool, which a forked child may inherit locked
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks)), initializer=_ignore_interrupts) as pool:
-        for episode in pool.imap(run_episode, tasks):
-            episodes.append(episode)
-            on_episode(len(episodes))
-    return episodes
-
-
 # ------------------------------------------------------------------ fitting
 
 
@@ -333,7 +309,7 @@ def distill(
             if on_progress is not None:
                 on_progress(description, done, settings.episodes)
 
-        episodes = _gather(tasks, settings.workers, advance)
+        episodes = run_in_processes(run_episode, tasks, settings.workers, advance)
         observations += [episode.observations for episode in episodes]
         labels += [episode.teacher_actions for episode in episodes]
 

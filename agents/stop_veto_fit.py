@@ -27,13 +27,13 @@ which the policy asks to stop, where a veto acts.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from agents.processes import run_in_processes
 from allocator.objective import Objective
 from allocator.policy import AllocatorPolicy
 from allocator.runner import run_job
@@ -92,19 +92,12 @@ def _fit_job(task: tuple) -> tuple[str, Rows]:
     return name, labelled_intervals(job, policy)
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C is for the main process, which then terminates the pool (no traceback per worker)
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def fit_stop_veto(
     policy_path: str | Path,
     recipes: dict,
     workers: int = 1,
     only_its_stops: bool = False,
-    on_job: Callable[[str], None] | None = None,
+    on_job: Callable[[int], None] | None = None,
     notes: dict | None = None,
 ) -> StopVeto:
     """The veto for the policy in ``policy_path``, fitted on uniform's runs of ``recipes``.
@@ -113,9 +106,9 @@ def fit_stop_veto(
         policy_path: the policy directory; its spec sets the intervals (a veto it carries is ignored).
         recipes: ``{name: JobRecipe}`` to run, e.g. ``JobDistribution.distinct_recipes(...)``;
             each is built with seed 0.
-        workers: processes (spawned, one torch thread each).
+        workers: processes (spawned, one torch thread each; 1 runs them in this one).
         only_its_stops: fit only on the intervals after which the policy asks to stop.
-        on_job: called with each job's name as it finishes (a progress bar).
+        on_job: called with the number of jobs done, after each (a progress bar).
         notes: more to record in the veto's ``extra`` (where the jobs came from).
     """
     from sklearn.linear_model import LogisticRegression
@@ -125,20 +118,7 @@ def fit_stop_veto(
         raise ValueError("a stop veto needs at least one job to fit on")
     acting = str(policy_path) if only_its_stops else None
     tasks = [(name, recipe, policy.spec, acting) for name, recipe in sorted(recipes.items())]
-    data: dict[str, Rows] = {}
-    if workers == 1 or len(tasks) == 1:
-        for name, rows in map(_fit_job, tasks):
-            data[name] = rows
-            if on_job:
-                on_job(name)
-    else:
-        # spawn, not fork: the parent has run torch's thread pool, which a forked child may inherit locked
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(tasks)), initializer=_ignore_interrupts) as pool:
-            for name, rows in pool.imap_unordered(_fit_job, tasks):
-                data[name] = rows
-                if on_job:
-                    on_job(name)
+    data = dict(run_in_processes(_fit_job, tasks, workers, on_job))
     rows = [row for name in sorted(data) for row in data[name]]
     if not rows:
         raise ValueError(

@@ -17,7 +17,7 @@ other (``benchmarks/heldout-learned-freeze-vetoed/policy`` was written so):
 ``--jobs`` distinct jobs drawn from the train split's distribution
 (``many_epoch_share`` 0.5, as the recipes train; job seed 4141), none of
 them a job of ``train_check.py`` or ``cnn_freeze_probe.py``, where the
-command draws from the policy's own training distribution. Every interval but the first
+command draws from job seed 0 and keeps every job it draws. Every interval but the first
 and the last is labelled "continuing pays" when some later stop on the same
 curve, the full run included, gives a lower J (at ``Objective()``'s
 defaults), weighted by the J at stake, and a standardised logistic
@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_check import job_sets  # noqa: E402
 
-from agents.stop_veto_command import summary_line  # noqa: E402
+from agents.stop_veto_command import DEFAULT_DISTRIBUTION, summary_line  # noqa: E402
 from agents.stop_veto_fit import fit_stop_veto  # noqa: E402
 from allocator import AllocatorPolicy  # noqa: E402
 from allocator.jobs import JobDistribution, names  # noqa: E402
@@ -49,12 +49,13 @@ VETO_JOB_SEED = 4141  # apart from the check's and the probe's draws
 
 
 def veto_recipes(jobs: int) -> dict:
-    """The rounds' jobs: ``jobs`` distinct train-split draws (``many_epoch_share`` 0.5, job seed
-    4141), none of them a named train job or a job of the train check or the CNN probe."""
+    """The rounds' jobs: ``jobs`` distinct draws of the command's default distribution (the train
+    split, ``many_epoch_share`` 0.5) from job seed 4141, none of them a named train job or a job of
+    the train check or the CNN probe."""
     checked = set(names("train"))
     for _, builders in job_sets(slow_learner_jobs=16).values():
         checked |= set(builders)
-    distribution = JobDistribution("train", many_epoch_share=0.5)
+    distribution = JobDistribution(**DEFAULT_DISTRIBUTION)
     return distribution.distinct_recipes(jobs, VETO_JOB_SEED, keep=lambda recipe: recipe.name not in checked)
 
 

@@ -183,7 +183,7 @@ def job_with_spec(spec):
 
 
 
-def test_the_stop_veto_command_fits_on_the_policys_own_jobs_and_writes_the_vetoed_policy(tmp_path, capsys):
+def test_the_stop_veto_command_fits_on_drawn_train_jobs_and_writes_the_vetoed_policy(tmp_path, capsys):
     published = ROOT / "benchmarks" / "heldout-quick" / "policy"
     out = tmp_path / "vetoed"
     argv = ["stop-veto", "--policy", str(published), "--out", str(out), "--jobs", "2", "--workers", "1"]
@@ -193,19 +193,16 @@ def test_the_stop_veto_command_fits_on_the_policys_own_jobs_and_writes_the_vetoe
     vetoed = AllocatorPolicy.load(out)
     assert vetoed.spec == AllocatorPolicy.load(published).spec and vetoed.stop_veto.features == GLOBAL_FEATURES
     notes = vetoed.stop_veto.extra
-    assert len(notes["jobs"]) == 2 and notes["job_seed"] == 0 and notes["distribution"]["split"] == "train"
-    # refused in one line, before anything runs: an --out in use, a bad count, a policy recording no jobs
+    assert len(notes["jobs"]) == 2 and notes["job_seed"] == 0
+    assert notes["distribution"] == {"split": "train", "many_epoch_share": 0.5}  # the published veto's mix
+    # refused in one line, before anything runs: an --out in use, a bad count, a configuration that is not there
+    elsewhere = [*argv[:4], str(tmp_path / "other")]
     for bad, expected in [
         (argv, "is not empty"),
-        ([*argv[:4], str(tmp_path / "other"), "--jobs", "0"], "--jobs must be >= 1"),
+        ([*elsewhere, "--jobs", "0"], "--jobs must be >= 1"),
+        ([*elsewhere, "--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
     ]:
         assert main(bad) == 2
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and expected in error[0]
-    unrecorded = tmp_path / "unrecorded"
-    policy = AllocatorPolicy.load(published)
-    policy.metadata = {**policy.metadata, "extra": {}}
-    policy.save(unrecorded)
-    assert main(["stop-veto", "--policy", str(unrecorded), "--out", str(tmp_path / "third")]) == 2
-    assert "pass --config" in capsys.readouterr().err
-    assert not (tmp_path / "other").exists() and not (tmp_path / "third").exists()
+    assert not (tmp_path / "other").exists()
