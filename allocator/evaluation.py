@@ -55,7 +55,8 @@ REFERENCE = "uniform"
 
 RESULT_FILES = ("results.csv", "results.md", "curves.png")
 
-# results.csv: identification, then every number of RunResult.to_dict(), then the target.
+# results.csv: identification, then every number of RunResult.to_dict(), then the target;
+# new columns go last, so a reader by position of an older file still finds its columns.
 CSV_COLUMNS = (
     "job",
     "seed",
@@ -76,6 +77,7 @@ CSV_COLUMNS = (
     "wall_time",
     "target_val_loss",
     "compute_to_target",
+    "stops_vetoed",  # empty for a controller without a stop veto (allocator.stop_veto)
 )
 
 
@@ -256,6 +258,15 @@ class _ProgressController:
     def act(self, observation):
         self._show(self.job.compute_fraction)
         return self.controller.act(observation)
+
+    # run_job records a stop veto's refusals (results.csv, TensorBoard): passed through, not hidden
+    @property
+    def stop_veto(self):
+        return getattr(self.controller, "stop_veto", None)
+
+    @property
+    def stop_vetoed(self) -> bool:
+        return bool(getattr(self.controller, "stop_vetoed", False))
 
     def finish(self) -> None:
         self._show(1.0)

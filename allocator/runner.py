@@ -50,6 +50,12 @@ class RunResult:
     def compute_fraction(self) -> float:
         return self.compute_used / self.budget
 
+    @property
+    def stops_vetoed(self) -> int | None:
+        """How many of the controller's stops its stop veto refused; ``None`` when it has no veto."""
+        flags = [interval.get("stop_vetoed") for interval in self.intervals]
+        return None if all(flag is None for flag in flags) else sum(bool(flag) for flag in flags)
+
     def compute_to_reach(self, target_loss: float) -> float:
         """Fraction of the budget spent when the validation loss first reached ``target_loss``.
 
@@ -77,6 +83,7 @@ class RunResult:
             "stopped": self.stopped,
             "steps": self.steps,
             "wall_time": self.wall_time,
+            "stops_vetoed": self.stops_vetoed,
         }
 
 

@@ -206,3 +206,18 @@ def test_the_stop_veto_command_fits_on_drawn_train_jobs_and_writes_the_vetoed_po
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and expected in error[0]
     assert not (tmp_path / "other").exists()
+
+
+def test_results_csv_counts_the_stops_each_run_had_vetoed(tmp_path):
+    import csv
+
+    from allocator.evaluation import evaluate
+
+    always_stopping(AllocatorPolicy.load(QUICK)).with_stop_veto(veto_until(0.5)).save(tmp_path / "vetoed")
+    jobs = {"small": lambda seed: make_job(budget_steps=200, seed=seed)}
+    report = evaluate(tmp_path / "vetoed", seeds=1, baselines=["uniform"], out_dir=tmp_path / "eval", jobs=jobs, progress=False)
+    with open(tmp_path / "eval" / "results.csv", newline="") as handle:
+        rows = {row["controller"]: row for row in csv.DictReader(handle)}
+    refused = sum(bool(i["stop_vetoed"]) for i in report.run("small", 0, "policy").result.intervals)
+    assert refused > 1 and rows["policy"]["stops_vetoed"] == str(refused)
+    assert rows["uniform"]["stops_vetoed"] == ""  # no veto: nothing to count
