@@ -505,3 +505,15 @@ def test_no_many_epoch_share_draws_the_same_jobs_as_before_the_option():
     )
     with pytest.raises(ValueError, match="many_epoch_share"):
         JobDistribution("train", many_epoch_share=-0.1)
+
+
+def test_distinct_recipes_are_the_first_distinct_draws_that_keep_accepts():
+    from allocator.jobs import JobDistribution
+
+    distribution = JobDistribution("train", many_epoch_share=0.5)
+    slow = lambda recipe: "-many-epochs-" in recipe.name  # noqa: E731
+    recipes = distribution.distinct_recipes(4, job_seed=3, keep=slow)
+    assert len(recipes) == 4 and all(slow(recipe) and recipe.name == name for name, recipe in recipes.items())
+    drawn = [r.name for r in distribution.recipes(3, 16) if slow(r)]
+    assert list(recipes) == list(dict.fromkeys(drawn))[:4]  # in the order drawn, repeats once
+    assert distribution.distinct_recipes(4, job_seed=3, keep=slow) == recipes  # seeded

@@ -221,3 +221,13 @@ def test_results_csv_counts_the_stops_each_run_had_vetoed(tmp_path):
     refused = sum(bool(i["stop_vetoed"]) for i in report.run("small", 0, "policy").result.intervals)
     assert refused > 1 and rows["policy"]["stops_vetoed"] == str(refused)
     assert rows["uniform"]["stops_vetoed"] == ""  # no veto: nothing to count
+
+
+def test_fitting_only_where_the_policy_stops_needs_a_policy_that_stops(tmp_path):
+    from agents.stop_veto_fit import fit_stop_veto
+    from allocator.jobs import JobDistribution
+
+    recipes = JobDistribution("train").distinct_recipes(1, job_seed=0)
+    pinned_steps(AllocatorPolicy.load(QUICK), +10.0).save(tmp_path / "never-stops")
+    with pytest.raises(ValueError, match="never asks to stop"):
+        fit_stop_veto(tmp_path / "never-stops", recipes, only_its_stops=True)
