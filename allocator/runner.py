@@ -52,7 +52,8 @@ class RunResult:
 
     @property
     def stops_vetoed(self) -> int | None:
-        """How many of the controller's stops its stop veto refused; ``None`` when it has no veto."""
+        """How many of the controller's stops its stop veto refused, where the job then ran on (a job's
+        own rule, the stop before the budget, can end it all the same); ``None`` without a veto."""
         flags = [interval.get("stop_vetoed") for interval in self.intervals]
         return None if all(flag is None for flag in flags) else sum(bool(flag) for flag in flags)
 
@@ -111,7 +112,7 @@ class TensorBoardRunLogger:
 
     Tags: ``allocation/*`` (shares, keep fraction, gates, steps; ``token_share`` from the
     first interval with token dropping on; ``stop_vetoed``, 1 where a policy's stop veto
-    refused its stop, under a policy that carries one), ``compute/*``,
+    refused its stop and the job ran on, under a policy that carries one), ``compute/*``,
     ``loss/*``, ``objective/J``, and ``curve/val_loss_vs_compute`` whose step
     is the per-mille of the budget spent, so curves of runs overlay.
     """
@@ -130,7 +131,8 @@ class TensorBoardRunLogger:
         self.writer.add_scalar("curve/val_loss_vs_compute", job.val_loss, 0)
 
     def log_interval(self, report: IntervalReport, objective_so_far: float, stop_vetoed: bool | None = None) -> None:
-        """``stop_vetoed``: whether the controller's veto refused its stop (``None``: it has no veto)."""
+        """``stop_vetoed``: whether the controller's veto refused its stop and the job ran on (``None``:
+        it has no veto)."""
         step = report.index
         allocation = report.allocation
         scalars = {
@@ -212,8 +214,10 @@ def run_job(
             allocation = controller.act(observation)
             if not isinstance(allocation, Allocation):
                 raise ValueError(f"controller {label!r} returned {type(allocation).__name__}, not an Allocation")
-            stop_vetoed = bool(getattr(controller, "stop_vetoed", False)) if has_veto else None
+            refused = bool(getattr(controller, "stop_vetoed", False))
             report = job.advance(allocation)
+            # a refusal counts where the job ran on: its own rules (the stop before the budget) may end it
+            stop_vetoed = (refused and report.steps > 0) if has_veto else None
             observation = report.observation
             steps += report.steps
             eval_compute += report.eval_compute

@@ -231,3 +231,13 @@ def test_fitting_only_where_the_policy_stops_needs_a_policy_that_stops(tmp_path)
     pinned_steps(AllocatorPolicy.load(QUICK), +10.0).save(tmp_path / "never-stops")
     with pytest.raises(ValueError, match="never asks to stop"):
         fit_stop_veto(tmp_path / "never-stops", recipes, only_its_stops=True)
+
+
+def test_a_refusal_the_jobs_own_rule_overrides_is_not_counted():
+    published = AllocatorPolicy.load(ROOT / "benchmarks" / "heldout-quick" / "policy")
+    assert published.spec.stop_before_budget  # the job skips the last interval, whatever the controller asks
+    always_refused = always_stopping(published).with_stop_veto(veto_until(2.0))
+    result = run_job(make_job(budget_steps=200), always_refused)
+    assert always_refused.stop_vetoed  # it refused the last stop too ...
+    assert result.intervals[-1]["steps"] == 0 and result.intervals[-1]["stop_vetoed"] is False  # ... which ran nothing
+    assert result.stops_vetoed == len(trained(result)) and result.compute_fraction < 1.0
