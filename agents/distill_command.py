@@ -35,6 +35,8 @@ SETTINGS: list[tuple[str, type, str]] = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from allocator.evaluation import add_progress_bar_argument
+
     parser.add_argument(
         "--teacher",
         required=True,
@@ -55,30 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=kind, default=getattr(DEFAULTS, name), help=help_text
         )
-    parser.add_argument(
-        "--no-progress-bar",
-        dest="progress_bar",
-        action="store_false",
-        help="do not show the progress bar (shown only when stderr is a terminal anyway)",
-    )
+    add_progress_bar_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from agents.config import config_from_yaml
     from agents.distill import distill, summary_lines
     from agents.training import check_new_out_dir
-    from allocator.evaluation import progress_bar
+    from allocator.evaluation import job_progress_bar
 
     settings = DistillSettings(**{name: getattr(args, name) for name, _, _ in SETTINGS}).validate()
     config = config_from_yaml(args.config) if args.config else None
     out_dir = Path(args.out)
     check_new_out_dir(out_dir, advice="choose another directory")
-    bar = progress_bar(
-        settings.rounds * settings.episodes, "distilling", None if args.progress_bar else False
-    )
-    if bar is not None:
-        bar.unit = "job"
-        bar.bar_format = "{l_bar}{bar}| {n}/{total} jobs [{elapsed}<{remaining}]{postfix}"
+    bar = job_progress_bar(settings.rounds * settings.episodes, "distilling", args.progress_bar)
 
     def on_progress(description: str, done: int, total: int) -> None:
         if bar is not None:

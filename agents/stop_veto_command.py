@@ -32,6 +32,8 @@ DEFAULT_DISTRIBUTION = {"split": "train", "many_epoch_share": 0.5}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from allocator.evaluation import add_progress_bar_argument
+
     parser.add_argument("--policy", required=True, metavar="DIR", help="the policy whose stops to veto")
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="the vetoed policy's directory to write (new or empty)"
@@ -50,19 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fit only on the intervals after which the policy asks to stop, where a veto acts",
     )
-    parser.add_argument(
-        "--no-progress-bar",
-        dest="progress_bar",
-        action="store_false",
-        help="do not show the progress bar (shown only when stderr is a terminal anyway)",
-    )
+    add_progress_bar_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from agents.config import config_from_yaml
     from agents.stop_veto_fit import fit_stop_veto
     from agents.training import check_new_out_dir
-    from allocator.evaluation import progress_bar
+    from allocator.evaluation import job_progress_bar
     from allocator.jobs import JobDistribution
     from allocator.policy import AllocatorPolicy
 
@@ -79,9 +76,7 @@ def run(args: argparse.Namespace) -> int:
         options = dict(DEFAULT_DISTRIBUTION)
     distribution = JobDistribution(**options)
     recipes = distribution.distinct_recipes(args.jobs, args.job_seed)
-    bar = progress_bar(len(recipes), "fitting the stop veto", None if args.progress_bar else False)
-    if bar is not None:
-        bar.unit = "job"
+    bar = job_progress_bar(len(recipes), "fitting the stop veto", args.progress_bar)
     try:
         veto = fit_stop_veto(
             args.policy,

@@ -297,6 +297,29 @@ def progress_bar(total: int, description: str, enabled: bool | None):
     )
 
 
+def job_progress_bar(total: int, description: str, show: bool):
+    """A :func:`progress_bar` counting whole jobs ("3/64 jobs"); ``None`` when not shown.
+
+    ``show`` is ``args.progress_bar`` of :func:`add_progress_bar_argument`: ``False``
+    hides it, ``True`` shows it only when stderr is a terminal.
+    """
+    bar = progress_bar(total, description, None if show else False)
+    if bar is not None:
+        bar.unit = "job"
+        bar.bar_format = "{l_bar}{bar}| {n}/{total} jobs [{elapsed}<{remaining}]{postfix}"
+    return bar
+
+
+def add_progress_bar_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress-bar`` (``args.progress_bar``) of the commands that run many jobs."""
+    parser.add_argument(
+        "--no-progress-bar",
+        dest="progress_bar",
+        action="store_false",
+        help="do not show the progress bar (shown only when stderr is a terminal anyway)",
+    )
+
+
 def run_contender(job, contender: Contender, bar=None, tensorboard_dir=None):
     """Run ``job`` under a fresh instance of ``contender``; the RunResult carries the contender's label."""
     from allocator.runner import run_job
