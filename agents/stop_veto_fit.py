@@ -5,9 +5,9 @@ stop some slow learners early (BENCHMARKS.md section 5, forty-first round).
 A :class:`~allocator.stop_veto.StopVeto` is fitted to hindsight instead:
 
 1. standard training (``uniform``) runs, with the policy's spec (its
-   interval length), on ``jobs`` distinct jobs drawn from a job distribution
-   (by default the policy's own training distribution, recorded in its
-   policy.json), recording the observation after every interval;
+   interval length), on the jobs given (``compute-allocator stop-veto``
+   draws 64 from the train split), recording the observation after every
+   interval;
 2. every interval but the first and the last is labelled "continuing pays"
    when some later stop on the same curve, the full run included, gives a
    lower J (at ``Objective()``'s defaults), and weighted by the J at stake;
