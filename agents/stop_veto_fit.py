@@ -87,10 +87,8 @@ def labelled_intervals(job, policy: AllocatorPolicy | None = None, curves: str =
     result = run_job(job, recorder)
     stop_j = Objective().stopped_values(result.curve)  # [k]: J stopped after interval k
     rows = []
-    # observations[k] is what the controller saw after interval k (observations[0]: before any); a
-    # job's own stop before the budget shows one more, after the last interval, with nothing to follow
-    for k in range(1, len(stop_j) - 1):
-        observation = recorder.observations[k]
+    # observations[k] is what the controller saw after interval k (observations[0]: before any)
+    for k, observation in enumerate(recorder.observations[1:], start=1):
         if curves == "uniform" and policy is not None and policy.act(observation).steps > 0:
             continue
         later = min(stop_j[k + 1 :])

@@ -241,34 +241,3 @@ def test_a_refusal_the_jobs_own_rule_overrides_is_not_counted():
     assert always_refused.stop_vetoed  # it refused the last stop too ...
     assert result.intervals[-1]["steps"] == 0 and result.intervals[-1]["stop_vetoed"] is False  # ... which ran nothing
     assert result.stops_vetoed == len(trained(result)) and result.compute_fraction < 1.0
-
-
-def test_with_stop_below_the_veto_also_stops_a_job_the_policy_would_run_on(tmp_path):
-    import math
-
-    runs_on = pinned_steps(AllocatorPolicy.load(QUICK), +10.0)
-    # probability that continuing pays: sigmoid(0.5 - budget_used); below 0.45 from about 0.70 of the budget
-    hastened = runs_on.with_stop_veto(dataclasses.replace(veto_until(0.5), stop_below=0.45))
-    assert run_job(make_job(budget_steps=200), runs_on).compute_fraction > 0.9
-    result = run_job(make_job(budget_steps=200), hastened)
-    crossing = 0.5 - math.log(0.45 / 0.55)
-    assert crossing <= result.compute_fraction < crossing + runs_on.spec.max_steps / 200 + 1e-9
-    assert result.stopped and result.stops_vetoed == 0  # a stop it made, not one it refused
-    hastened.save(tmp_path / "hastened")
-    assert AllocatorPolicy.load(tmp_path / "hastened").stop_veto.stop_below == 0.45
-    assert "stop_below" not in veto_until(0.5).to_dict()  # absent unless set
-    for bad in (0.0, 0.5, 0.7):
-        with pytest.raises(ValueError, match="stop_below must be in"):
-            dataclasses.replace(veto_until(0.5), stop_below=bad)
-
-
-def test_fitted_on_the_policys_own_curves_every_stop_is_refused_and_every_interval_labelled():
-    stopper = always_stopping(AllocatorPolicy.load(QUICK))
-    rows = labelled_intervals(job_with_spec(stopper.spec), stopper, curves="policy")
-    own = run_job(job_with_spec(stopper.spec), stopper.with_stop_veto(veto_until(2.0)))  # every stop refused
-    stopped = Objective().stopped_values(own.curve)
-    assert len(rows) == len(own.curve) - 2 >= 2  # it ran on where it asked to stop at once
-    for k, (_, continuing_pays, _) in enumerate(rows, start=1):
-        assert continuing_pays == (min(stopped[k + 1 :]) < stopped[k])
-    with pytest.raises(ValueError, match="needs the policy"):
-        labelled_intervals(job_with_spec(stopper.spec), curves="policy")
