@@ -48,13 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job-seed", type=int, default=0, help="seeds the draw of the jobs")
     parser.add_argument("--workers", type=int, default=2, help="processes running the jobs (one torch thread each)")
     parser.add_argument(
-        "--curves",
-        choices=("uniform", "policy"),
-        default="uniform",
-        help="label each interval on standard training's curves, or on the policy's own, run with every "
-        "stop refused (its allocations: a frozen stem, selection)",
-    )
-    parser.add_argument(
         "--only-its-stops",
         action="store_true",
         help="fit only on the intervals after which the policy asks to stop, where a veto acts",
@@ -92,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
             only_its_stops=args.only_its_stops,
             on_job=(lambda done: bar.update(1)) if bar is not None else None,
             notes={"job_seed": args.job_seed, "distribution": options},
-            curves=args.curves,
         )
     finally:
         if bar is not None:

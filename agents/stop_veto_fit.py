@@ -27,7 +27,6 @@ which the policy asks to stop, where a veto acts.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,51 +44,38 @@ from allocator.stop_veto import StopVeto
 Rows = list[tuple[np.ndarray, bool, float]]
 
 
-#: whose curves label the intervals: standard training's, or the policy's own with every stop refused
-CURVES = ("uniform", "policy")
-
-
 class _Recorder:
-    """A controller (uniform, or a policy whose every stop is refused), recording every observation
-    it is shown."""
+    """Uniform, recording every observation it is shown."""
 
-    def __init__(self, policy: AllocatorPolicy | None = None) -> None:
+    name = "uniform"
+
+    def __init__(self) -> None:
         from allocator.baselines import make
 
-        self.inner = make("uniform") if policy is None else policy
-        self.name = "uniform" if policy is None else f"{policy.name}, every stop refused"
+        self.inner = make("uniform")
         self.observations: list[np.ndarray] = []
 
     def reset(self, job) -> None:
         self.inner.reset(job)
         self.layout = ObservationLayout(job.spec)
-        self.max_steps = job.spec.max_steps
         self.observations = []
 
     def act(self, observation):
         self.observations.append(np.array(observation))
-        allocation = self.inner.act(observation)
-        # runs on where the policy would stop: the curve then holds every later stop to compare
-        return dataclasses.replace(allocation, steps=self.max_steps) if allocation.steps == 0 else allocation
+        return self.inner.act(observation)
 
 
-def labelled_intervals(job, policy: AllocatorPolicy | None = None, curves: str = "uniform") -> Rows:
-    """``[(global features, continuing pays, J at stake)]`` after each interval of a run on the fresh
-    ``job`` (its spec as it is) but the last, after which nothing follows; the full run is one of
-    the later stops. The run is uniform's, or with ``curves="policy"`` the policy's own with every
-    stop refused. With ``policy`` and ``curves="uniform"``, only the intervals after which the policy
-    asks to stop; with ``curves="policy"``, every interval."""
-    if curves not in CURVES:
-        raise ValueError(f"curves must be one of {CURVES}, got {curves!r}")
-    if curves == "policy" and policy is None:
-        raise ValueError('curves="policy" needs the policy')
-    recorder = _Recorder(policy.with_stop_veto(None) if curves == "policy" else None)
+def labelled_intervals(job, policy: AllocatorPolicy | None = None) -> Rows:
+    """``[(global features, continuing pays, J at stake)]`` after each interval of uniform's run on
+    the fresh ``job`` (its spec as it is) but the last, after which nothing follows; the full run
+    is one of the later stops. With ``policy``, only the intervals after which it asks to stop."""
+    recorder = _Recorder()
     result = run_job(job, recorder)
     stop_j = Objective().stopped_values(result.curve)  # [k]: J stopped after interval k
     rows = []
     # observations[k] is what the controller saw after interval k (observations[0]: before any)
     for k, observation in enumerate(recorder.observations[1:], start=1):
-        if curves == "uniform" and policy is not None and policy.act(observation).steps > 0:
+        if policy is not None and policy.act(observation).steps > 0:
             continue
         later = min(stop_j[k + 1 :])
         rows.append((observation[: recorder.layout.global_size], later < stop_j[k], abs(later - stop_j[k])))
@@ -97,13 +83,13 @@ def labelled_intervals(job, policy: AllocatorPolicy | None = None, curves: str =
 
 
 def _fit_job(task: tuple) -> tuple[str, Rows]:
-    """One job's rows: ``task`` is ``(name, recipe, spec, policy directory or None, curves)``."""
-    name, recipe, spec, policy_path, curves = task
+    """One job's rows: ``task`` is ``(name, recipe, spec, policy directory or None)``."""
+    name, recipe, spec, policy_path = task
     torch.set_num_threads(1)
     job = recipe.build(seed=0, device="cpu")
     job.use_spec(spec)
     policy = None if policy_path is None else AllocatorPolicy.load(policy_path).with_stop_veto(None)
-    return name, labelled_intervals(job, policy, curves)
+    return name, labelled_intervals(job, policy)
 
 
 def fit_stop_veto(
@@ -113,7 +99,6 @@ def fit_stop_veto(
     only_its_stops: bool = False,
     on_job: Callable[[int], None] | None = None,
     notes: dict | None = None,
-    curves: str = "uniform",
 ) -> StopVeto:
     """The veto for the policy in ``policy_path``, fitted on uniform's runs of ``recipes``.
 
@@ -125,19 +110,14 @@ def fit_stop_veto(
         only_its_stops: fit only on the intervals after which the policy asks to stop.
         on_job: called with the number of jobs done, after each (a progress bar).
         notes: more to record in the veto's ``extra`` (where the jobs came from).
-        curves: ``"uniform"``: label on standard training's curves; ``"policy"``: on the
-            policy's own, run with every stop refused (its jobs under its allocations: a
-            frozen stem, selection), where the policy's observations come from.
     """
     from sklearn.linear_model import LogisticRegression
 
     policy = AllocatorPolicy.load(policy_path)
     if not recipes:
         raise ValueError("a stop veto needs at least one job to fit on")
-    if curves == "policy" and only_its_stops:
-        raise ValueError("only_its_stops fits where the policy stops on uniform's curves: not with curves='policy'")
-    acting = str(policy_path) if only_its_stops or curves == "policy" else None
-    tasks = [(name, recipe, policy.spec, acting, curves) for name, recipe in sorted(recipes.items())]
+    acting = str(policy_path) if only_its_stops else None
+    tasks = [(name, recipe, policy.spec, acting) for name, recipe in sorted(recipes.items())]
     data = dict(run_in_processes(_fit_job, tasks, workers, on_job))
     rows = [row for name in sorted(data) for row in data[name]]
     if not rows:
@@ -164,7 +144,6 @@ def fit_stop_veto(
         extra={
             "fitted_for": policy.name,
             "only_its_stops": only_its_stops,
-            **({"curves": curves} if curves != "uniform" else {}),
             "jobs": sorted(data),
             "intervals": len(rows),
             "continue_pays": int(y.sum()),

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_check import job_sets  # noqa: E402
 
 from agents.stop_veto_command import DEFAULT_DISTRIBUTION, summary_line  # noqa: E402
-from agents.stop_veto_fit import CURVES, fit_stop_veto  # noqa: E402
+from agents.stop_veto_fit import fit_stop_veto  # noqa: E402
 from allocator import AllocatorPolicy  # noqa: E402
 from allocator.jobs import JobDistribution, names  # noqa: E402
 from allocator.policy import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
@@ -67,12 +67,6 @@ def main(argv=None) -> int:
     fitting.add_argument(
         "--only-its-stops", action="store_true", help="fit only on the intervals where the policy asks to stop"
     )
-    fitting.add_argument(
-        "--curves",
-        choices=CURVES,
-        default="uniform",
-        help="label on uniform's curves, or on the policy's own with every stop refused (default: uniform)",
-    )
     fitting.add_argument("--jobs", type=int, default=64, help="distinct drawn jobs (default: 64)")
     fitting.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
     fitting.add_argument(
@@ -87,17 +81,9 @@ def main(argv=None) -> int:
         policy = AllocatorPolicy.load(args.policy)
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    try:
-        veto = fit_stop_veto(
-            args.policy,
-            veto_recipes(args.jobs),
-            args.workers,
-            args.only_its_stops,
-            notes={"job_seed": VETO_JOB_SEED},
-            curves=args.curves,
-        )
-    except ValueError as error:
-        parser.error(str(error))
+    veto = fit_stop_veto(
+        args.policy, veto_recipes(args.jobs), args.workers, args.only_its_stops, notes={"job_seed": VETO_JOB_SEED}
+    )
     policy.with_stop_veto(veto).save(args.out)
     print(summary_line(veto) + f"; the vetoed policy written to {args.out}")
     return 0
