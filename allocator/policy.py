@@ -754,8 +754,6 @@ class AllocatorPolicy:
         policy asked for (its shares, keep fraction and gates) run for the
         spec's full ``max_steps``: the veto was fitted on intervals of that
         length, and the policy's last interval before a stop is often short.
-        With its ``stop_below`` set, an interval the policy asks for where the
-        veto says stopping pays becomes a stop.
         """
         obs = np.asarray(
             observation.detach().cpu() if isinstance(observation, torch.Tensor) else observation
@@ -767,18 +765,15 @@ class AllocatorPolicy:
         allocation = self.spec.to_allocation(self.action(obs))
         #: whether the last ``act`` refused a stop (``run_job`` records it with the interval)
         self.stop_vetoed = False
-        if self.stop_veto is None:
-            return allocation
-        if obs.shape[0] != self.job_observation_size:
-            raise ValueError(
-                f"{self.name} carries a stop veto, which reads a job's observation of this version "
-                f"({self.job_observation_size} features), got {obs.shape[0]}"
-            )
-        if allocation.steps == 0 and self.stop_veto.continue_pays(obs):
-            allocation = dataclasses.replace(allocation, steps=self.spec.max_steps)
-            self.stop_vetoed = True
-        elif allocation.steps > 0 and self.stop_veto.stop_pays(obs):
-            allocation = dataclasses.replace(allocation, steps=0)
+        if allocation.steps == 0 and self.stop_veto is not None:
+            if obs.shape[0] != self.job_observation_size:
+                raise ValueError(
+                    f"{self.name} carries a stop veto, which reads a job's observation of this version "
+                    f"({self.job_observation_size} features), got {obs.shape[0]}"
+                )
+            if self.stop_veto.continue_pays(obs):
+                allocation = dataclasses.replace(allocation, steps=self.spec.max_steps)
+                self.stop_vetoed = True
         return allocation
 
     def __repr__(self) -> str:

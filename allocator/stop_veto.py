@@ -14,16 +14,12 @@ It travels in the policy directory, as JSON in policy.json (no pickle)::
       "features": ["budget_used", "log_val_loss", ...],  # global features, by name
       "mean": [...], "scale": [...],                       # standardisation, one per feature
       "weights": [...], "intercept": b,                    # the regression, on standardised features
-      "stop_below": t,                                     # optional: also stop below this probability
       "extra": {...}                                       # free-form: how it was fitted
     }
 
-``logit(observation)`` is ``(x - mean) / scale . weights + intercept`` with
-``x`` the named features of the job's raw observation (today's layout: global
-features first, see :mod:`allocator.stats`); ``continue_pays`` is ``logit > 0``
-(a probability above 1/2). With ``stop_below`` (in ``(0, 1/2)``) the veto also
-stops a job where the policy runs on and the probability is below it
-(``stop_pays``).
+``continue_pays(observation)`` is ``(x - mean) / scale . weights + intercept > 0``
+with ``x`` the named features of the job's raw observation (today's layout:
+global features first, see :mod:`allocator.stats`).
 
 Fit one with ``python benchmarks/stop_veto.py fit --policy P --out DIR``:
 it writes ``P`` with its veto as a new policy directory, which ``apply``
@@ -58,8 +54,6 @@ class StopVeto:
         mean, scale: the standardisation, one entry per feature (``scale`` > 0).
         weights, intercept: the regression on the standardised features.
         extra: free-form notes on how it was fitted (written to policy.json as they are).
-        stop_below: ``None``, or a probability in ``(0, 1/2)`` under which a job stops
-            although the policy runs on.
     """
 
     features: tuple[str, ...]
@@ -68,7 +62,6 @@ class StopVeto:
     weights: tuple[float, ...]
     intercept: float
     extra: Mapping[str, Any] = field(default_factory=dict)
-    stop_below: float | None = None
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -93,8 +86,6 @@ class StopVeto:
             raise ValueError("the stop veto's scale must be positive")
         if not math.isfinite(self.intercept):
             raise ValueError("the stop veto's intercept must be finite")
-        if self.stop_below is not None and not 0.0 < self.stop_below < 0.5:
-            raise ValueError(f"the stop veto's stop_below must be in (0, 0.5), got {self.stop_below!r}")
         # positions in the job's observation: the global features come first, in GLOBAL_FEATURES' order
         object.__setattr__(self, "_positions", np.array([GLOBAL_FEATURES.index(n) for n in self.features]))
 
@@ -103,8 +94,8 @@ class StopVeto:
         """Parse policy.json's ``stop_veto`` object; ``ValueError`` saying what is wrong."""
         if not isinstance(value, dict):
             raise ValueError(f"stop_veto must be a JSON object, got {type(value).__name__}")
-        known = {"features", *_LISTS, "intercept", "extra", "stop_below"}
-        missing = sorted(known - {"extra", "stop_below"} - set(value))
+        known = {"features", *_LISTS, "intercept", "extra"}
+        missing = sorted(known - {"extra"} - set(value))
         unexpected = sorted(set(value) - known)
         if missing or unexpected:
             raise ValueError(f"stop_veto: missing key(s) {missing}, unexpected key(s) {unexpected}")
@@ -123,9 +114,6 @@ class StopVeto:
         extra = value.get("extra", {})
         if not isinstance(extra, dict):
             raise ValueError("stop_veto.extra must be a JSON object")
-        stop_below = value.get("stop_below")
-        if stop_below is not None and (not isinstance(stop_below, (int, float)) or isinstance(stop_below, bool)):
-            raise ValueError("stop_veto.stop_below must be a number")
         return cls(
             features=tuple(features),
             mean=numbers["mean"],
@@ -133,38 +121,25 @@ class StopVeto:
             weights=numbers["weights"],
             intercept=numbers["intercept"][0],
             extra=extra,
-            stop_below=None if stop_below is None else float(stop_below),
         )
 
     def to_dict(self) -> dict:
-        """The JSON object of policy.json's ``stop_veto`` (``stop_below`` only when set)."""
-        values = {
+        """The JSON object of policy.json's ``stop_veto``."""
+        return {
             "features": list(self.features),
             "mean": list(self.mean),
             "scale": list(self.scale),
             "weights": list(self.weights),
             "intercept": self.intercept,
+            "extra": dict(self.extra),
         }
-        if self.stop_below is not None:
-            values["stop_below"] = self.stop_below
-        return {**values, "extra": dict(self.extra)}
 
-    def logit(self, observation: Sequence[float] | np.ndarray) -> float:
-        """The regression's log-odds that running on beats stopping here.
+    def continue_pays(self, observation: Sequence[float] | np.ndarray) -> bool:
+        """True when the regression says running on beats stopping here (probability above 1/2).
 
         ``observation`` is a job's raw observation of this version (not normalised,
         not a policy's own older layout).
         """
         x = np.asarray(observation, dtype=np.float64)[self._positions]
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        return float(z @ np.asarray(self.weights) + self.intercept)
-
-    def continue_pays(self, observation: Sequence[float] | np.ndarray) -> bool:
-        """True when the regression says running on beats stopping here (probability above 1/2)."""
-        return self.logit(observation) > 0.0
-
-    def stop_pays(self, observation: Sequence[float] | np.ndarray) -> bool:
-        """True when ``stop_below`` is set and the probability that running on pays is below it."""
-        if self.stop_below is None:
-            return False
-        return self.logit(observation) < math.log(self.stop_below / (1.0 - self.stop_below))
+        return float(z @ np.asarray(self.weights) + self.intercept) > 0.0
