@@ -81,9 +81,12 @@ def main(argv=None) -> int:
         policy = AllocatorPolicy.load(args.policy)
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    veto = fit_stop_veto(
-        args.policy, veto_recipes(args.jobs), args.workers, args.only_its_stops, notes={"job_seed": VETO_JOB_SEED}
-    )
+    try:
+        veto = fit_stop_veto(
+            args.policy, veto_recipes(args.jobs), args.workers, args.only_its_stops, notes={"job_seed": VETO_JOB_SEED}
+        )
+    except ValueError as error:  # e.g. --only-its-stops with a policy that never stops on these jobs
+        parser.error(str(error))
     policy.with_stop_veto(veto).save(args.out)
     print(summary_line(veto) + f"; the vetoed policy written to {args.out}")
     return 0
