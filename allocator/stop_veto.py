@@ -86,8 +86,6 @@ class StopVeto:
             raise ValueError("the stop veto's scale must be positive")
         if not math.isfinite(self.intercept):
             raise ValueError("the stop veto's intercept must be finite")
-        # positions in the job's observation: the global features come first, in GLOBAL_FEATURES' order
-        object.__setattr__(self, "_positions", np.array([GLOBAL_FEATURES.index(n) for n in self.features]))
 
     @classmethod
     def from_dict(cls, value: Any) -> StopVeto:
@@ -140,6 +138,7 @@ class StopVeto:
         ``observation`` is a job's raw observation of this version (not normalised,
         not a policy's own older layout).
         """
-        x = np.asarray(observation, dtype=np.float64)[self._positions]
+        # the global features come first in a job's observation, in GLOBAL_FEATURES' order
+        x = np.asarray(observation, dtype=np.float64)[[GLOBAL_FEATURES.index(n) for n in self.features]]
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
         return float(z @ np.asarray(self.weights) + self.intercept) > 0.0
