@@ -21,11 +21,15 @@ loss-sampling        samples: batch shares by       Loshchilov & Hutter 2015 (in
 random               all, at random                 --
 stop-before-budget   intervals: skips the one that  --
                      would end the budget
+early-stopping       intervals: stops once the      Prechelt 1998; Keras
+                     validation loss has not        ``EarlyStopping``
+                     improved for ``patience``
+                     intervals
 loss-sampling-       loss-sampling's shares and     --
 before-budget        stop-before-budget's stop
 ==================== ============================== =====================================
 
-``evaluate`` runs the first five by default; ``stop-before-budget`` is the
+``evaluate`` runs the first five and ``early-stopping`` by default; ``stop-before-budget`` is the
 reference for a policy trained with ``env.stop_before_budget``, and
 ``loss-sampling-before-budget`` for one trained with ``env.share_prior: loss``
 as well (pass them with ``--baselines``).
@@ -94,6 +98,107 @@ class StopBeforeBudget(Uniform):
     def reset(self, job) -> None:
         super().reset(job)
         job.stop_before_budget = True
+
+
+# ---------------------------------------------------------------------------- early stopping
+
+
+class PatienceRule:
+    """Patience on a sequence of validation losses: has it stopped improving?
+
+    ``reset(initial_loss)``, then ``update(loss)`` once per validation; it
+    returns True from the ``patience``-th validation in a row that does not
+    improve on the best loss so far by more than the share ``min_delta`` of it
+    (an improvement needs ``loss < best * (1 - min_delta)``). A non-finite
+    loss never improves. :meth:`stop_index` replays a whole run's curve, which
+    is how ``benchmarks/early_stopping_sweep.py`` scores every patience on one
+    uniform run (the rule only stops, so its run is a prefix of uniform's).
+
+    How this differs from Keras' ``EarlyStopping``: ``min_delta`` is relative,
+    not absolute, because the jobs' losses live on different scales; the
+    initial validation loss (before any training) is the first best, as with
+    Keras' ``baseline``.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if not (math.isfinite(min_delta) and 0.0 <= min_delta < 1.0):
+            raise ValueError(f"min_delta must be in [0, 1), got {min_delta!r}")
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.best = math.inf
+        self.since_best = 0
+
+    def reset(self, initial_loss: float) -> None:
+        self.best = initial_loss if math.isfinite(initial_loss) else math.inf
+        self.since_best = 0
+
+    def update(self, loss: float) -> bool:
+        """Count one validation; True once ``patience`` of them in a row did not improve."""
+        if math.isfinite(loss) and loss < self.best * (1.0 - self.min_delta):
+            self.best, self.since_best = loss, 0
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
+
+    def stop_index(self, losses: list[float]) -> int:
+        """After which validation of ``losses`` (initial loss first) the rule stops; the last if never."""
+        self.reset(losses[0])
+        for k in range(1, len(losses)):
+            if self.update(losses[k]):
+                return k
+        return len(losses) - 1
+
+
+class EarlyStopping(Uniform):
+    """Standard training that stops once the validation loss has not improved for ``patience`` intervals.
+
+    Early stopping as practised since Prechelt 1998 ("Early Stopping - But
+    When?") and as Keras' ``EarlyStopping`` does it, with one validation per
+    interval (the job validates after every interval): each interval trains as
+    ``uniform`` does, and the first interval after :class:`PatienceRule` fires
+    gets ``steps = 0``, which ends the job. It is the hand-designed answer to
+    runs that go on after the validation loss stops improving, so a learned
+    stop has to beat it.
+
+    Defaults: ``patience = 3`` intervals, ``min_delta = 0``, chosen on the
+    train split as the lowest mean J over the train check's three sets among
+    patiences 1 to 10 and ``min_delta`` 0, 0.001 and 0.01 (BENCHMARKS.md
+    section 5, forty-third round); 20-step intervals, as the policies'.
+
+    Traps:
+
+    * Patience counts *intervals*, so its reach in steps is ``patience *
+      spec.max_steps``: under ``evaluate`` a baseline runs with the policy's
+      spec.
+    * The weights are not rolled back to the best interval's (Keras'
+      ``restore_best_weights=False``, its default): J is charged at the final
+      validation loss, which is at least the best one.
+    * With the linear learning-rate decay to the budget, a compute-bound job
+      still improves at the end, so there the rule only stops on noise.
+    """
+
+    name = "early-stopping"
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0) -> None:
+        self.rule = PatienceRule(patience, min_delta)
+        super().__init__()
+        self._trained = False
+
+    def reset(self, job) -> None:
+        super().reset(job)
+        self.rule.reset(job.val_loss)
+        self._trained = False
+
+    def act(self, observation) -> Allocation:
+        allocation = Allocation.uniform(self.spec)
+        # act() comes before each interval, and every interval but a stop validates: the
+        # first call has only the initial loss, each later one the last interval's
+        if self._trained and self.rule.update(self.job.val_loss):
+            return dataclasses.replace(allocation, steps=0)
+        self._trained = True
+        return allocation
 
 
 # ---------------------------------------------------------------------------- selective backprop
@@ -459,6 +564,7 @@ BASELINES = {
         RandomAllocation,
         StopBeforeBudget,
         LossSamplingBeforeBudget,
+        EarlyStopping,
     )
 }
 
