@@ -38,6 +38,7 @@ import math
 import os
 from pathlib import Path
 
+from allocator.baselines import BASELINES
 from allocator.evaluation import (
     POLICY,
     REFERENCE,
@@ -82,8 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compare",
         default=REFERENCE,
         metavar="LIST",
-        help="comma-separated baselines to compare with (uniform, selective-backprop, freezeout, "
-        "loss-sampling, random); uniform always runs, it sets the target loss",
+        help=f"comma-separated baselines to compare with ({', '.join(BASELINES)}); "
+        "uniform always runs, it sets the target loss",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of every run (initial weights, minibatch order)"

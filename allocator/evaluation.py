@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from allocator.baselines import BASELINES
+from allocator.baselines import make as make_baseline
 from allocator.job_loading import JobSource, load_job_source
 from allocator.report import (
     format_fraction,
@@ -48,7 +50,7 @@ from allocator.report import (
 )
 
 #: The baselines ``evaluate`` runs by default (see :mod:`allocator.baselines`).
-DEFAULT_BASELINES = ("uniform", "selective-backprop", "freezeout", "loss-sampling", "random")
+DEFAULT_BASELINES = ("uniform", "selective-backprop", "freezeout", "loss-sampling", "random", "early-stopping")
 #: The label of the learned policy in every table, file and TensorBoard run.
 POLICY = "policy"
 REFERENCE = "uniform"
@@ -110,21 +112,17 @@ def contenders(policy, baselines: Iterable[str]) -> list[Contender]:
     Raises:
         ValueError: an unknown baseline name or an unloadable policy.
     """
-    from allocator import baselines as known
-
     names = parse_names(list(baselines))
-    unknown = [name for name in names if name not in known.BASELINES]
+    unknown = [name for name in names if name not in BASELINES]
     if unknown:
-        raise ValueError(
-            f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known.BASELINES)}"
-        )
+        raise ValueError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from {', '.join(BASELINES)}")
     if REFERENCE not in names:
         names.insert(0, REFERENCE)  # it sets the target every other controller is measured against
     lineup = []
     if policy is not None:
         loaded = load_policy(policy)
         lineup.append(Contender(POLICY, lambda: loaded))
-    lineup += [Contender(name, lambda name=name: known.make(name)) for name in names]
+    lineup += [Contender(name, lambda name=name: make_baseline(name)) for name in names]
     return lineup
 
 
@@ -763,7 +761,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--baselines",
         default=",".join(DEFAULT_BASELINES),
         metavar="LIST",
-        help="comma-separated baselines; uniform always runs (it sets the target loss)",
+        help=f"comma-separated baselines, of {', '.join(BASELINES)}; "
+        "uniform always runs (it sets the target loss)",
     )
     parser.add_argument(
         "--out",

@@ -61,7 +61,9 @@ def early_stopping_objective(curve, patience: int, min_delta: float, objective: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="benchmarks/heldout-default/policy", help="whose spec the runs use")
+    parser.add_argument(
+        "--policy", default="benchmarks/heldout-default/policy", help="whose spec the runs use"
+    )
     parser.add_argument("--slow-learner-jobs", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--patience", default="1,2,3,4,5,6,8,10")
@@ -82,7 +84,9 @@ def main(argv=None) -> int:
         uniform_curve,
         tasks,
         args.workers,
-        on_result=lambda done: print(f"\r{done}/{len(tasks)} uniform runs", end="", file=sys.stderr, flush=True),
+        on_result=lambda done: print(
+            f"\r{done}/{len(tasks)} uniform runs", end="", file=sys.stderr, flush=True
+        ),
     )
     print(file=sys.stderr)
     objective = Objective()
@@ -106,13 +110,20 @@ def main(argv=None) -> int:
                 cells.append(f"{statistics.fmean(values):.4f} | {won}/{len(values)}")
                 means.append(statistics.fmean(values))
             scores[patience, delta] = statistics.fmean(means)
-            print(f"| patience {patience}, min_delta {delta:g} | {' | '.join(cells)} | {scores[patience, delta]:.4f} |")
+            print(
+                f"| patience {patience}, min_delta {delta:g} | {' | '.join(cells)} | {scores[patience, delta]:.4f} |"
+            )
     if "slow" in by_set:
         compute_bound = [c for *_, c in by_set["slow"] if measured_regime(c) == "compute-bound"]
-        print(f"\nslow learners measured compute-bound under uniform: {len(compute_bound)} of {len(by_set['slow'])}")
+        print(
+            f"\nslow learners measured compute-bound under uniform: {len(compute_bound)} of {len(by_set['slow'])}"
+        )
         for patience, delta in sorted(scores, key=scores.get)[:3]:
             values = [early_stopping_objective(c, patience, delta, objective) for c in compute_bound]
-            early = sum(PatienceRule(patience, delta).stop_index([l for _, l in c]) < len(c) - 1 for c in compute_bound)
+            early = sum(
+                PatienceRule(patience, delta).stop_index([loss for _, loss in c]) < len(c) - 1
+                for c in compute_bound
+            )
             print(
                 f"patience {patience}, min_delta {delta:g} on them: mean J {statistics.fmean(values):.4f}, "
                 f"stopped before the budget on {early}"

@@ -13,14 +13,17 @@ from torch import nn
 from allocator import Allocation, AllocationSpec, ObservationLayout, TrainingJob, run_job
 from allocator.baselines import (
     BASELINES,
+    EarlyStopping,
     FreezeOut,
     LossSampling,
+    PatienceRule,
     PercentileSelector,
     RandomAllocation,
     SelectiveBackprop,
     freezeout_schedule,
     make,
 )
+from allocator.objective import Objective
 
 torch.set_num_threads(1)
 
@@ -81,7 +84,7 @@ def test_every_baseline_runs_a_job_to_a_finite_objective(name):
 
 def test_a_controller_forgets_its_previous_job_at_reset():
     # one controller run on two jobs in turn acts on the second exactly like a fresh one
-    for name in ("selective-backprop", "random"):
+    for name in ("selective-backprop", "random", "early-stopping"):
         reused = make(name)
         run_job(tiny_job(seed=1, budget_steps=30), reused)
         again = run_job(tiny_job(seed=2, budget_steps=30), reused)
@@ -343,6 +346,50 @@ def test_stop_before_budget_is_standard_training_without_the_interval_that_ends_
     assert uniform.steps == 80 and ruled.steps == 75
     assert ruled.curve == uniform.curve[: len(ruled.curve)]  # the same run until it stops
     assert ruled.compute_used / ruled.budget == pytest.approx(75 / 80)
+
+
+# ---------------------------------------------------------------------------- early stopping
+
+
+def test_patience_rule_stops_on_the_patience_th_validation_in_a_row_without_improvement():
+    rule = PatienceRule(patience=2)
+    rule.reset(1.0)
+    assert [rule.update(loss) for loss in (0.9, 0.95, 0.8, 0.85, 0.81)] == [False, False, False, False, True]
+    assert rule.best == 0.8
+    # replayed on a curve (initial loss first): the index of the validation it stops after
+    assert PatienceRule(2).stop_index([1.0, 0.9, 0.95, 0.8, 0.85, 0.81, 0.7]) == 5
+    assert PatienceRule(2).stop_index([1.0, 0.9, 0.8, 0.7]) == 3  # never fires: the last
+
+
+def test_patience_rule_min_delta_is_a_share_of_the_best_loss_and_nan_never_improves():
+    # 0.995 improves on 1.0 by 0.5 %, less than min_delta 1 %: it counts as no improvement
+    assert PatienceRule(1, min_delta=0.01).stop_index([1.0, 0.995, 0.5]) == 1
+    assert PatienceRule(1, min_delta=0.001).stop_index([1.0, 0.995, 0.5]) == 2
+    assert PatienceRule(1).stop_index([1.0, float("nan"), 0.5]) == 1
+
+
+@pytest.mark.parametrize(
+    "patience, min_delta", [(0, 0.0), (1.5, 0.0), (True, 0.0), (2, -0.1), (2, 1.0), (2, math.nan)]
+)
+def test_patience_rule_rejects_bad_settings_in_one_line(patience, min_delta):
+    with pytest.raises(ValueError, match="patience|min_delta"):
+        EarlyStopping(patience, min_delta)
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_is_uniforms_run_cut_where_the_patience_rule_stops(patience):
+    # what benchmarks/early_stopping_sweep.py relies on: J of a setting from uniform's curve alone
+    uniform = run_job(tiny_job(budget_steps=300), "uniform")
+    stop = PatienceRule(patience).stop_index([loss for _, loss in uniform.curve])
+    assert stop < len(uniform.curve) - 1  # the noisy validation loss fails to improve before the budget
+    stopped = run_job(tiny_job(budget_steps=300), EarlyStopping(patience))
+    assert stopped.stopped and stopped.curve == uniform.curve[: stop + 1]
+    assert stopped.objective == pytest.approx(Objective().stopped_values(uniform.curve)[stop])
+    assert all(allocation == Allocation.uniform(SPEC) for allocation in allocations(stopped)[:-1])
+
+
+def test_early_stopping_with_a_patience_beyond_the_run_is_uniform():
+    assert run_job(tiny_job(), EarlyStopping(patience=100)).curve == run_job(tiny_job(), "uniform").curve
 
 
 def test_the_loss_share_prior_at_standard_training_samples_as_loss_sampling_does():
