@@ -13,12 +13,18 @@ mean J, the rule fixed before the run (BENCHMARKS.md section 5, forty-third
 round):
 
     python benchmarks/early_stopping_sweep.py --policy benchmarks/heldout-default/policy --workers 2
+
+``--under policy`` runs the policy itself (with its rules) instead of uniform and
+scores the policy with the patience rule as one more way to stop, a diagnostic
+of whether the learned stops lose to patience anywhere (forty-third round): the
+rule only stops, so that run too is a prefix of the policy's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -26,11 +32,13 @@ from pathlib import Path
 import torch
 
 from agents.processes import run_in_processes
+from allocator.allocation import AllocationSpec
 from allocator.baselines import PatienceRule
 from allocator.evaluation import build_job
 from allocator.job_loading import JobSource
 from allocator.jobs.distribution import measured_regime
 from allocator.objective import Objective
+from allocator.policy import AllocatorPolicy
 from allocator.runner import run_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,26 +51,35 @@ def _sets(slow_learner_jobs: int) -> dict:
     return job_sets(slow_learner_jobs=slow_learner_jobs)
 
 
-def uniform_curve(task: tuple[str, str, int, int, dict]) -> list[tuple[float, float]]:
-    """Uniform's ``RunResult.curve`` on one (set, job, seed) under the spec given as a dict."""
-    from allocator.allocation import AllocationSpec
+@functools.cache
+def _policy(path: str):
+    return AllocatorPolicy.load(path)
 
+
+def run_curve(task: tuple[str, str, int, int, dict, str | None]) -> list[tuple[float, float]]:
+    """``RunResult.curve`` of uniform (policy path ``None``) or the policy on one (set, job, seed)."""
     torch.set_num_threads(1)
-    set_name, job, seed, slow_learner_jobs, spec = task
+    set_name, job, seed, slow_learner_jobs, spec, policy = task
     source = JobSource(job, _sets(slow_learner_jobs)[set_name][1][job])
-    return run_job(build_job(source, seed, AllocationSpec.from_dict(spec)), "uniform").curve
+    controller = "uniform" if policy is None else _policy(policy)
+    return run_job(build_job(source, seed, AllocationSpec.from_dict(spec)), controller).curve
 
 
-def early_stopping_objective(curve, patience: int, min_delta: float, objective: Objective) -> float:
-    """J of the ``early-stopping`` run with these settings: uniform's curve cut where the rule stops."""
-    stop = PatienceRule(patience, min_delta).stop_index([loss for _, loss in curve])
-    return objective.stopped_values(curve)[stop]
+def reach(curve, target: float) -> float:
+    """``RunResult.compute_to_reach`` of a curve: the budget share where it first reached ``target``."""
+    return next((fraction for fraction, loss in curve if loss <= target), math.inf)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--policy", default="benchmarks/heldout-default/policy", help="whose spec the runs use"
+    )
+    parser.add_argument(
+        "--under",
+        choices=["uniform", "policy"],
+        default="uniform",
+        help="whose curves the rule cuts: uniform's (the early-stopping baseline) or the policy's own",
     )
     parser.add_argument("--slow-learner-jobs", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
@@ -74,59 +91,65 @@ def main(argv=None) -> int:
     spec = load_policies(parser, [args.policy])[args.policy].spec.to_dict()
 
     sets = _sets(args.slow_learner_jobs)
-    tasks = [
-        (set_name, job, seed, args.slow_learner_jobs, spec)
-        for set_name, (seeds, builders) in sets.items()
-        for job in builders
-        for seed in seeds
-    ]
+    pairs = [(name, job, seed) for name, (seeds, builders) in sets.items() for job in builders for seed in seeds]
+    runs = [None] + ([args.policy] if args.under == "policy" else [])  # uniform always: the reference
+    tasks = [(*pair, args.slow_learner_jobs, spec, run) for run in runs for pair in pairs]
     curves = run_in_processes(
-        uniform_curve,
+        run_curve,
         tasks,
         args.workers,
-        on_result=lambda done: print(
-            f"\r{done}/{len(tasks)} uniform runs", end="", file=sys.stderr, flush=True
-        ),
+        on_result=lambda done: print(f"\r{done}/{len(tasks)} runs", end="", file=sys.stderr, flush=True),
     )
     print(file=sys.stderr)
+    uniform = dict(zip(pairs, curves[: len(pairs)]))
+    cut = dict(zip(pairs, curves[-len(pairs) :]))  # the curves the rule cuts: uniform's or the policy's
     objective = Objective()
-    by_set: dict[str, list] = {}
-    for (set_name, job, seed, *_), curve in zip(tasks, curves):
-        by_set.setdefault(set_name, []).append((job, seed, curve))
+    uniform_j = {pair: objective.stopped_values(curve)[-1] for pair, curve in uniform.items()}
+    # the train check's slow-learner figures count the pairs uniform's own curve calls compute-bound
+    slow_bound = [pair for pair in pairs if pair[0] == "slow" and measured_regime(uniform[pair]) == "compute-bound"]
 
-    uniform = {name: [objective.stopped_values(c)[-1] for *_, c in pairs] for name, pairs in by_set.items()}
-    header = " | ".join(f"{name} J | {name} wins" for name in by_set)
+    def row(label: str, stop_of, runs: dict) -> float:
+        """One Markdown row: the ``runs``' curves stopped at ``stop_of(curve)``; returns the mean of the sets' mean J."""
+        cells, means = [], []
+        for name in sets:
+            mine = [(pair, stop_of(runs[pair])) for pair in pairs if pair[0] == name]
+            values = [objective.stopped_values(runs[pair])[stop] for pair, stop in mine]
+            won = sum(v < uniform_j[pair] for v, (pair, _) in zip(values, mine))
+            cells.append(f"{statistics.fmean(values):.4f} | {won}/{len(values)}")
+            means.append(statistics.fmean(values))
+            if name == "cnn1d":
+                within = sum(
+                    reach(runs[pair][: stop + 1], min(loss for _, loss in uniform[pair][1:])) <= 0.7
+                    for pair, stop in mine
+                )
+                cells[-1] += f" | {within}"
+        slow = [(runs[pair], stop_of(runs[pair])) for pair in slow_bound]
+        if slow:
+            slow_j = statistics.fmean(objective.stopped_values(curve)[stop] for curve, stop in slow)
+            early = sum(curve[stop][0] < 0.9 for curve, stop in slow)
+            cells.append(f"{slow_j:.4f} | {early}")
+        print(f"| {label} | {' | '.join(cells)} | {statistics.fmean(means):.4f} |")
+        return statistics.fmean(means)
+
+    header = " | ".join(f"{name} J | {name} wins" + (" | cnn1d within 0.7" if name == "cnn1d" else "") for name in sets)
+    header += f" | slow, the {len(slow_bound)} compute-bound: J | stopped before 0.9" if slow_bound else ""
     print(f"| setting | {header} | mean of the sets |")
-    print("| --- |" + " ---: | ---: |" * len(by_set) + " ---: |")
-    cells = " | ".join(f"{statistics.fmean(values):.4f} | -" for values in uniform.values())
-    print(f"| uniform | {cells} | {statistics.fmean(statistics.fmean(v) for v in uniform.values()):.4f} |")
+    print("| --- |" + " ---: |" * (header.count("|") + 2))
+
+    def last(curve) -> int:
+        return len(curve) - 1
+
+    if args.under == "policy":
+        row("uniform", last, uniform)
+    row(f"{args.under} alone", last, cut)
     scores = {}
     for patience in patiences:
         for delta in deltas:
-            cells, means = [], []
-            for name, pairs in by_set.items():
-                values = [early_stopping_objective(c, patience, delta, objective) for *_, c in pairs]
-                won = sum(v < u for v, u in zip(values, uniform[name]))
-                cells.append(f"{statistics.fmean(values):.4f} | {won}/{len(values)}")
-                means.append(statistics.fmean(values))
-            scores[patience, delta] = statistics.fmean(means)
-            print(
-                f"| patience {patience}, min_delta {delta:g} | {' | '.join(cells)} | {scores[patience, delta]:.4f} |"
-            )
-    if "slow" in by_set:
-        compute_bound = [c for *_, c in by_set["slow"] if measured_regime(c) == "compute-bound"]
-        print(
-            f"\nslow learners measured compute-bound under uniform: {len(compute_bound)} of {len(by_set['slow'])}"
-        )
-        for patience, delta in sorted(scores, key=scores.get)[:3]:
-            values = [early_stopping_objective(c, patience, delta, objective) for c in compute_bound]
-            early = sum(
-                PatienceRule(patience, delta).stop_index([loss for _, loss in c]) < len(c) - 1
-                for c in compute_bound
-            )
-            print(
-                f"patience {patience}, min_delta {delta:g} on them: mean J {statistics.fmean(values):.4f}, "
-                f"stopped before the budget on {early}"
+            rule = PatienceRule(patience, delta)
+            scores[patience, delta] = row(
+                f"patience {patience}, min_delta {delta:g}",
+                lambda curve, rule=rule: rule.stop_index([loss for _, loss in curve]),
+                cut,
             )
     best = min(scores, key=scores.get)
     print(f"\nchosen (lowest mean of the sets' mean J): patience {best[0]}, min_delta {best[1]:g}")
