@@ -17,7 +17,9 @@ round):
 ``--under policy`` runs the policy itself (with its rules) instead of uniform and
 scores the policy with the patience rule as one more way to stop, a diagnostic
 of whether the learned stops lose to patience anywhere (forty-third round): the
-rule only stops, so that run too is a prefix of the policy's own.
+rule only stops, so that run too is a prefix of the policy's own (uniform runs
+too, as the reference of wins). ``--split heldout`` reads the held-out jobs x 3
+seeds instead, once, for a setting already chosen on the train split.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from allocator.allocation import AllocationSpec
 from allocator.baselines import PatienceRule
 from allocator.evaluation import build_job
 from allocator.job_loading import JobSource
+from allocator.jobs import make_job, names
 from allocator.jobs.distribution import measured_regime
 from allocator.objective import Objective
 from allocator.policy import AllocatorPolicy
@@ -47,7 +50,11 @@ from train_check import job_sets  # noqa: E402
 
 
 @functools.cache
-def _sets(slow_learner_jobs: int) -> dict:
+def _sets(split: str, slow_learner_jobs: int) -> dict:
+    """``{set: (seeds, {job: build(seed)})}``: the train check's sets, or the held-out jobs x 3 seeds."""
+    if split == "heldout":
+        jobs = {name: (lambda seed, name=name: make_job(name, seed=seed, device="cpu")) for name in names("heldout")}
+        return {"heldout": ([0, 1, 2], jobs)}
     return job_sets(slow_learner_jobs=slow_learner_jobs)
 
 
@@ -56,11 +63,11 @@ def _policy(path: str):
     return AllocatorPolicy.load(path)
 
 
-def run_curve(task: tuple[str, str, int, int, dict, str | None]) -> list[tuple[float, float]]:
+def run_curve(task: tuple[str, str, int, tuple[str, int], dict, str | None]) -> list[tuple[float, float]]:
     """``RunResult.curve`` of uniform (policy path ``None``) or the policy on one (set, job, seed)."""
     torch.set_num_threads(1)
-    set_name, job, seed, slow_learner_jobs, spec, policy = task
-    source = JobSource(job, _sets(slow_learner_jobs)[set_name][1][job])
+    set_name, job, seed, sets, spec, policy = task
+    source = JobSource(job, _sets(*sets)[set_name][1][job])
     controller = "uniform" if policy is None else _policy(policy)
     return run_job(build_job(source, seed, AllocationSpec.from_dict(spec)), controller).curve
 
@@ -81,19 +88,35 @@ def main(argv=None) -> int:
         default="uniform",
         help="whose curves the rule cuts: uniform's (the early-stopping baseline) or the policy's own",
     )
+    parser.add_argument(
+        "--split",
+        choices=["train", "heldout"],
+        default="train",
+        help="train: the train check's three sets; heldout: the held-out jobs x 3 seeds, for a "
+        "setting chosen on the train split, read once",
+    )
     parser.add_argument("--slow-learner-jobs", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--patience", default="1,2,3,4,5,6,8,10")
     parser.add_argument("--min-delta", default="0,0.001,0.01")
     args = parser.parse_args(argv)
-    patiences = [int(p) for p in args.patience.split(",")]
-    deltas = [float(d) for d in args.min_delta.split(",")]
+    try:  # every setting checked before any run
+        patiences = [int(p) for p in args.patience.split(",")]
+        deltas = [float(d) for d in args.min_delta.split(",")]
+        for patience in patiences:
+            for delta in deltas:
+                PatienceRule(patience, delta)
+    except ValueError as error:
+        parser.error(f"--patience / --min-delta: {error}")
     spec = load_policies(parser, [args.policy])[args.policy].spec.to_dict()
 
-    sets = _sets(args.slow_learner_jobs)
+    if args.slow_learner_jobs < 0:
+        parser.error(f"--slow-learner-jobs must be >= 0, got {args.slow_learner_jobs}")
+    sets_key = (args.split, args.slow_learner_jobs)
+    sets = _sets(*sets_key)
     pairs = [(name, job, seed) for name, (seeds, builders) in sets.items() for job in builders for seed in seeds]
     runs = [None] + ([args.policy] if args.under == "policy" else [])  # uniform always: the reference
-    tasks = [(*pair, args.slow_learner_jobs, spec, run) for run in runs for pair in pairs]
+    tasks = [(*pair, sets_key, spec, run) for run in runs for pair in pairs]
     curves = run_in_processes(
         run_curve,
         tasks,

@@ -1,6 +1,7 @@
 """The analysis scripts behind BENCHMARKS.md section 5 compute what they claim."""
 
 import csv
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -869,3 +870,51 @@ def test_stop_veto_fit_writes_the_policy_with_its_veto_as_a_new_policy_directory
     with pytest.raises(SystemExit) as exit_info:
         veto_module.main(["fit", "--policy", str(quick), "--out", str(out)])
     assert exit_info.value.code == 2 and "already holds a policy" in capsys.readouterr().err
+
+
+def test_early_stopping_sweep_refuses_a_bad_setting_before_any_run(capsys):
+    module = load_script("early_stopping_sweep")
+    for options in (["--patience", "0"], ["--min-delta", "1.5"], ["--patience", "two"]):
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(options)
+        assert exit_info.value.code == 2
+        assert "--patience / --min-delta" in capsys.readouterr().err
+
+
+def test_a_policy_with_the_patience_rule_added_runs_a_prefix_of_the_policys_own_run():
+    """What ``early_stopping_sweep.py --under policy`` scores from the policy's curves alone."""
+    from allocator.baselines import PatienceRule
+    from allocator.objective import Objective
+
+    policy = AllocatorPolicy.load(BENCHMARKS / "heldout-quick" / "policy")
+
+    class PolicyWithPatience:
+        def __init__(self) -> None:
+            self.rule, self.trained = PatienceRule(1), False
+
+        def reset(self, job) -> None:
+            policy.reset(job)
+            self.job, self.trained = job, False
+            self.rule.reset(job.val_loss)
+
+        def act(self, observation):
+            allocation = policy.act(observation)
+            if self.trained and self.rule.update(self.job.val_loss):
+                return dataclasses.replace(allocation, steps=0)
+            self.trained = True
+            return allocation
+
+    def small_job():  # 120 training samples: the validation loss stalls before the budget
+        from allocator import TrainingJob
+        from tests.conftest import make_classification, make_mlp
+
+        x, y = make_classification(seed=1)
+        train, val = (x[:120], y[:120]), (x[1000:], y[1000:])
+        return TrainingJob(make_mlp(seed=1), train, val, batch_size=32, budget_steps=300, seed=1, spec=policy.spec)
+
+    alone = run_job(small_job(), policy)
+    stop = PatienceRule(1).stop_index([loss for _, loss in alone.curve])
+    assert 0 < stop < len(alone.curve) - 1
+    ruled = run_job(small_job(), PolicyWithPatience())
+    assert ruled.curve == alone.curve[: stop + 1]
+    assert ruled.objective == pytest.approx(Objective().stopped_values(alone.curve)[stop])
