@@ -29,10 +29,11 @@ loss-sampling-       loss-sampling's shares and     --
 before-budget        stop-before-budget's stop
 ==================== ============================== =====================================
 
-``evaluate`` runs the first five and ``early-stopping`` by default; ``stop-before-budget`` is the
-reference for a policy trained with ``env.stop_before_budget``, and
-``loss-sampling-before-budget`` for one trained with ``env.share_prior: loss``
-as well (pass them with ``--baselines``).
+``evaluate`` runs the first five and ``early-stopping`` by default;
+``stop-before-budget`` is the reference for a policy trained with
+``env.stop_before_budget``, and ``loss-sampling-before-budget`` for one
+trained with ``env.share_prior: loss`` as well (pass them with
+``--baselines``).
 
 Controllers read only the job's public state (``job.spec``, ``job.seed``,
 ``job.device``, ``job.compute_fraction``; selective backprop also installs
