@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.processes import run_in_processes
 from allocator.allocation import STOP_BELOW
 from allocator.policy import (
     OBSERVATION_MEAN,
@@ -50,6 +49,7 @@ from allocator.policy import (
     observation_layout_sizes,
     standardize,
 )
+from allocator.processes import run_in_processes
 from allocator.stats import ObservationLayout
 
 #: VecNormalize's defaults, which every trained policy here was normalised with.

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.processes import run_in_processes
 from allocator.objective import Objective
 from allocator.policy import AllocatorPolicy
+from allocator.processes import run_in_processes
 from allocator.runner import run_job
 from allocator.stats import GLOBAL_FEATURES, ObservationLayout
 from allocator.stop_veto import StopVeto

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from agents.processes import run_in_processes
 from allocator.allocation import AllocationSpec
 from allocator.baselines import PatienceRule
 from allocator.evaluation import build_job
@@ -42,6 +41,7 @@ from allocator.jobs import make_job, names
 from allocator.jobs.distribution import measured_regime
 from allocator.objective import Objective
 from allocator.policy import AllocatorPolicy
+from allocator.processes import run_in_processes
 from allocator.runner import run_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -262,6 +262,7 @@ def test_seeds_are_a_count_or_a_comma_separated_list(seeds, expected):
         (["--seeds", "0"], "for seed 0 alone write --seeds 0,"),
         (["--policy", "/nonexistent/policy"], "does not exist"),
         (["--threads", "-1"], "--threads must be >= 0"),
+        (["--workers", "0"], "(--workers) must be an integer >= 1"),
     ],
 )
 def test_evaluate_bad_input_exits_2_with_one_line(arguments, message, tmp_path, capsys):
@@ -269,3 +270,40 @@ def test_evaluate_bad_input_exits_2_with_one_line(arguments, message, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "eval").exists()
+
+
+TINY_JOB_FILE = """
+import torch
+from torch import nn
+
+from allocator import TrainingJob
+
+
+def make_job(seed=0):
+    generator = torch.Generator().manual_seed(100)
+    x = torch.randn(600, 12, generator=generator)
+    y = (x @ torch.randn(12, 3, generator=generator)).argmax(dim=1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    return TrainingJob(model, (x[:500], y[:500]), (x[500:], y[500:]), batch_size=32, budget_steps=40,
+                       lr=3e-3, device="cpu", seed=seed, name="tiny-from-a-file")
+"""
+
+
+def test_workers_run_the_pairs_in_processes_and_give_the_numbers_of_one_process(policy_dir, tmp_path):
+    job_file = tmp_path / "my_job.py"
+    job_file.write_text(TINY_JOB_FILE)
+    options = dict(seeds=2, baselines=BASELINES, jobs=[f"{job_file}:make_job"], progress=False)
+    alone = evaluate(policy_dir, **options)
+    spread = evaluate(policy_dir, workers=2, **options)
+
+    def numbers(report):
+        return [(r.job, r.seed, r.controller, r.result.objective, r.result.curve) for r in report.runs]
+
+    assert numbers(spread) == numbers(alone)
+    assert [r.controller for r in spread.runs[:3]] == ["policy", "uniform", "freezeout"]
+
+
+def test_workers_refuse_jobs_given_as_functions_before_any_run(policy_dir):
+    with pytest.raises(ValueError, match="workers > 1 needs jobs by name"):
+        evaluate(policy_dir, seeds=1, baselines=BASELINES, jobs=JOBS, workers=2, progress=False)

@@ -2,7 +2,7 @@
 
 import time
 
-from agents.processes import run_in_processes
+from allocator.processes import run_in_processes
 
 
 def square(x: int) -> int:  # importable by name: spawned workers look it up
