@@ -15,7 +15,14 @@ from torch import nn
 
 from allocator import TrainingJob
 from allocator.cli import main
-from allocator.evaluation import CSV_COLUMNS, describe_machine, evaluate, resolve_seeds
+from allocator.evaluation import (
+    CSV_COLUMNS,
+    DEFAULT_BASELINES,
+    contenders,
+    describe_machine,
+    evaluate,
+    resolve_seeds,
+)
 from tests.test_apply import POLICY_SPEC, make_policy_dir
 
 BASELINES = ["uniform", "freezeout"]
@@ -286,7 +293,7 @@ def make_job(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
     return TrainingJob(model, (x[:500], y[:500]), (x[500:], y[500:]), batch_size=32, budget_steps=40,
-                       lr=3e-3, device="cpu", seed=seed, name="tiny-from-a-file")
+                       lr=3e-3, device="cpu", seed=seed, name=f"tiny-on-{torch.get_num_threads()}-threads")
 """
 
 
@@ -294,16 +301,28 @@ def test_workers_run_the_pairs_in_processes_and_give_the_numbers_of_one_process(
     job_file = tmp_path / "my_job.py"
     job_file.write_text(TINY_JOB_FILE)
     options = dict(seeds=2, baselines=BASELINES, jobs=[f"{job_file}:make_job"], progress=False)
-    alone = evaluate(policy_dir, **options)
-    spread = evaluate(policy_dir, workers=2, **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers take this process's thread count, whatever torch's default
+    try:
+        alone = evaluate(policy_dir, **options)
+        spread = evaluate(policy_dir, workers=2, **options)
+    finally:
+        torch.set_num_threads(threads)
 
     def numbers(report):
-        return [(r.job, r.seed, r.controller, r.result.objective, r.result.curve) for r in report.runs]
+        return [(r.job, r.seed, r.controller, r.result.job_name, r.result.objective, r.result.curve) for r in report.runs]
 
     assert numbers(spread) == numbers(alone)
+    assert spread.runs[0].result.job_name == "tiny-on-1-threads"
     assert [r.controller for r in spread.runs[:3]] == ["policy", "uniform", "freezeout"]
 
 
 def test_workers_refuse_jobs_given_as_functions_before_any_run(policy_dir):
     with pytest.raises(ValueError, match="workers > 1 needs jobs by name"):
         evaluate(policy_dir, seeds=1, baselines=BASELINES, jobs=JOBS, workers=2, progress=False)
+
+
+def test_evaluate_compares_with_early_stopping_unasked():
+    """The textbook fix for runs that go on after the validation loss stops improving is a default baseline."""
+    labels = [contender.label for contender in contenders(None, DEFAULT_BASELINES)]
+    assert labels[0] == "uniform" and "early-stopping" in labels
