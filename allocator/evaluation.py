@@ -715,7 +715,7 @@ def evaluate(
                 for source, seed in pairs
             ]
         else:
-            results = _evaluate_in_processes(pairs, lineup, baselines, device, workers, bar)
+            results = _evaluate_in_processes(pairs, lineup, device, workers, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -741,7 +741,7 @@ def evaluate(
     return report
 
 
-def _evaluate_in_processes(pairs, lineup, baselines, device: str, workers: int, bar) -> list[dict]:
+def _evaluate_in_processes(pairs, lineup, device: str, workers: int, bar) -> list[dict]:
     """``{label: RunResult}`` per (source, seed) of ``pairs``, run by ``workers`` spawned processes."""
     import tempfile
 

@@ -112,6 +112,8 @@ def main(argv=None) -> int:
 
     if args.slow_learner_jobs < 0:
         parser.error(f"--slow-learner-jobs must be >= 0, got {args.slow_learner_jobs}")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     sets_key = (args.split, args.slow_learner_jobs)
     sets = _sets(*sets_key)
     pairs = [(name, job, seed) for name, (seeds, builders) in sets.items() for job in builders for seed in seeds]
