@@ -33,6 +33,9 @@ TensorBoard tags, beside SB3's own ``rollout/``, ``train/`` and ``time/``:
                             ``J_policy``, ``J_uniform``, ``J_difference``
                             (policy minus uniform; below 0 is better),
                             ``wins`` (jobs where the policy's J is lower),
+                            ``J_early_stopping`` and
+                            ``wins_over_early_stopping`` (the strongest
+                            hand-designed baseline, ``early-stopping``),
                             ``compute_to_target_policy`` / ``_uniform`` (budget
                             share to first reach uniform's best validation
                             loss; never counts as ``NEVER_REACHED``),
@@ -99,13 +102,16 @@ def allocation_layout(spec: AllocationSpec) -> dict:
             "stopped / diverged": ["Multiline", ["episode/stopped", "episode/diverged"]],
         },
         "held-out evaluation": {
-            "J: policy vs uniform": ["Multiline", ["eval/J_policy", "eval/J_uniform"]],
+            "J: policy vs uniform and early stopping": [
+                "Multiline",
+                ["eval/J_policy", "eval/J_uniform", "eval/J_early_stopping"],
+            ],
             "J difference (policy - uniform)": ["Multiline", ["eval/J_difference"]],
             "compute to uniform's best loss": [
                 "Multiline",
                 ["eval/compute_to_target_policy", "eval/compute_to_target_uniform"],
             ],
-            "wins over uniform": ["Multiline", ["eval/wins"]],
+            "wins over uniform and early stopping": ["Multiline", ["eval/wins", "eval/wins_over_early_stopping"]],
         },
     }
 
@@ -368,11 +374,11 @@ class SB3Controller:
 
 
 class HeldOutEvaluation:
-    """The current policy and ``uniform`` on the same fixed jobs and seeds.
+    """The current policy, ``uniform`` and ``early-stopping`` on the same fixed jobs and seeds.
 
-    Each job is built twice from the same seed (once per controller) by
-    ``job_factory(index)``; uniform's results do not change while the agent
-    trains, so they are computed once and kept. Training uses it twice: on
+    Each job is built anew from the same seed for each controller by
+    ``job_factory(index)``; the baselines' results do not change while the
+    agent trains, so they are computed once and kept. Training uses it twice: on
     held-out jobs (``eval/``, to watch transfer; never to choose) and, with
     ``training.validation_jobs``, on jobs of the training distribution
     (``validation/``, to choose which policy to export).
@@ -386,7 +392,7 @@ class HeldOutEvaluation:
         prefix: the TensorBoard section of the scalars ``run`` returns.
         selection_gate: the training envs' ``selection_gate``; the policy's
             runs use it with the spec's rules, as the exported policy does.
-            Uniform runs without rules.
+            The baselines run without rules.
     """
 
     def __init__(
@@ -404,18 +410,23 @@ class HeldOutEvaluation:
         self.spec = spec
         self.objective = objective
         self.prefix = prefix
-        self._uniform: list | None = None
+        self._baselines: dict[str, list] = {}
 
-    def uniform_results(self) -> list:
+    def baseline_results(self, name: str) -> list:
+        """The baseline's RunResult per job, under the agent's spec; run on the first call only."""
         from allocator.runner import run_job
 
-        if self._uniform is None:
-            self._uniform = []
+        if name not in self._baselines:
+            results = []
             for index in range(self.n_jobs):
                 job = self.job_factory(index)
                 job.use_spec(self.spec)
-                self._uniform.append(run_job(job, "uniform", objective=self.objective))
-        return self._uniform
+                results.append(run_job(job, name, objective=self.objective))
+            self._baselines[name] = results
+        return self._baselines[name]
+
+    def uniform_results(self) -> list:
+        return self.baseline_results("uniform")
 
     def run(self, model, vec_normalize) -> dict[str, float]:
         """Evaluate; returns the ``{prefix}/*`` scalars (``J_difference``: mean of J policy - J uniform)."""
@@ -436,11 +447,14 @@ class HeldOutEvaluation:
             to_target_uniform.append(theirs.compute_to_reach(target))
         j_policy = np.array([r.objective for r in policy])
         j_uniform = np.array([r.objective for r in uniform])
+        j_early_stopping = np.array([r.objective for r in self.baseline_results("early-stopping")])
         scalars = {
             "J_policy": float(j_policy.mean()),
             "J_uniform": float(j_uniform.mean()),
             "J_difference": float((j_policy - j_uniform).mean()),
             "wins": float(np.sum(j_policy < j_uniform)),
+            "J_early_stopping": float(j_early_stopping.mean()),
+            "wins_over_early_stopping": float(np.sum(j_policy < j_early_stopping)),
             "compute_to_target_policy": float(np.mean(to_target_policy)),
             "compute_to_target_uniform": float(np.mean(to_target_uniform)),
             "target_reached_policy": float(np.mean(reached)),

@@ -241,8 +241,9 @@ def _run_one(args: argparse.Namespace) -> int:
         which = "" if summary.selected is None else " of the last policy"  # not necessarily the one kept
         print(
             f"held-out evaluation{which} at {step} timesteps: J policy {scalars['eval/J_policy']:.4f} "
-            f"vs uniform {scalars['eval/J_uniform']:.4f} "
-            f"(wins {int(scalars['eval/wins'])} of {config.training.eval_jobs})"
+            f"vs uniform {scalars['eval/J_uniform']:.4f} (wins {int(scalars['eval/wins'])} of "
+            f"{config.training.eval_jobs}), early stopping {scalars['eval/J_early_stopping']:.4f} "
+            f"(wins {int(scalars['eval/wins_over_early_stopping'])})"
         )
     if summary.selected is not None:
         print(

@@ -39,6 +39,14 @@ def make_job(budget_steps: int = 60, seed: int = 0, **kwargs) -> TrainingJob:
     return TrainingJob(model, (x[:1000], y[:1000]), (x[1000:], y[1000:]), **options)
 
 
+def make_overfitting_job(seed: int = 0, budget_steps: int = 300, **kwargs) -> TrainingJob:
+    """``make_job`` on 120 training samples: its validation loss stops improving before the budget."""
+    x, y = make_classification(seed=seed)
+    options = dict(batch_size=32, budget_steps=budget_steps, device="cpu", seed=seed)
+    options.update(kwargs)
+    return TrainingJob(make_mlp(seed=seed), (x[:120], y[:120]), (x[1000:], y[1000:]), **options)
+
+
 @pytest.fixture
 def job() -> TrainingJob:
     return make_job()

@@ -14,7 +14,7 @@ from allocator import AllocatorPolicy
 from allocator.allocation import AllocationSpec
 from allocator.runner import run_job
 from allocator.stats import ObservationLayout
-from tests.conftest import make_job
+from tests.conftest import make_job, make_overfitting_job
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -904,17 +904,9 @@ def test_a_policy_with_the_patience_rule_added_runs_a_prefix_of_the_policys_own_
             self.trained = True
             return allocation
 
-    def small_job():  # 120 training samples: the validation loss stalls before the budget
-        from allocator import TrainingJob
-        from tests.conftest import make_classification, make_mlp
-
-        x, y = make_classification(seed=1)
-        train, val = (x[:120], y[:120]), (x[1000:], y[1000:])
-        return TrainingJob(make_mlp(seed=1), train, val, batch_size=32, budget_steps=300, seed=1, spec=policy.spec)
-
-    alone = run_job(small_job(), policy)
+    alone = run_job(make_overfitting_job(seed=1, spec=policy.spec), policy)
     stop = PatienceRule(1).stop_index([loss for _, loss in alone.curve])
     assert 0 < stop < len(alone.curve) - 1
-    ruled = run_job(small_job(), PolicyWithPatience())
+    ruled = run_job(make_overfitting_job(seed=1, spec=policy.spec), PolicyWithPatience())
     assert ruled.curve == alone.curve[: stop + 1]
     assert ruled.objective == pytest.approx(Objective().stopped_values(alone.curve)[stop])

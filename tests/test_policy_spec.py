@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from agents.callbacks import HeldOutEvaluation, SB3Controller
 from allocator import AllocatorPolicy
 from allocator.allocation import Allocation
 from allocator.objective import Objective
+from allocator.runner import run_job
 from envs.compute_allocation import ComputeAllocationEnv
-from tests.conftest import make_job
+from tests.conftest import make_job, make_overfitting_job
 from tests.test_cnn_freezing import QUICK, trained_gates
 
 RULES = (
@@ -104,3 +106,21 @@ def test_a_gate_the_lever_keeps_closed_does_not_freeze_an_mlp_in_the_live_agents
     assert scalars["eval/final_val_loss_policy"] < initial - 0.01
     controller = SB3Controller(_Asks(every_gate_shut), None, spec, selection_gate=0.7)
     assert {tuple(gates) for gates in trained_gates(make_job(budget_steps=40), controller)} == {(1.0,) * 4}
+
+
+def test_the_live_agents_evaluation_compares_it_with_early_stopping_run_once_per_job():
+    spec = ComputeAllocationEnv(jobs=_OneJob(), **TRAINED_WITH).allocation_spec
+    evaluation = HeldOutEvaluation(make_overfitting_job, 2, spec, Objective())
+    standard = _Asks(spec.to_action(Allocation.uniform(spec)))
+    first = evaluation.run(standard, None)
+    early = evaluation.baseline_results("early-stopping")
+    assert all(result.stopped for result in early)  # so it is not uniform under another name
+    for index, result in enumerate(early):  # what evaluate's early-stopping row reads, job by job
+        job = make_overfitting_job(seed=index)
+        job.use_spec(spec)
+        assert result.objective == run_job(job, "early-stopping").objective
+    assert first["eval/J_early_stopping"] == pytest.approx(np.mean([r.objective for r in early]))
+    policy = [run_job(make_overfitting_job(seed=i), SB3Controller(standard, None, spec)) for i in range(2)]
+    assert first["eval/wins_over_early_stopping"] == sum(p.objective < e.objective for p, e in zip(policy, early))
+    evaluation.run(standard, None)
+    assert evaluation.baseline_results("early-stopping") is early  # kept, not run again

@@ -374,6 +374,8 @@ def test_tensorboard_logs_allocation_compute_loss_and_evaluation(trained):
         "eval/J_policy",
         "eval/J_uniform",
         "eval/J_difference",
+        "eval/J_early_stopping",
+        "eval/wins_over_early_stopping",
         "eval/compute_to_target_policy",
         "eval/compute_to_target_uniform",
         "rollout/ep_rew_mean",
