@@ -305,20 +305,30 @@ class RolloutBoundary(BaseCallback):
 
 
 class GateNoiseSchedule(BaseCallback):
-    """Narrows the layer-gate entries' exploration noise linearly over training.
+    """Narrows some action entries' exploration noise linearly over training: the layer gates by default.
 
-    At every rollout start it sets the gate entries of the policy's log std to
+    At every rollout start it sets ``entries`` of the policy's log std to
     ``start + (final - start) * min(1, num_timesteps / total_timesteps)`` and
-    records the value as ``train/gates_log_std``. Why: a gate is a clipped
-    action, so under wide noise the deployed (mean) action is not the
-    behaviour PPO rewarded; a narrow noise at the end makes them agree
-    (``ppo.gates_log_std_final``).
+    records the value as ``tag`` (``train/gates_log_std``). Why: under wide
+    noise the deployed (mean) action is not the behaviour PPO rewarded; a
+    narrow noise at the end makes them agree. A gate is a clipped action
+    (``ppo.gates_log_std_final``); the steps entry stops the job below -0.5,
+    so a noisy policy stops where its mean does not yet
+    (``ppo.steps_log_std_final``, ``tag="train/steps_log_std"``).
 
     .. warning:: It overwrites PPO's own update of these entries' std every
        rollout: their std follows the schedule, not the gradient.
     """
 
-    def __init__(self, entries: slice, start: float, final: float, total_timesteps: int, verbose: int = 0) -> None:
+    def __init__(
+        self,
+        entries: slice,
+        start: float,
+        final: float,
+        total_timesteps: int,
+        verbose: int = 0,
+        tag: str = "train/gates_log_std",
+    ) -> None:
         super().__init__(verbose)
         if total_timesteps < 1:
             raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps!r}")
@@ -326,9 +336,10 @@ class GateNoiseSchedule(BaseCallback):
         self.start = float(start)
         self.final = float(final)
         self.total_timesteps = int(total_timesteps)
+        self.tag = tag
 
     def log_std_at(self, timesteps: int) -> float:
-        """The gate entries' log std the schedule sets at ``timesteps``."""
+        """The entries' log std the schedule sets at ``timesteps``."""
         fraction = min(1.0, max(0.0, timesteps / self.total_timesteps))
         return self.start + (self.final - self.start) * fraction
 
@@ -338,7 +349,7 @@ class GateNoiseSchedule(BaseCallback):
         value = self.log_std_at(self.model.num_timesteps)
         with torch.no_grad():
             self.model.policy.log_std[self.entries] = value
-        self.logger.record("train/gates_log_std", value)
+        self.logger.record(self.tag, value)
 
     def _on_step(self) -> bool:
         return True

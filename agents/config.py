@@ -302,6 +302,12 @@ class PPOConfig:
     the run; in the thirty-first round (e29e) they agreed at the mean's gates, 0.83 to 0.97,
     not lower. Traps: the schedule overrides what PPO learns for these entries' std, and a
     run resumed to more timesteps follows the schedule of its new total."""
+    steps_log_std_final: float | None = None
+    """Log standard deviation the steps entry narrows to, linearly over ``training.timesteps``
+    from ``steps_log_std_init`` (or ``log_std_init``); null leaves its std to PPO's gradient.
+    Why: the steps entry stops the job below -0.5, so under noise the policy PPO trains stops
+    with a rising chance while its mean sinks towards -0.5, and the deployed mean stops only
+    once it crosses (forty-third round). Traps as for ``gates_log_std_final``."""
     net_arch: list = field(default_factory=lambda: [64, 64])
     """Hidden layer sizes of the actor and critic (for ``attention``: of the critic)."""
     attention_hidden_size: int = 64
@@ -331,6 +337,8 @@ class PPOConfig:
             _in_range(where, "ppo.gates_log_std_init", self.gates_log_std_init, -10.0, 2.0)
         if self.gates_log_std_final is not None:
             _in_range(where, "ppo.gates_log_std_final", self.gates_log_std_final, -10.0, 2.0)
+        if self.steps_log_std_final is not None:
+            _in_range(where, "ppo.steps_log_std_final", self.steps_log_std_final, -10.0, 2.0)
         if not self.net_arch or not all(
             isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in self.net_arch
         ):

@@ -625,6 +625,13 @@ def _train(
     if ppo.gates_log_std_final is not None:
         start = ppo.log_std_init if ppo.gates_log_std_init is None else ppo.gates_log_std_init
         callbacks.append(GateNoiseSchedule(spec.gate_entries, start, ppo.gates_log_std_final, training.timesteps))
+    if ppo.steps_log_std_final is not None:  # the steps entry is the action's last
+        start = ppo.log_std_init if ppo.steps_log_std_init is None else ppo.steps_log_std_init
+        callbacks.append(
+            GateNoiseSchedule(
+                slice(-1, None), start, ppo.steps_log_std_final, training.timesteps, tag="train/steps_log_std"
+            )
+        )
     evaluation_callback = None
     if training.eval_jobs > 0:
         from allocator.jobs import JobDistribution

@@ -202,6 +202,8 @@ def test_gate_noise_out_of_range_is_refused_in_the_users_words():
         resolve_config("tiny", None, {"ppo": {"gates_log_std_init": 5.0}})
     with pytest.raises(ValueError, match="ppo.gates_log_std_final"):
         resolve_config("tiny", None, {"ppo": {"gates_log_std_final": -11.0}})
+    with pytest.raises(ValueError, match="ppo.steps_log_std_final"):
+        resolve_config("tiny", None, {"ppo": {"steps_log_std_final": 3.0}})
 
 
 def test_the_gate_noise_schedule_sets_only_the_gate_entries_along_a_line():
@@ -240,6 +242,27 @@ def test_training_with_a_gate_noise_schedule_narrows_it_and_logs_it(tmp_path):
     values = [value for _, value in logged]
     assert values == sorted(values, reverse=True) and values[0] > values[-1]
     assert values[-1] == pytest.approx(-2.0 * 224 / 256)  # the last rollout starts at 224
+
+
+def test_training_with_a_steps_noise_schedule_narrows_the_steps_entry_alone(tmp_path):
+    import io
+    import zipfile
+
+    import torch
+
+    out = tmp_path / "narrowing-steps"
+    config = tmp_path / "narrowing-steps.yaml"
+    settings = {"ppo": {"log_std_init": -2.0, "steps_log_std_init": -1.0, "steps_log_std_final": -3.0}}
+    config.write_text(yaml.safe_dump(settings))
+    assert main(["train", "--preset", "tiny", "--config", str(config), "--out", str(out), "--no-progress-bar"]) == 0
+    logged = [value for _, value in [(e.step, e.value) for e in scalars(out / "tb").Scalars("train/steps_log_std")]]
+    assert logged[0] == pytest.approx(-1.0) and logged[-1] == pytest.approx(-1.0 - 2.0 * 224 / 256)
+    with zipfile.ZipFile(out / "checkpoint" / "model.zip") as archive:
+        log_std = torch.load(io.BytesIO(archive.read("policy.pth")), weights_only=True)["log_std"]
+    # set at the last rollout's start; that rollout's update moves it by less than 0.01
+    assert log_std[-1].item() == pytest.approx(-1.0 - 2.0 * 224 / 256, abs=0.01)
+    assert log_std[:-1].numpy() == pytest.approx(-2.0, abs=0.1)  # the other entries keep PPO's own std
+    assert "train/gates_log_std" not in scalars(out / "tb").Tags()["scalars"]
 
 
 @pytest.mark.parametrize("name", available_presets())
