@@ -27,6 +27,7 @@ which the policy asks to stop, where a veto acts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,13 +83,19 @@ def labelled_intervals(job, policy: AllocatorPolicy | None = None) -> Rows:
     return rows
 
 
+@functools.cache
+def _policy_without_veto(policy_path: str) -> AllocatorPolicy:
+    """Loaded once per worker process, not once per job (its ``act`` keeps no state between jobs)."""
+    return AllocatorPolicy.load(policy_path).with_stop_veto(None)
+
+
 def _fit_job(task: tuple) -> tuple[str, Rows]:
     """One job's rows: ``task`` is ``(name, recipe, spec, policy directory or None)``."""
     name, recipe, spec, policy_path = task
     torch.set_num_threads(1)
     job = recipe.build(seed=0, device="cpu")
     job.use_spec(spec)
-    policy = None if policy_path is None else AllocatorPolicy.load(policy_path).with_stop_veto(None)
+    policy = None if policy_path is None else _policy_without_veto(policy_path)
     return name, labelled_intervals(job, policy)
 
 
@@ -117,6 +124,7 @@ def fit_stop_veto(
     if not recipes:
         raise ValueError("a stop veto needs at least one job to fit on")
     acting = str(policy_path) if only_its_stops else None
+    _policy_without_veto.cache_clear()  # with workers=1 the jobs run here: never a policy of an earlier fit
     tasks = [(name, recipe, policy.spec, acting) for name, recipe in sorted(recipes.items())]
     data = dict(run_in_processes(_fit_job, tasks, workers, on_job))
     rows = [row for name in sorted(data) for row in data[name]]

@@ -62,10 +62,7 @@ class RunResult:
 
         ``math.inf`` when it never did (reports print that as "never").
         """
-        for fraction, loss in self.curve:
-            if loss <= target_loss:
-                return fraction
-        return math.inf
+        return compute_to_reach(self.curve, target_loss)
 
     def to_dict(self) -> dict:
         return {
@@ -86,6 +83,15 @@ class RunResult:
             "wall_time": self.wall_time,
             "stops_vetoed": self.stops_vetoed,
         }
+
+
+def compute_to_reach(curve, target_loss: float) -> float:
+    """:meth:`RunResult.compute_to_reach` of a ``(compute fraction, validation loss)`` curve, such as
+    a run's curve cut where a stop rule would have ended it (``math.inf``: never reached)."""
+    for fraction, loss in curve:
+        if loss <= target_loss:
+            return fraction
+    return math.inf
 
 
 def resolve_controller(controller):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -42,7 +41,7 @@ from allocator.jobs.distribution import measured_regime
 from allocator.objective import Objective
 from allocator.policy import AllocatorPolicy
 from allocator.processes import run_in_processes
-from allocator.runner import run_job
+from allocator.runner import compute_to_reach, run_job
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from family_transfer import load_policies  # noqa: E402
@@ -70,11 +69,6 @@ def run_curve(task: tuple[str, str, int, tuple[str, int], dict, str | None]) -> 
     source = JobSource(job, _sets(*sets)[set_name][1][job])
     controller = "uniform" if policy is None else _policy(policy)
     return run_job(build_job(source, seed, AllocationSpec.from_dict(spec)), controller).curve
-
-
-def reach(curve, target: float) -> float:
-    """``RunResult.compute_to_reach`` of a curve: the budget share where it first reached ``target``."""
-    return next((fraction for fraction, loss in curve if loss <= target), math.inf)
 
 
 def main(argv=None) -> int:
@@ -144,7 +138,7 @@ def main(argv=None) -> int:
             means.append(statistics.fmean(values))
             if name == "cnn1d":
                 within = sum(
-                    reach(runs[pair][: stop + 1], min(loss for _, loss in uniform[pair][1:])) <= 0.7
+                    compute_to_reach(runs[pair][: stop + 1], min(loss for _, loss in uniform[pair][1:])) <= 0.7
                     for pair, stop in mine
                 )
                 cells[-1] += f" | {within}"
